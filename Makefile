@@ -1,0 +1,49 @@
+# Flywheel: `make demo` runs one cycle end to end, `make test` runs the test suite.
+# Both set up the virtual environment first if it is missing or out of date.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DS_BUILD_OPS := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test test-fast airflow-ui mlflow-ui lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing pinned requirements into $(VENV) (a few minutes the first time)..."
+	@$(BIN)/pip install --progress-bar off -r requirements.txt > $(VENV)/install.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
+	@$(BIN)/pip install --no-deps -e . >> $(VENV)/install.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
+	@$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
+	@$(BIN)/python -c "import tasks, torch, deepspeed, airflow, mlflow, lm_eval" 2>/dev/null || { echo "install incomplete"; exit 1; }
+	@touch $@
+
+demo: setup
+	$(BIN)/flywheel demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+airflow-ui: setup
+	$(BIN)/flywheel serve airflow
+
+mlflow-ui: setup
+	$(BIN)/flywheel serve mlflow
+
+lint: setup
+	$(BIN)/ruff check dags tasks plugins tests
+
+clean:
+	rm -rf $(FLYWHEEL_HOME)

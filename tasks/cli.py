@@ -1,0 +1,49 @@
+"""The ``flywheel`` command line: every stage of the cycle, runnable without Airflow.
+
+    flywheel simulate --days 3            # write agent logs to the landing folder
+    flywheel build-base                   # build and pre-train the offline base models (cached)
+    flywheel ingest / validate / curate   # the data stages
+    flywheel finetune / evaluate / gate    # the model stages
+    flywheel demo                         # simulate traffic, run one cycle through Airflow
+    flywheel serve airflow|mlflow         # the UIs on the embedded state (127.0.0.1)
+
+``flywheel <stage> --help`` lists a stage's settings; each stage also takes ``--config FILE.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: sub-command -> module whose ``main(argv)`` runs it
+COMMANDS: dict[str, str] = {
+    "simulate": "tasks.simulate",
+    "build-base": "tasks.basemodels",
+    "ingest": "tasks.ingest",
+    "validate": "tasks.validate",
+    "curate": "tasks.curate",
+    "finetune": "tasks.finetune",
+    "evaluate": "tasks.evaluate",
+    "gate": "tasks.gate",
+    "demo": "tasks.demo",
+    "serve": "tasks.serve",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(__doc__.strip())
+        print("\ncommands: " + ", ".join(COMMANDS))
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"flywheel: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

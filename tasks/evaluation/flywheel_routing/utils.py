@@ -1,0 +1,29 @@
+"""Scorers for the flywheel routing tasks, referenced from the YAML with ``!function``."""
+
+from __future__ import annotations
+
+from tasks.config import EXPERTS
+from tasks.prompts import format_prompt, parse_expert
+
+
+def choices(doc: dict) -> list[str]:
+    """The experts a document may be routed to (its own list, else the default router's)."""
+    return list(doc.get("choices") or EXPERTS)
+
+
+def doc_to_text(doc: dict) -> str:
+    return format_prompt(doc["query"])
+
+
+def doc_to_choice(doc: dict) -> list[str]:
+    return choices(doc)
+
+
+def doc_to_target(doc: dict) -> int:
+    return choices(doc).index(doc["expert"])
+
+
+def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
+    """Exact match of the first word the model generated against the gold expert."""
+    predicted = parse_expert(results[0], tuple(choices(doc)))
+    return {"exact_match": float(predicted == doc["expert"])}
