@@ -26,6 +26,11 @@ class Hyperparameters(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                  "gate_proj", "up_proj", "down_proj"],
         description="Linear layers that get LoRA adapters.")
+    modules_to_save: list[str] = Field(
+        default_factory=lambda: ["norm"],
+        description=("Small modules trained in full beside the adapters. The RMSNorm weights "
+                     "(a few thousand values) let a briefly pre-trained base sharpen its output "
+                     "distribution, which frozen norms and a tied output layer otherwise cap."))
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate (AdamW).")
     epochs: float = Field(8, gt=0, le=1000, description="Passes over the training split.")
     batch_size: int = Field(16, ge=1, le=4096, description="Micro-batch size per rank.")

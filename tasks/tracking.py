@@ -30,7 +30,14 @@ def configure(paths: Paths | None = None):
     import mlflow
 
     paths = paths or get_paths()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(mlflow_tracking_uri(paths))
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that so the next home's embedded
+    # store is not shadowed by this one (a URI the user exported stays as it was)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return mlflow
 
 
@@ -41,7 +48,9 @@ def ensure_experiment(workload_id: str, paths: Paths | None = None) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else mlflow_artifact_root(paths)
+    # an embedded store keeps artifacts under the home; a tracking server decides for itself
+    embedded = mlflow.get_tracking_uri().startswith(("sqlite:", "file:", "/"))
+    location = mlflow_artifact_root(paths) if embedded else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another task: use theirs

@@ -87,7 +87,8 @@ def train(job_path: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(job.base_model_path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(
         r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-        target_modules=hp.target_modules, task_type="CAUSAL_LM"))
+        target_modules=hp.target_modules, modules_to_save=hp.modules_to_save or None,
+        task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 

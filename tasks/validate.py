@@ -1,0 +1,493 @@
+"""Validate: check a staging batch with great-expectations and add what passes to the store.
+
+Run it::
+
+    flywheel validate --run-id 2026-11-26 --home /tmp/flywheel
+
+Each record of ``staging/<run_id>/records.parquet`` ends in exactly one bucket
+(``records_in == stored + duplicates + quarantined``):
+
+* **duplicates**: an exact copy of an earlier line of the batch (at-least-once delivery), or an id
+  the store already holds. Not stored again; an inline rating still counts as feedback.
+* **quarantined**: fails one or more expectations of the suite (:func:`build_suite`); the row goes
+  to ``quarantine/<run_id>-validate.parquet`` with *every* failed expectation as its reason.
+  Two different records with one id both fail ``id_unique``.
+* **stored**: appended to the store as ``store/records/part-<run_id>.parquet``.
+
+Feedback (late events from ingestion and ratings inside records) is history, not an update in
+place: ``store/feedback/part-<run_id>.parquet`` keeps every event, and :func:`load_store` joins the
+latest one per id (by timestamp) onto the records. An event whose record is not stored yet is
+*pending*: it stays in the history, is listed in ``store/feedback/pending.parquet``, and applies by
+itself once its record arrives in a later run.
+
+A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent. When the
+share of the batch's record lines rejected (at ingestion or here) exceeds ``max_invalid_fraction``,
+the run fails after writing the quarantine and ``staging/<run_id>/validation.json``, naming the
+clients and files at fault (nothing is lost, nothing is stored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from tasks.config import EXPERTS, Paths, get_paths
+from tasks.ingest import (
+    BATCH_MARKER,
+    QUARANTINE_COLUMNS,
+    file_lock,
+    rows_to_table,
+    write_bytes_atomic,
+    write_table_atomic,
+)
+from tasks.records import FLAT_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+#: Extra columns of the store's record table: the batch that stored a record and its line.
+STORE_EXTRA = ("line", "run_id")
+#: Columns of the store's feedback history.
+FEEDBACK_HISTORY = ("id", "timestamp", "rating", "source", "comment", "origin", "source_file",
+                    "line", "run_id")
+PENDING_NAME = "pending.parquet"
+
+
+class ValidationFailed(RuntimeError):
+    """Too much of a batch is invalid; the message names the clients and files at fault."""
+
+
+class ValidateConfig(BaseModel):
+    """Settings of ``flywheel validate``."""
+
+    home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
+                                               "or ~/.flywheel)")
+    run_id: str | None = Field(None, min_length=1, max_length=200,
+                               description="Staging batch to validate (default: the newest one)")
+    experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
+                               description="Allowed routes: the router's expert agents")
+    max_query_chars: int = Field(4000, ge=1, le=1_000_000,
+                                 description="Longest query accepted, in characters")
+    max_latency_ms: float = Field(600_000.0, gt=0, le=86_400_000,
+                                  description="Largest latency_ms / ttft_ms accepted")
+    min_timestamp: datetime = Field(datetime(2000, 1, 1, tzinfo=UTC),
+                                    description="Earliest record timestamp accepted")
+    max_future_days: float = Field(1.0, ge=0, le=365,
+                                   description="How far past now a timestamp may be (clock skew)")
+    max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0,
+                                        description="Fail the run when a larger share of the "
+                                                    "batch is quarantined")
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class ExpectationSummary(BaseModel):
+    success: bool
+    unexpected_count: int = Field(ge=0)
+
+
+class ValidateResult(BaseModel):
+    """What one validation run did (a small XCom value)."""
+
+    run_id: str
+    records_in: int = Field(ge=0, description="Records in the staging batch")
+    stored: int = Field(ge=0, description="New records appended to the store")
+    duplicates: int = Field(ge=0, description="Copies within the batch or ids already stored")
+    quarantined: int = Field(ge=0, description="Records failing one or more expectations")
+    invalid_fraction: float = Field(
+        ge=0.0, le=1.0, description="Share of the batch's record lines rejected, at ingest or "
+                                    "here: (ingest + validate quarantined) / (lines_in - "
+                                    "feedback events)")
+    feedback_merged: int = Field(ge=0, description="Feedback events now joined to a stored "
+                                                   "record (this run's and formerly pending ones)")
+    feedback_pending: int = Field(ge=0, description="Events still waiting for their record")
+    expectations: dict[str, ExpectationSummary] = Field(
+        description="Expectation name -> success and unexpected count")
+    validation_path: str = Field(description="GX validation result (JSON)")
+    quarantine_path: str | None = Field(None, description="Quarantine file, if any row failed")
+    store_part: str | None = Field(None, description="Store part written by this run (none "
+                                                     "when nothing new was stored)")
+
+
+# --------------------------------------------------------------------------------------------
+# the expectation suite
+
+
+def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str, Any]:
+    """The expectations, by name, that a flattened record must meet.
+
+    Timestamps are checked on ``_timestamp``, the parsed value (NaT when missing or not ISO 8601).
+    """
+    import great_expectations as gx
+
+    E = gx.expectations
+    latest = (now or datetime.now(UTC)) + timedelta(days=config.max_future_days)
+    suite: dict[str, Any] = {
+        "id_not_null": E.ExpectColumnValuesToNotBeNull(column="id"),
+        "id_unique": E.ExpectColumnValuesToBeUnique(column="id"),
+        "timestamp_parseable": E.ExpectColumnValuesToNotBeNull(column="_timestamp"),
+        "timestamp_in_bounds": E.ExpectColumnValuesToBeBetween(
+            column="_timestamp", min_value=config.min_timestamp, max_value=latest),
+        "workload_id_not_null": E.ExpectColumnValuesToNotBeNull(column="workload_id"),
+        "workload_id_non_empty": E.ExpectColumnValuesToMatchRegex(column="workload_id",
+                                                                  regex=r"\S"),
+        "client_id_not_null": E.ExpectColumnValuesToNotBeNull(column="client_id"),
+        "client_id_non_empty": E.ExpectColumnValuesToMatchRegex(column="client_id", regex=r"\S"),
+        "route_in_experts": E.ExpectColumnValuesToBeInSet(column="route",
+                                                          value_set=list(config.experts)),
+        "latency_ms_not_null": E.ExpectColumnValuesToNotBeNull(column="latency_ms"),
+        "latency_ms_in_range": E.ExpectColumnValuesToBeBetween(
+            column="latency_ms", min_value=0, max_value=config.max_latency_ms),
+        "ttft_ms_in_range": E.ExpectColumnValuesToBeBetween(
+            column="ttft_ms", min_value=0, max_value=config.max_latency_ms),
+        "rating_in_set": E.ExpectColumnValuesToBeInSet(column="rating", value_set=[-1, 1]),
+        "query_non_empty": E.ExpectColumnValuesToMatchRegex(column="query", regex=r"\S"),
+        "query_length": E.ExpectColumnValueLengthsToBeBetween(
+            column="query", min_value=1, max_value=config.max_query_chars),
+    }
+    for name, expectation in suite.items():
+        expectation.meta = {"name": name}
+    return suite
+
+
+def run_suite(frame: pd.DataFrame, config: ValidateConfig
+              ) -> tuple[dict[int, list[str]], dict[str, ExpectationSummary], dict[str, Any]]:
+    """Run the suite on ``frame`` (a unique integer index) in an ephemeral GX context.
+
+    Returns:
+        ``(failures, summary, result_json)``: failed expectation names by row index, the
+        per-expectation summary, and GX's validation result as JSON.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (context.data_sources.add_pandas("staging")
+             .add_dataframe_asset("records")
+             .add_batch_definition_whole_dataframe("batch"))
+    suite = gx.ExpectationSuite(name="flywheel_records")
+    for expectation in build_suite(config).values():
+        suite.add_expectation(expectation)
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="records", data=batch, suite=suite))
+    result = definition.run(batch_parameters={"dataframe": frame},
+                            result_format={"result_format": "COMPLETE"})
+
+    failures: dict[int, list[str]] = {}
+    summary: dict[str, ExpectationSummary] = {}
+    for item in result.results:
+        name = item.expectation_config.meta["name"]
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            raise RuntimeError(f"expectation {name} could not run: "
+                               f"{item.exception_info.get('exception_message')}")
+        unexpected = item.result.get("unexpected_index_list") or []
+        for index in unexpected:
+            failures.setdefault(int(index), []).append(name)
+        summary[name] = ExpectationSummary(success=bool(item.success),
+                                           unexpected_count=len(unexpected))
+    return failures, summary, result.to_json_dict()
+
+
+# --------------------------------------------------------------------------------------------
+# the store
+
+
+def _record_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"timestamp": pa.timestamp("us", tz="UTC"), "latency_ms": pa.float64(),
+             "ttft_ms": pa.float64(), "rating": pa.float64(), "line": pa.int64()}
+    return pa.schema([(c, types.get(c, pa.string())) for c in (*FLAT_COLUMNS, *STORE_EXTRA)])
+
+
+def _feedback_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"timestamp": pa.timestamp("us", tz="UTC"), "rating": pa.float64(),
+             "line": pa.int64()}
+    return pa.schema([(c, types.get(c, pa.string())) for c in FEEDBACK_HISTORY])
+
+
+def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = frame.reindex(columns=schema.names).copy()
+    if "timestamp" in frame:
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.floor("us")
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
+def _write_part(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
+    """This run's part of a store table; none when empty (a retry removes a stale one)."""
+    if len(frame):
+        write_table_atomic(_to_table(frame, schema), path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
+                columns: list[str] | None = None) -> pd.DataFrame:
+    """The part files of one store table (all but ``exclude``) as one frame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(p for p in folder.glob("part-*.parquet") if p.name != exclude)
+    tables = [pq.read_table(p, columns=columns) for p in parts]
+    if not tables:
+        tables = [schema.empty_table().select(columns or schema.names)]
+    return pa.concat_tables(tables).to_pandas()
+
+
+def _utc(value: datetime | str | None) -> Any:
+    import pandas as pd
+
+    if value is None:
+        return None
+    moment = pd.Timestamp(value)
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+
+
+def latest_feedback(events: pd.DataFrame) -> pd.DataFrame:
+    """The latest event per id (by timestamp; ties go to the event recorded later)."""
+    events = events.drop_duplicates(subset=["id", "timestamp", "rating", "source", "comment"])
+    events = events.sort_values("timestamp", kind="mergesort")
+    return events.drop_duplicates(subset="id", keep="last").set_index("id")
+
+
+def load_store(home: str | os.PathLike[str] | None = None, workload_id: str | None = None,
+               start: datetime | str | None = None, end: datetime | str | None = None
+               ) -> pd.DataFrame:
+    """Stored records with their latest feedback merged in.
+
+    Args:
+        home: flywheel home (default ``$FLYWHEEL_HOME``).
+        workload_id: keep only this workload.
+        start: keep records at or after this time (naive means UTC).
+        end: keep records before this time.
+
+    Returns:
+        One row per record: ``FLAT_COLUMNS`` (``timestamp`` as UTC datetimes; ``rating`` the
+        latest rating as nullable Int64, with its ``feedback_source`` and ``feedback_comment``),
+        ``feedback_at`` (when that rating was given), ``line`` and ``run_id``; sorted by time.
+    """
+    import pandas as pd
+
+    paths = get_paths(home)
+    records = _read_parts(paths.store / "records", _record_schema())
+    records = records.drop_duplicates(subset="id", keep="first")
+    if workload_id is not None:
+        records = records[records["workload_id"] == workload_id]
+    if start is not None:
+        records = records[records["timestamp"] >= _utc(start)]
+    if end is not None:
+        records = records[records["timestamp"] < _utc(end)]
+    events = _read_parts(paths.store / "feedback", _feedback_schema())
+    latest = latest_feedback(events[events["id"].isin(records["id"])])
+    records = records.set_index("id", drop=False)
+    has_event = records.index.isin(latest.index)
+    matched = latest.reindex(records.index)
+    inline = records["rating"].notna() & ~has_event  # normally every inline rating is an event
+    records["rating"] = matched["rating"].where(has_event, records["rating"]).astype("Int64")
+    records["feedback_source"] = matched["source"].where(has_event, records["feedback_source"])
+    records["feedback_comment"] = matched["comment"].where(has_event,
+                                                           records["feedback_comment"])
+    records["feedback_at"] = matched["timestamp"].where(
+        has_event, records["timestamp"].where(inline, pd.NaT))
+    records = records.reset_index(drop=True).sort_values(["timestamp", "id"], kind="mergesort")
+    return records.reset_index(drop=True)
+
+
+def _inline_events(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Ratings carried inside records, as feedback events timed at the record."""
+    rated = frame[frame["rating"].notna()]
+    return rated.assign(
+        timestamp=rated["_timestamp"], source=rated["feedback_source"].fillna("user"),
+        comment=rated["feedback_comment"], origin="inline", run_id=run_id,
+    ).reindex(columns=list(FEEDBACK_HISTORY))
+
+
+def _event_keys(events: pd.DataFrame) -> pd.Series:
+    """What makes two feedback events the same event: id, time, rating, source and comment."""
+    import pandas as pd
+
+    stamp = pd.to_datetime(events["timestamp"], utc=True).dt.floor("us").astype(str)
+    comment = events["comment"].astype(object).where(events["comment"].notna(), "")
+    return pd.Series(list(zip(events["id"], stamp, events["rating"].astype(float),
+                              events["source"].astype(object), comment, strict=True)),
+                     index=events.index, dtype=object)
+
+
+def _latest_batch(paths: Paths) -> str:
+    batches = [p for p in paths.staging.iterdir() if (p / BATCH_MARKER).exists()]
+    if not batches:
+        raise FileNotFoundError(f"no staging batch under {paths.staging}: run `flywheel ingest`")
+    return max(batches, key=lambda p: (p / BATCH_MARKER).stat().st_mtime).name
+
+
+def _blame(invalid: pd.DataFrame) -> str:
+    """Which clients and files the invalid rows came from, worst first."""
+    groups = (invalid.fillna({"client_id": "<no client_id>"})
+              .groupby(["client_id", "source_file"], dropna=False).size()
+              .sort_values(ascending=False, kind="mergesort"))
+    return ", ".join(f"client {client!r} in {source} ({count})"
+                     for (client, source), count in groups.head(5).items())
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def validate(config: ValidateConfig) -> ValidateResult:
+    """Validate staging batch ``config.run_id`` and store its valid new records.
+
+    Args:
+        config: the batch, the allowed experts, the bounds and the failure threshold.
+
+    Returns:
+        The counts (``records_in == stored + duplicates + quarantined``) and paths.
+
+    Raises:
+        ValidationFailed: the invalid fraction exceeds ``config.max_invalid_fraction`` (after the
+            quarantine and the validation result are written; nothing is stored).
+        FileNotFoundError: the staging batch does not exist.
+    """
+    import pandas as pd
+
+    paths = get_paths(config.home)
+    run_id = config.run_id or _latest_batch(paths)
+    staging = paths.staging / run_id
+    if not (staging / BATCH_MARKER).exists():
+        raise FileNotFoundError(f"staging batch {staging} is missing or incomplete: "
+                                f"run `flywheel ingest --run-id {run_id}` first")
+    batch = pd.read_parquet(staging / "records.parquet")
+    events = pd.read_parquet(staging / "feedback.parquet")
+    records_in = len(batch)
+
+    # 1. Exact copies inside the batch (at-least-once delivery): keep the first.
+    content = [c for c in FLAT_COLUMNS if c not in ("source_file", "raw")]
+    copies = batch.duplicated(subset=content, keep="first")
+    work = batch[~copies].reset_index(drop=True)
+    work["_timestamp"] = pd.to_datetime(work["timestamp"], utc=True, errors="coerce",
+                                        format="ISO8601")
+
+    # 2. The expectation suite.
+    validation_path = staging / "validation.json"
+    if len(work):
+        failures, summary, result_json = run_suite(work, config)
+    else:
+        failures = {}
+        summary = {name: ExpectationSummary(success=True, unexpected_count=0)
+                   for name in build_suite(config)}
+        result_json = {"success": True, "results": [], "note": "empty batch"}
+    write_bytes_atomic(validation_path, json.dumps(result_json, indent=1, default=str).encode())
+    failed = work.index.isin(list(failures))
+    invalid = work[failed]
+    quarantine_path = paths.quarantine / f"{run_id}-validate.parquet"
+    if len(invalid):
+        rows = [{"stage": "validate", "reason": "; ".join(failures[i]),
+                 "source_file": r.source_file, "line": r.line, "raw": r.raw, "id": r.id,
+                 "client_id": r.client_id}
+                for i, r in zip(invalid.index, invalid.itertuples(index=False), strict=True)]
+        write_table_atomic(rows_to_table(rows, QUARANTINE_COLUMNS), quarantine_path)
+    else:
+        quarantine_path.unlink(missing_ok=True)
+    # The share of the batch's lines rejected at either stage: a client sending unparseable
+    # lines fails the run as surely as one sending bad values.
+    staged = json.loads((staging / BATCH_MARKER).read_text())["result"]
+    lines_in = staged["lines_in"] - staged["feedback_events"]
+    rejected = staged["quarantined"] + len(invalid)
+    invalid_fraction = rejected / lines_in if lines_in else 0.0
+    part = f"part-{run_id}.parquet"
+    records_dir, feedback_dir = paths.store / "records", paths.store / "feedback"
+    if invalid_fraction > config.max_invalid_fraction:
+        with file_lock(paths.store / ".store.lock"):  # a rejected batch has no part, even if an
+            for folder in (records_dir, feedback_dir):  # earlier try of it passed
+                (folder / part).unlink(missing_ok=True)
+        at_ingest = paths.quarantine / f"{run_id}-ingest.parquet"
+        culprits = pd.concat([pd.read_parquet(at_ingest) if at_ingest.exists() else None,
+                              invalid[["client_id", "source_file"]]])
+        raise ValidationFailed(
+            f"validate {run_id}: {rejected} of {lines_in} lines invalid "
+            f"({staged['quarantined']} at ingest, {len(invalid)} here; {invalid_fraction:.1%} > "
+            f"{config.max_invalid_fraction:.1%}); worst: {_blame(culprits)}. Nothing stored; "
+            f"see {paths.quarantine} and {validation_path}")
+
+    # 3. The store: ids held by other runs' parts are duplicates; the rest is this run's part.
+    valid = work[~failed]
+    with file_lock(paths.store / ".store.lock"):
+        known = set(_read_parts(records_dir, _record_schema(), exclude=part, columns=["id"])["id"])
+        seen = valid["id"].isin(known)
+        new = valid[~seen]
+        new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
+        stored_ids = set(new["id"])
+        _write_part(new, _record_schema(), records_dir / part)
+
+        # 4. Feedback history: this run's events (late + inline, duplicates' included).
+        late = events.assign(
+            timestamp=pd.to_datetime(events["timestamp"], utc=True, format="ISO8601"),
+            origin="event", run_id=run_id).reindex(columns=list(FEEDBACK_HISTORY))
+        own = pd.concat([frame for frame in (late, _inline_events(valid, run_id)) if len(frame)]
+                        or [late], ignore_index=True)
+        _write_part(own, _feedback_schema(), feedback_dir / part)
+        earlier = _read_parts(feedback_dir, _feedback_schema(), exclude=part)
+        all_ids = known | stored_ids
+        # An event delivered twice (a re-sent feedback file) is one event.
+        earlier = earlier[~_event_keys(earlier).duplicated()]
+        keys = _event_keys(own)
+        own = own[~keys.isin(set(_event_keys(earlier))) & ~keys.duplicated()]
+        merged = int(own["id"].isin(all_ids).sum() + earlier["id"].isin(stored_ids).sum())
+        history = pd.concat([earlier, own], ignore_index=True)
+        pending = history[~history["id"].isin(all_ids)]
+        write_table_atomic(_to_table(pending, _feedback_schema()), feedback_dir / PENDING_NAME)
+
+    result = ValidateResult(
+        run_id=run_id, records_in=records_in, stored=len(new),
+        duplicates=int(copies.sum() + seen.sum()), quarantined=len(invalid),
+        invalid_fraction=invalid_fraction, feedback_merged=merged,
+        feedback_pending=len(pending), expectations=summary,
+        validation_path=str(validation_path),
+        quarantine_path=str(quarantine_path) if len(invalid) else None,
+        store_part=str(records_dir / part) if len(new) else None)
+    assert result.records_in == result.stored + result.duplicates + result.quarantined, \
+        "validate lost records"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.settings import parse_config
+
+    config = parse_config(ValidateConfig, argv, prog="flywheel validate",
+                          description=__doc__.split("\n\n")[0] if __doc__ else None)
+    try:
+        result = validate(config)
+    except ValidationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"validate {result.run_id}: {result.records_in} records in")
+    print(f"  stored          {result.stored:>8}")
+    print(f"  duplicates      {result.duplicates:>8}")
+    print(f"  quarantined     {result.quarantined:>8}  ({result.invalid_fraction:.1%})"
+          + (f"  -> {result.quarantine_path}" if result.quarantine_path else ""))
+    print(f"  feedback merged {result.feedback_merged:>8}  ({result.feedback_pending} pending)")
+    for name, item in result.expectations.items():
+        if not item.success:
+            print(f"  failed  {name:<24} {item.unexpected_count:>6} rows")
+    print(f"  validation      {result.validation_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Curation: positive labels only, de-duplication, stratified split, frozen test set, versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.curate import CurateConfig, CurateResult, NotEnoughData, curate, main, normalise
+from tasks.ingest import IngestConfig, ingest
+from tasks.records import make_request, make_response
+from tasks.validate import ValidateConfig, validate
+
+EXPERTS = ("banking", "travel", "home", "utility", "work")
+
+
+def record(rid: str, query: str, expert: str, rating: int | None, day: int = 20,
+           minute: int = 0) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "id": rid, "timestamp": f"2026-11-{day:02d}T09:{minute % 60:02d}:00Z",
+        "workload_id": "router", "client_id": "hr-portal", "model": "teacher-70b",
+        "request": make_request(query), "response": make_response(expert, f"call-{rid}"),
+        "latency_ms": 1500.0,
+    }
+    if rating is not None:
+        rec["feedback"] = {"rating": rating, "source": "user"}
+    return rec
+
+
+def positives(day: int, per_expert: int, experts: tuple[str, ...] = EXPERTS
+              ) -> list[dict[str, Any]]:
+    return [record(f"d{day}-{expert}-{k}", f"day {day} question {k} for {expert}", expert, 1,
+                   day=day, minute=k)
+            for expert in experts for k in range(per_expert)]
+
+
+def load(home: Path, run_id: str, items: list[dict[str, Any]]) -> None:
+    landing = home / "landing"
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / f"{run_id}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    ingest(IngestConfig(home=str(home), run_id=run_id))
+    validate(ValidateConfig(home=str(home), run_id=run_id))
+
+
+def read(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def ids(path: str) -> set[str]:
+    return {row["id"] for row in read(path)}
+
+
+def run(home: Path, **settings: Any) -> CurateResult:
+    return curate(CurateConfig(home=str(home), min_examples=5, **settings))
+
+
+def test_positive_labels_dedup_and_stratified_split(tmp_path: Path) -> None:
+    items = positives(20, 10)
+    items += [
+        record("neg-1", "book me a flight to oslo", "banking", -1),
+        record("neg-2", "what is my balance", "travel", -1),
+        record("unrated", "turn on the lights", "home", None),
+        record("dup-a", "How do I  RESET my password?", "work", 1, minute=1),
+        record("dup-b", "how do i reset my password?", "work", 1, minute=2),
+        record("vote-1", "is it cold outside", "utility", 1, minute=3),
+        record("vote-2", "Is it cold outside", "home", 1, minute=4),
+        record("vote-3", "is it cold  outside", "home", 1, minute=5),
+        record("rare", "who are you", "meta", 1),
+    ]
+    load(tmp_path, "b1", items)
+    result = run(tmp_path)
+
+    assert result.funnel == {
+        "records_in_window": 59, "with_feedback": 58, "positive": 56, "negative": 2,
+        "labelled": 56, "after_dedup": 53, "label_conflicts": 1, "test_retracted": 0,
+        "train": result.n_train, "test": result.n_test}
+    train, test = read(result.train_path), read(result.test_path)
+    assert len(train) + len(test) == 53
+    everything = train + test
+    assert not {"neg-1", "neg-2", "unrated"} & {row["id"] for row in everything}
+    assert len({normalise(row["query"]) for row in everything}) == 53
+    assert [r for r in everything if r["id"].startswith("dup")] == [
+        {"id": "dup-a", "query": "How do I  RESET my password?", "expert": "work"}]
+    votes = [r for r in everything if r["id"].startswith("vote")]
+    assert [(r["id"], r["expert"]) for r in votes] == [("vote-1", "home")]  # majority label
+    assert {"id": "rare", "query": "who are you", "expert": "meta"} in train
+    # Stratified: each expert gives ~40% of its examples to the test set.
+    for expert in EXPERTS:
+        n_test = result.label_counts["test"][expert]
+        assert abs(n_test - 0.4 * (n_test + result.label_counts["train"][expert])) <= 1, expert
+    assert sum(result.label_counts["train"].values()) == result.n_train
+
+    manifest = json.loads((Path(result.dataset_dir) / "manifest.json").read_text())
+    assert manifest["version"] == result.version == "v" + result.digest[:12]
+    assert manifest["counts"] == result.label_counts and manifest["funnel"] == result.funnel
+    assert Path(result.dataset_dir).name == result.version
+
+    again = run(tmp_path)
+    assert again.version == result.version and not again.created
+    assert again.model_dump(exclude={"created"}) == result.model_dump(exclude={"created"})
+    assert json.loads((Path(result.dataset_dir) / "manifest.json").read_text()) == manifest
+
+
+def test_test_set_stays_frozen_as_data_grows(tmp_path: Path) -> None:
+    load(tmp_path, "b1", positives(20, 10))
+    v1 = run(tmp_path)
+    test1, train1 = ids(v1.test_path), ids(v1.train_path)
+    frozen_query = next(r["query"] for r in read(v1.test_path))
+
+    more = positives(21, 10)
+    more.append(record("copy-of-test", frozen_query.upper(), "banking", 1, day=21))
+    load(tmp_path, "b2", more)
+    v2 = run(tmp_path)
+    test2, train2 = ids(v2.test_path), ids(v2.train_path)
+
+    assert v2.version != v1.version and Path(v1.dataset_dir, "test.jsonl").exists()
+    assert test1 <= test2 and train1 <= train2  # nothing moves between splits
+    assert not test2 & train2
+    assert "copy-of-test" not in test2 | train2
+    queries = lambda path: {normalise(r["query"]) for r in read(path)}  # noqa: E731
+    assert not queries(v2.test_path) & queries(v2.train_path)
+    assert run(tmp_path).version == v2.version  # same data, same version
+
+    # A window over day 21 only: train holds day-21 data, the test set keeps every frozen item.
+    window = run(tmp_path, start="2026-11-21T00:00:00Z")
+    assert test1 <= ids(window.test_path)
+    assert all(i.startswith("d21") for i in ids(window.train_path))
+    latest = json.loads((tmp_path / "datasets" / "router" / "latest.json").read_text())
+    assert latest["version"] == window.version
+
+
+def test_a_test_item_rated_negative_later_leaves_the_test_set(tmp_path: Path) -> None:
+    load(tmp_path, "b1", positives(20, 6))
+    v1 = run(tmp_path)
+    victim = sorted(ids(v1.test_path))[0]
+    load(tmp_path, "b2", [{"kind": "feedback", "id": victim, "rating": -1,
+                           "timestamp": "2026-11-22T00:00:00Z", "source": "sme"}])
+    v2 = run(tmp_path)
+    assert ids(v2.test_path) == ids(v1.test_path) - {victim}
+    assert victim not in ids(v2.train_path)
+    assert v2.funnel["test_retracted"] == 1
+
+
+def test_too_few_examples_fails_clearly_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(NotEnoughData, match="min_examples=5.*records_in_window"):
+        run(tmp_path)
+    assert not (tmp_path / "datasets" / "router" / "test_ids.json").exists()
+    assert main(["--home", str(tmp_path)]) == 1
+    assert "fewer than min_examples" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="end must be after start"):
+        CurateConfig(start="2026-11-21", end="2026-11-20")

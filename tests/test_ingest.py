@@ -1,0 +1,203 @@
+"""Ingestion: counts, quarantine reasons, formats, re-delivery and retries."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.ingest import (
+    FEEDBACK_COLUMNS,
+    MANIFEST_NAME,
+    QUARANTINE_COLUMNS,
+    STAGED_COLUMNS,
+    IngestConfig,
+    IngestResult,
+    ingest,
+    main,
+)
+from tasks.records import make_request, make_response
+
+
+def record(i: int, expert: str = "banking", query: str | None = None, **fields: Any
+           ) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "schema_version": 1, "id": f"r{i}", "timestamp": f"2026-11-20T09:{i % 60:02d}:00.000Z",
+        "workload_id": "router", "client_id": "hr-portal", "model": "teacher-70b",
+        "request": make_request(query or f"how do I do thing number {i}?"),
+        "response": make_response(expert, f"call-{i}"), "latency_ms": 1200.0 + i,
+        "ttft_ms": 300.0,
+    }
+    rec.update(fields)
+    return rec
+
+
+def write_jsonl(path: Path, items: list[Any]) -> Path:
+    """Write items (dicts as JSON, str/bytes verbatim) one per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [item if isinstance(item, bytes) else
+             (item if isinstance(item, str) else json.dumps(item)).encode() for item in items]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def run(home: Path, run_id: str) -> IngestResult:
+    return ingest(IngestConfig(home=str(home), run_id=run_id))
+
+
+def quarantine(home: Path, run_id: str) -> pd.DataFrame:
+    return pd.read_parquet(home / "quarantine" / f"{run_id}-ingest.parquet")
+
+
+def test_counts_and_quarantine_reasons(tmp_path: Path) -> None:
+    missing_messages = record(5, request={"tools": []})
+    bad_args = record(6)
+    bad_args["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = (
+        "{expert: banking")
+    truncated = json.dumps(record(7))[:80]
+    write_jsonl(tmp_path / "landing" / "router-2026-11-20.jsonl", [
+        record(1), record(2, "travel"),
+        truncated,                                       # line 3
+        b'{"id": "r8", "query": "caf\xe9"}',             # line 4: Latin-1 byte, not UTF-8
+        missing_messages,                                # line 5
+        bad_args,                                        # line 6
+        "[1, 2, 3]",                                     # line 7
+        "   ",                                           # blank: not a line of data
+        record(9, latency_ms="12 ms"),                   # line 9
+        {"kind": "feedback", "id": "r1", "timestamp": "2026-11-20T10:00:00Z", "rating": -1,
+         "source": "user", "comment": "wrong team"},    # line 10
+        {"kind": "feedback", "id": "r2", "timestamp": "2026-11-20T10:00:00Z", "rating": 0},
+        record(1),                                       # an exact duplicate is still parsed
+    ])
+    result = run(tmp_path, "b1")
+
+    assert result.files == ["router-2026-11-20.jsonl"]
+    assert result.lines_in == 11
+    assert (result.records_parsed, result.feedback_events, result.quarantined) == (3, 1, 7)
+    assert result.lines_in == result.records_parsed + result.feedback_events + result.quarantined
+
+    assert tuple(quarantine(tmp_path, "b1").columns) == QUARANTINE_COLUMNS
+    q = quarantine(tmp_path, "b1").set_index("line")
+    assert set(q["stage"]) == {"ingest"}
+    assert set(q["source_file"]) == {"router-2026-11-20.jsonl"}
+    assert q.loc[3, "reason"].startswith("invalid JSON")
+    assert q.loc[3, "raw"] == truncated
+    assert q.loc[4, "reason"].startswith("invalid UTF-8")
+    assert "\\xe9" in q.loc[4, "raw"]  # the bad byte is kept, escaped
+    assert "request.messages" in q.loc[5, "reason"] and q.loc[5, "id"] == "r5"
+    assert "arguments are not valid JSON" in q.loc[6, "reason"]
+    assert q.loc[7, "reason"] == "not a JSON object (got list)"
+    assert "latency_ms must be a number" in q.loc[9, "reason"]
+    assert "rating must be +1 or -1" in q.loc[11, "reason"]
+
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    assert tuple(staged.columns) == STAGED_COLUMNS
+    assert list(staged["id"]) == ["r1", "r2", "r1"]
+    assert list(staged["route"]) == ["banking", "travel", "banking"]
+    assert staged.loc[0, "query"] == "how do I do thing number 1?"
+    assert json.loads(staged.loc[1, "raw"])["id"] == "r2"
+    feedback = pd.read_parquet(Path(result.staging_dir) / "feedback.parquet")
+    assert tuple(feedback.columns) == FEEDBACK_COLUMNS
+    assert feedback.loc[0, "rating"] == -1 and feedback.loc[0, "comment"] == "wrong team"
+
+
+def test_inline_feedback_is_flattened(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [
+        record(1, feedback={"rating": 1, "source": "sme", "comment": "right"}),
+        record(2, feedback="great"),
+    ])
+    result = run(tmp_path, "b1")
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    assert staged.loc[0, ["rating", "feedback_source", "feedback_comment"]].tolist() == [
+        1.0, "sme", "right"]
+    assert quarantine(tmp_path, "b1").loc[0, "reason"] == "feedback must be an object"
+
+
+def test_gzip_and_parquet_inputs(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir(parents=True)
+    gz_lines = [json.dumps(record(i)) for i in range(3)] + ["{oops"]
+    (landing / "router-a.jsonl.gz").write_bytes(gzip.compress("\n".join(gz_lines).encode()))
+    # Parquet, one JSON text per row in a column `record` (what the simulator writes).
+    texts = [json.dumps(record(i)) for i in range(3, 6)] + [None, "not json"]
+    pq.write_table(pa.table({"record": pa.array(texts, pa.string())}), landing / "router-b.parquet")
+    # Parquet, one column per top-level field: nested parts as structs or as JSON text.
+    rows = [record(i) for i in range(6, 8)]
+    rows[1] = {**rows[1], "request": json.dumps(rows[1]["request"]),
+               "response": json.dumps(rows[1]["response"])}
+    pq.write_table(pa.Table.from_pylist([rows[0]]), landing / "router-c.parquet")
+    pq.write_table(pa.Table.from_pylist([rows[1]]), landing / "router-d.parquet")
+
+    result = run(tmp_path, "b1")
+    assert result.files == ["router-a.jsonl.gz", "router-b.parquet", "router-c.parquet",
+                            "router-d.parquet"]
+    assert (result.lines_in, result.records_parsed, result.quarantined) == (10, 8, 2)
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    assert sorted(staged["id"]) == [f"r{i}" for i in range(8)]
+    assert staged.set_index("id").loc["r7", "query"] == "how do I do thing number 7?"
+    q = quarantine(tmp_path, "b1")
+    assert sorted(zip(q["source_file"], q["line"], strict=True)) == [
+        ("router-a.jsonl.gz", 4), ("router-b.parquet", 5)]
+
+
+def test_truncated_gzip_keeps_what_it_can(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir(parents=True)
+    payload = gzip.compress("\n".join(json.dumps(record(i)) for i in range(200)).encode())
+    (landing / "cut.jsonl.gz").write_bytes(payload[: len(payload) * 3 // 4])
+    result = run(tmp_path, "b1")
+    assert 0 < result.records_parsed < 200
+    assert result.quarantined == 1
+    reason = quarantine(tmp_path, "b1").loc[0, "reason"]
+    assert reason.startswith(f"unreadable file after line {result.records_parsed}")
+
+
+def test_redelivery_of_the_same_content_is_skipped(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    first = write_jsonl(landing / "router-2026-11-20.jsonl", [record(1), record(2)])
+    assert run(tmp_path, "b1").records_parsed == 2
+
+    (landing / "router-2026-11-20-copy.jsonl").write_bytes(first.read_bytes())
+    first.write_bytes(first.read_bytes())  # the same file delivered again
+    again = run(tmp_path, "b2")
+    assert again.files == [] and again.lines_in == 0
+    assert again.skipped_files == ["router-2026-11-20-copy.jsonl", "router-2026-11-20.jsonl"]
+
+    write_jsonl(first, [record(1), record(2), record(3)])  # same name, new content: read
+    assert run(tmp_path, "b3").records_parsed == 3
+    manifest = (landing / MANIFEST_NAME).read_text().splitlines()
+    assert [json.loads(line)["run_id"] for line in manifest] == ["b1", "b3"]
+
+
+def test_retry_with_the_same_run_id_returns_the_batch(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    write_jsonl(landing / "a.jsonl", [record(1), "{bad"])
+    first = run(tmp_path, "b1")
+    write_jsonl(landing / "b.jsonl", [record(2)])  # arrives between the try and the retry
+    (landing / MANIFEST_NAME).unlink()  # as if the first try died before the manifest step
+    retry = run(tmp_path, "b1")
+    assert retry == first
+    assert retry.model_dump(mode="json") == json.loads(json.dumps(first.model_dump(mode="json")))
+    assert [json.loads(x)["file"] for x in (landing / MANIFEST_NAME).read_text().splitlines()] \
+        == ["a.jsonl"]  # repaired by the retry
+    nxt = run(tmp_path, "b2")
+    assert nxt.files == ["b.jsonl"] and nxt.skipped_files == ["a.jsonl"]
+
+
+def test_config_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError):
+        IngestConfig(run_id="../escape")
+    with pytest.raises(ValueError):
+        IngestConfig(patterns=["*.csv"])
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [record(1)])
+    assert ingest(IngestConfig(home=str(tmp_path))).run_id.startswith("manual-")
+    write_jsonl(tmp_path / "landing" / "b.jsonl", [record(2)])
+    assert main(["--home", str(tmp_path), "--run-id", "cli-1"]) == 0
+    out = capsys.readouterr().out
+    assert "ingest cli-1: 1 file(s) read" in out and "quarantined" in out

@@ -1,0 +1,197 @@
+"""Validation: the great-expectations suite, quarantine reasons, the store and feedback merging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tasks.ingest import IngestConfig, ingest
+from tasks.records import make_request, make_response
+from tasks.validate import (
+    ValidateConfig,
+    ValidateResult,
+    ValidationFailed,
+    load_store,
+    main,
+    validate,
+)
+
+
+def record(i: int, expert: str = "banking", **fields: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "schema_version": 1, "id": f"r{i}", "timestamp": f"2026-11-20T09:{i % 60:02d}:00.000Z",
+        "workload_id": "router", "client_id": "hr-portal", "model": "teacher-70b",
+        "request": make_request(f"how do I do thing number {i}?"),
+        "response": make_response(expert, f"call-{i}"), "latency_ms": 1200.0 + i,
+    }
+    rec.update(fields)
+    return rec
+
+
+def event(i: int, rating: int, timestamp: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": "feedback", "id": f"r{i}", "timestamp": timestamp, "rating": rating,
+            "source": "user", **fields}
+
+
+def deliver(home: Path, name: str, items: list[dict[str, Any]]) -> None:
+    landing = home / "landing"
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / name).write_text("".join(json.dumps(item) + "\n" for item in items))
+
+
+def cycle(home: Path, run_id: str, **settings: Any) -> ValidateResult:
+    ingest(IngestConfig(home=str(home), run_id=run_id))
+    return validate(ValidateConfig(home=str(home), run_id=run_id, **settings))
+
+
+def balanced(result: ValidateResult) -> bool:
+    return result.records_in == result.stored + result.duplicates + result.quarantined
+
+
+def test_suite_flags_bad_rows_with_every_reason(tmp_path: Path) -> None:
+    deliver(tmp_path, "router-2026-11-20.jsonl", [
+        *(record(i) for i in range(10)),
+        record(10, expert="payroll"),
+        record(11, feedback={"rating": 0, "source": "user"}),
+        record(12, latency_ms=9e9),
+        record(13, expert="payroll", latency_ms=-5, client_id=""),
+        record(14, timestamp="yesterday"),
+        record(15, timestamp="2999-01-01T00:00:00Z"),
+        record(16, request=make_request("x" * 50)),
+        {k: v for k, v in record(17).items() if k != "id"},
+        record(0, expert="travel"),  # same id as r0, different content: both are suspect
+    ])
+    result = cycle(tmp_path, "b1", max_invalid_fraction=1.0, max_query_chars=40)
+
+    assert balanced(result)
+    assert (result.records_in, result.quarantined, result.stored) == (19, 10, 9)
+    assert result.expectations["route_in_experts"].unexpected_count == 2
+    assert result.expectations["id_unique"].unexpected_count == 2
+    assert result.expectations["workload_id_non_empty"].success
+    reasons = pd.read_parquet(tmp_path / "quarantine" / "b1-validate.parquet").set_index("line")
+    assert set(reasons["stage"]) == {"validate"}
+    assert reasons.loc[11, "reason"] == "route_in_experts"
+    assert reasons.loc[12, "reason"] == "rating_in_set"
+    assert reasons.loc[13, "reason"] == "latency_ms_in_range"
+    assert reasons.loc[14, "reason"].split("; ") == [
+        "client_id_non_empty", "route_in_experts", "latency_ms_in_range"]
+    assert reasons.loc[15, "reason"] == "timestamp_parseable"
+    assert reasons.loc[16, "reason"] == "timestamp_in_bounds"
+    assert reasons.loc[17, "reason"] == "query_length"
+    assert reasons.loc[18, "reason"] == "id_not_null"
+    assert reasons.loc[1, "reason"] == reasons.loc[19, "reason"] == "id_unique"
+    assert json.loads(reasons.loc[11, "raw"])["id"] == "r10"
+
+    validation = json.loads(Path(result.validation_path).read_text())
+    assert validation["success"] is False and len(validation["results"]) == 15
+    store = load_store(tmp_path)
+    assert sorted(store["id"]) == sorted(f"r{i}" for i in range(1, 10))
+    assert str(store["timestamp"].dtype) == "datetime64[us, UTC]"
+
+
+def test_duplicates_are_stored_once_and_retries_are_idempotent(tmp_path: Path) -> None:
+    deliver(tmp_path, "day1.jsonl", [record(1), record(2), record(3), record(3)])
+    first = cycle(tmp_path, "b1")
+    assert (first.stored, first.duplicates, first.quarantined) == (3, 1, 0)
+
+    retry = validate(ValidateConfig(home=str(tmp_path), run_id="b1"))
+    assert retry.model_dump(exclude={"validation_path"}) == first.model_dump(
+        exclude={"validation_path"})
+
+    deliver(tmp_path, "day2.jsonl", [record(2), record(3, expert="travel"), record(4)])
+    second = cycle(tmp_path, "b2")
+    assert balanced(second)
+    assert (second.stored, second.duplicates) == (1, 2)
+    store = load_store(tmp_path)
+    assert sorted(store["id"]) == ["r1", "r2", "r3", "r4"]
+    assert store.set_index("id").loc["r3", "route"] == "banking"  # the first stored wins
+
+
+def test_late_feedback_latest_wins_and_pending_feedback_applies_later(tmp_path: Path) -> None:
+    deliver(tmp_path, "day1.jsonl", [
+        record(1, feedback={"rating": 1, "source": "user"}),  # inline, at the record's time
+        record(2),
+    ])
+    deliver(tmp_path, "feedback-day1.jsonl", [
+        event(1, -1, "2026-11-20T12:00:00Z", comment="wrong team"),
+        event(1, 1, "2026-11-20T11:00:00Z"),                  # older: loses
+        event(9, -1, "2026-11-20T12:00:00Z"),                 # its record has not arrived
+    ])
+    first = cycle(tmp_path, "b1")
+    assert (first.feedback_merged, first.feedback_pending) == (3, 1)
+    store = load_store(tmp_path).set_index("id")
+    assert store.loc["r1", "rating"] == -1
+    assert store.loc["r1", "feedback_comment"] == "wrong team"
+    assert store.loc["r1", "feedback_at"] == pd.Timestamp("2026-11-20T12:00:00Z")
+    assert pd.isna(store.loc["r2", "rating"])
+    pending = pd.read_parquet(tmp_path / "store" / "feedback" / "pending.parquet")
+    assert list(pending["id"]) == ["r9"]
+
+    deliver(tmp_path, "day2.jsonl", [
+        record(9), record(1, feedback={"rating": 1, "source": "sme"})])  # new, but older
+    deliver(tmp_path, "feedback-day2.jsonl", [event(2, 1, "2026-11-21T08:00:00Z")])
+    second = cycle(tmp_path, "b2")
+    assert second.stored == 1 and second.duplicates == 1
+    # r9's pending event, r2's new one and the sme rating inside r1's duplicate (older than -1)
+    assert (second.feedback_merged, second.feedback_pending) == (3, 0)
+    store = load_store(tmp_path).set_index("id")
+    assert store.loc["r9", "rating"] == -1
+    assert store.loc["r2", "rating"] == 1
+    assert store.loc["r1", "rating"] == -1  # the duplicate's inline rating is older
+    assert pd.read_parquet(tmp_path / "store" / "feedback" / "pending.parquet").empty
+
+    # Re-sent lines carry the same events again: nothing new to merge.
+    deliver(tmp_path, "day3.jsonl", [record(1, feedback={"rating": 1, "source": "user"})])
+    third = cycle(tmp_path, "b3")
+    assert (third.duplicates, third.feedback_merged, third.feedback_pending) == (1, 0, 0)
+
+
+def test_threshold_failure_writes_quarantine_first(tmp_path: Path) -> None:
+    deliver(tmp_path, "router-2026-11-20.jsonl", [
+        record(1), record(2),
+        record(3, expert="payroll", client_id="finance-app"),
+        record(4, expert="payroll", client_id="finance-app"),
+        record(5, latency_ms=-1.0, client_id="finance-app"),
+    ])
+    with pytest.raises(ValidationFailed) as failure:
+        cycle(tmp_path, "b1", max_invalid_fraction=0.2)
+    message = str(failure.value)
+    assert "3 of 5" in message and "finance-app" in message
+    assert "router-2026-11-20.jsonl" in message
+    quarantined = pd.read_parquet(tmp_path / "quarantine" / "b1-validate.parquet")
+    assert sorted(quarantined["id"]) == ["r3", "r4", "r5"]
+    assert (tmp_path / "staging" / "b1" / "validation.json").exists()
+    assert load_store(tmp_path).empty  # nothing stored from a rejected batch
+
+    relaxed = validate(ValidateConfig(home=str(tmp_path), run_id="b1", max_invalid_fraction=0.7))
+    assert (relaxed.stored, relaxed.quarantined, relaxed.invalid_fraction) == (2, 3, 0.6)
+    with pytest.raises(ValidationFailed):  # retried under the strict limit: its part goes
+        validate(ValidateConfig(home=str(tmp_path), run_id="b1"))
+    assert load_store(tmp_path).empty
+
+    # Lines ingestion could not parse count too: a client sending garbage fails the run.
+    garbage = tmp_path / "garbage"
+    deliver(garbage, "router-2026-11-21.jsonl", [record(1), record(2)])
+    (garbage / "landing" / "mobile-2026-11-21.jsonl").write_text("{oops\n[]\n")
+    with pytest.raises(ValidationFailed, match="2 of 4 lines invalid.*mobile-2026-11-21.jsonl"):
+        cycle(garbage, "b1")
+
+
+def test_load_store_filters_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deliver(tmp_path, "a.jsonl", [
+        record(1, timestamp="2026-11-19T10:00:00Z"),
+        record(2, timestamp="2026-11-20T10:00:00Z"),
+        record(3, timestamp="2026-11-21T10:00:00Z", workload_id="planner"),
+    ])
+    ingest(IngestConfig(home=str(tmp_path), run_id="b1"))
+    assert main(["--home", str(tmp_path)]) == 0  # the newest batch by default
+    assert "validate b1: 3 records in" in capsys.readouterr().out
+    window = load_store(tmp_path, workload_id="router", start="2026-11-20", end="2026-11-22")
+    assert list(window["id"]) == ["r2"]
+    assert list(load_store(tmp_path, start="2026-11-20T00:00:00+00:00")["id"]) == ["r2", "r3"]
+    with pytest.raises(FileNotFoundError, match="flywheel ingest"):
+        validate(ValidateConfig(home=str(tmp_path), run_id="nope"))
