@@ -274,8 +274,16 @@ def _is_complete(folder: Path) -> bool:
 
 def _train_tokenizer(lines: list[str], recipe: BaseModelRecipe) -> Any:
     """Train a byte-level BPE on ``lines`` and wrap it as a ``transformers`` fast tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))

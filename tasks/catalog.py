@@ -1,7 +1,7 @@
 """The candidate catalog: which base models the cycle fine-tunes, how, and with what resources.
 
-The default catalog is ``tasks/configs/candidates.yaml``; a cycle's params form may pass its own list
-of names (picked from the catalog) or whole entries.
+The default catalog is ``tasks/configs/candidates.yaml``; a cycle's params form may pass its own
+list of names (picked from the catalog) or whole entries.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def classification_report(gold: list[str], predicted: list[str], labels: list[st
     matrix = confusion_matrix(gold, predicted, labels=labels)
     confusion = {g: {p_: int(matrix[i, j]) for j, p_ in enumerate(labels) if matrix[i, j]}
                  for i, g in enumerate(labels) if matrix[i].sum()}
-    accuracy = sum(g == p_ for g, p_ in zip(gold, predicted)) / max(1, len(gold))
+    accuracy = sum(g == p_ for g, p_ in zip(gold, predicted, strict=True)) / max(1, len(gold))
     macro_f1 = float(sum(f) / len(f)) if len(f) else 0.0
     return accuracy, macro_f1, per_expert, confusion
 
@@ -226,9 +226,10 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
         latency_hardware=hardware(), eval_seconds=time.perf_counter() - started, **latency)
     work_dir.mkdir(parents=True, exist_ok=True)
+    rows = zip(samples, gold, predicted, strict=True)
     (work_dir / "predictions.jsonl").write_text("".join(
         json.dumps({"id": s["doc"].get("id"), "query": s["doc"]["query"], "gold": g,
-                    "predicted": p}) + "\n" for s, g, p in zip(samples, gold, predicted)))
+                    "predicted": p}) + "\n" for s, g, p in rows))
     if config.track:
         result.mlflow_run_id = _log_to_mlflow(config, result, work_dir)
     (work_dir / "evaluate_result.json").write_text(result.model_dump_json(indent=1))

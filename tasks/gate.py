@@ -74,7 +74,7 @@ def decide(scores: list[CandidateScore], thresholds: GateThresholds,
             reasons.append("no champion yet")
         verdicts.append(Verdict(candidate=s.candidate, passed=ok_acc and ok_lat and ok_champ,
                                 reasons=reasons))
-    passing = [s for s, v in zip(scores, verdicts) if v.passed]
+    passing = [s for s, v in zip(scores, verdicts, strict=True) if v.passed]
     winner = None
     if passing:
         best = max(s.accuracy for s in passing)

@@ -1,4 +1,4 @@
-"""The cycle's report: the funnel as numbers, every model beside the teacher, the gate, the registry.
+"""The cycle's report: the funnel as numbers, each model beside the teacher, the gate, the registry.
 
 Written to ``runs/<cycle>/report.md`` and ``report.json`` and logged to MLflow as the cycle's own
 run, so the same summary is in the task log, on disk and in the MLflow UI.

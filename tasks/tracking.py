@@ -6,8 +6,8 @@ Registry names, aliases and tags are documented in ``mlflow/README.md``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from tasks.config import Paths, get_paths, mlflow_artifact_root, mlflow_tracking_uri
 
