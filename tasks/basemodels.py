@@ -37,6 +37,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -144,25 +145,25 @@ RECIPES: dict[str, BaseModelRecipe] = {
     for recipe in (
         BaseModelRecipe(
             name="flywheel-llama-xs",
-            description="test-only: a ~0.1M-parameter Llama, seconds to build",
+            description="test-only: a 0.07M-parameter Llama, seconds to build",
             vocab_size=1024, hidden_size=48, intermediate_size=128, num_hidden_layers=1,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            tie_word_embeddings=True, pretrain_steps=40, batch_size=8, seq_len=64,
-            learning_rate=3e-3, warmup_steps=4, eval_batches=2, corpus_max_lines=3000,
+            tie_word_embeddings=True, pretrain_steps=80, batch_size=8, seq_len=64,
+            learning_rate=5e-3, warmup_steps=8, eval_batches=2, corpus_max_lines=3000,
         ),
         BaseModelRecipe(
             name="flywheel-llama-s",
-            description="tiny stand-in for a 1B: ~1.5M-parameter Llama, 2 layers",
+            description="tiny stand-in for a 1B: 1.4M-parameter Llama, 2 layers",
             vocab_size=4000, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            pretrain_steps=300, batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=20,
+            pretrain_steps=500, batch_size=8, seq_len=128, learning_rate=3e-3, warmup_steps=25,
         ),
         BaseModelRecipe(
             name="flywheel-llama-m",
-            description="tiny stand-in for an 8B: ~6M-parameter Llama, 4 layers",
+            description="tiny stand-in for an 8B: 5.2M-parameter Llama, 4 layers",
             vocab_size=4000, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
-            pretrain_steps=300, batch_size=16, seq_len=128, learning_rate=2e-3, warmup_steps=20,
+            pretrain_steps=300, batch_size=8, seq_len=128, learning_rate=2e-3, warmup_steps=20,
         ),
     )
 }
@@ -191,6 +192,9 @@ def corpus_lines(recipe: BaseModelRecipe) -> list[str]:
         lines += [example.query for example in examples() if example.split == "train"]
     # Lowercase as CLINC150 is; drop blanks and exact duplicates (order kept: deterministic).
     lines = list(dict.fromkeys(line.strip().lower() for line in lines if line.strip()))
+    # A Wikipedia line can equal a val/test query by chance ("agreed"): drop it too.
+    held_out = {e.query.strip().lower() for e in examples() if e.split != "train"}
+    lines = [line for line in lines if line not in held_out]
     if recipe.corpus_max_lines is not None and len(lines) > recipe.corpus_max_lines:
         keep = sorted(random.Random(0).sample(range(len(lines)), recipe.corpus_max_lines))
         lines = [lines[i] for i in keep]
@@ -203,7 +207,7 @@ def _expert_name_lines(n_corpus_lines: int) -> list[str]:
     """Lines that list the expert names, often enough for BPE to merge each into few tokens.
 
     Each name appears alone (no leading space, as after a newline) and inside a shuffled list
-    (leading space), the two forms a router's answer takes. About 1% of the corpus: enough for the
+    (leading space), the two forms a router's answer takes. About 1-2% of the corpus: enough for the
     merges, too little to change what the model learns from the rest.
     """
     rng = random.Random(0)
@@ -313,8 +317,8 @@ def _train_tokenizer(lines: list[str], recipe: BaseModelRecipe) -> Any:
     return wrapped
 
 
-def ensure_tokenizer(name_or_recipe: str | BaseModelRecipe, home: str | os.PathLike[str] | None = None
-                     ) -> Path:
+def ensure_tokenizer(name_or_recipe: str | BaseModelRecipe,
+                     home: str | os.PathLike[str] | None = None) -> Path:
     """The tokenizer folder for a recipe, trained on first use and shared by equal settings.
 
     Args:
@@ -386,22 +390,61 @@ def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
-def _torch_threads() -> int:
-    """Intra-op threads for pre-training: up to 2 on an idle machine, 1 on a busy one.
+@contextlib.contextmanager
+def _transformers_progress(show: bool) -> Iterator[None]:
+    """Silence ``transformers``' own bars (e.g. "Writing model shards") unless ours are shown."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class _ThreadTuner:
+    """Runs each training step on 1 or on ``most`` torch threads, whichever is measured faster.
 
     OpenMP threads spin at every barrier: when another process holds one of the 2 cores, a
-    2-thread step ran 3-10x slower than a 1-thread step here (measured), while on an idle
-    machine 2 threads are faster. A 1-minute load average of ``cores - 0.5`` or more counts as
-    busy. ``$FLYWHEEL_TORCH_THREADS`` overrides the choice.
+    2-thread step ran 3-10x slower than a 1-thread step here (measured), while on an idle machine
+    2 threads are faster. The load of a shared machine changes during a build, and the load average
+    counts this process's own past work, so the choice is made by timing real steps: the first
+    ``probe`` steps of every ``every`` run on 1 thread, the next ``probe`` on ``most``, and the
+    median decides until the next check. ``$FLYWHEEL_TORCH_THREADS`` fixes the count instead.
     """
-    if value := os.environ.get("FLYWHEEL_TORCH_THREADS"):
-        return max(1, int(value))
-    cores = min(2, os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0] >= cores - 0.5
-    except OSError:  # no load average on this platform
-        busy = False
-    return 1 if busy else cores
+
+    def __init__(self, most: int | None = None, every: int = 100, probe: int = 3) -> None:
+        if value := os.environ.get("FLYWHEEL_TORCH_THREADS"):
+            self.candidates = [max(1, int(value))]
+        else:
+            most = most or min(2, os.cpu_count() or 1)
+            self.candidates = [1, most] if most > 1 else [1]
+        self.every, self.probe = every, probe
+        self.chosen = self.candidates[-1]
+        self.timings: dict[int, list[float]] = {}
+        self.steps_at: dict[int, int] = {}
+
+    def _probing(self, step: int) -> bool:
+        return len(self.candidates) > 1 and step % self.every < self.probe * len(self.candidates)
+
+    def threads_for(self, step: int) -> int:
+        """The thread count to run ``step`` with."""
+        if self._probing(step):
+            return self.candidates[(step % self.every) // self.probe]
+        return self.chosen
+
+    def record(self, step: int, threads: int, seconds: float) -> None:
+        """Note how long ``step`` took; at the end of a probe, choose the faster count."""
+        self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
+        if not self._probing(step):
+            return
+        self.timings.setdefault(threads, []).append(seconds)
+        if step % self.every == self.probe * len(self.candidates) - 1:
+            self.chosen = min(self.timings, key=lambda t: statistics.median(self.timings[t]))
+            self.timings.clear()
 
 
 def _pretrain(recipe: BaseModelRecipe, tokenizer: Any, lines: list[str], out: Path,
@@ -453,11 +496,14 @@ def _pretrain(recipe: BaseModelRecipe, tokenizer: Any, lines: list[str], out: Pa
     order = torch.randperm(len(train_rows), generator=generator)
     cursor = 0
 
+    tuner = _ThreadTuner()
+    torch.set_num_threads(tuner.chosen)
     initial_loss = evaluate()
     losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(range(recipe.pretrain_steps), desc=f"pretrain {recipe.name}",
-               disable=not _show_progress(progress), dynamic_ncols=True)
+    show = _show_progress(progress)
+    bar = tqdm(range(recipe.pretrain_steps), desc=f"pretrain {recipe.name}", disable=not show,
+               dynamic_ncols=True)
     model.train()
     for step in bar:
         if cursor + recipe.batch_size > len(order):  # next epoch, new order
@@ -466,12 +512,17 @@ def _pretrain(recipe: BaseModelRecipe, tokenizer: Any, lines: list[str], out: Pa
         cursor += recipe.batch_size
         for group in optimizer.param_groups:
             group["lr"] = recipe.learning_rate * _lr_factor(step, recipe)
+        threads = tuner.threads_for(step)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        step_started = time.perf_counter()
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        tuner.record(step, threads, time.perf_counter() - step_started)
         if step % 10 == 0 or step == recipe.pretrain_steps - 1:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
@@ -479,7 +530,8 @@ def _pretrain(recipe: BaseModelRecipe, tokenizer: Any, lines: list[str], out: Pa
     final_loss = evaluate()
 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
+    with _transformers_progress(show):
+        model.save_pretrained(out)
     tokens = recipe.pretrain_steps * recipe.batch_size * recipe.seq_len
     tail = losses[-10:]
     return {
@@ -494,7 +546,7 @@ def _pretrain(recipe: BaseModelRecipe, tokenizer: Any, lines: list[str], out: Pa
         "corpus_tokens": int(data.numel()),
         "seconds": round(seconds, 2),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-        "torch_threads": torch.get_num_threads(),
+        "steps_by_torch_threads": {str(k): v for k, v in sorted(tuner.steps_at.items())},
         "loss_curve": [round(x, 4) for x in losses[:: max(1, len(losses) // 50)]],
     }
 
@@ -566,7 +618,6 @@ def _build(recipe: BaseModelRecipe, lines: list[str], corpus_sha: str, digest: s
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(_torch_threads())
     try:
         log.info("pre-training %s (%s)", recipe.name, recipe.description)
         metrics = _pretrain(recipe, tokenizer, lines, out, progress)
@@ -578,6 +629,8 @@ def _build(recipe: BaseModelRecipe, lines: list[str], corpus_sha: str, digest: s
     (out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
     (out / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(recipe, metrics))
+    for file in out.iterdir():  # safetensors writes 0600; other users (Airflow workers) must read
+        file.chmod(0o644)
 
 
 def _model_card(recipe: BaseModelRecipe, metrics: dict[str, Any]) -> str:

@@ -27,10 +27,11 @@ class Hyperparameters(BaseModel):
                                  "gate_proj", "up_proj", "down_proj"],
         description="Linear layers that get LoRA adapters.")
     modules_to_save: list[str] = Field(
-        default_factory=lambda: ["norm"],
-        description=("Small modules trained in full beside the adapters. The RMSNorm weights "
-                     "(a few thousand values) let a briefly pre-trained base sharpen its output "
-                     "distribution, which frozen norms and a tied output layer otherwise cap."))
+        default_factory=lambda: ["norm", "embed_tokens"],
+        description=("Modules trained in full and saved beside the adapters. For the tiny, "
+                     "briefly pre-trained offline bases, the RMSNorm weights and token "
+                     "embeddings are what lets routing be learned at all (LoRA on the linear "
+                     "layers alone stayed at chance); set [] for a well pre-trained base."))
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate (AdamW).")
     epochs: float = Field(8, gt=0, le=1000, description="Passes over the training split.")
     batch_size: int = Field(16, ge=1, le=4096, description="Micro-batch size per rank.")

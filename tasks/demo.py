@@ -31,13 +31,15 @@ PROGRESS = re.compile(r"(Running <TaskInstance|Marking task as|Task instance .* 
 
 
 class DemoConfig(BaseModel):
-    days: int = Field(3, ge=1, le=60, description="Days of traffic to simulate (ending yesterday).")
+    days: int = Field(4, ge=1, le=60, description="Days of traffic to simulate (ending yesterday).")
     records_per_day: int = Field(2500, ge=100, le=100000, description="Agent requests per day.")
     seed: int = Field(0, ge=0, description="Simulator seed.")
     candidates: list[str] = Field(["llama-s-lora", "llama-m-lora"],
                                   description="Candidates from the catalog.")
-    min_accuracy: float = Field(0.70, ge=0, le=1, description="Gate: minimum accuracy.")
-    max_p95_latency_ms: float = Field(1000.0, gt=0, description="Gate: maximum p95 latency (ms).")
+    # thresholds for the tiny offline models (a few million parameters, ~500 training points);
+    # the DAG's own defaults (0.70, 1000 ms) are meant for real candidates
+    min_accuracy: float = Field(0.45, ge=0, le=1, description="Gate: minimum accuracy.")
+    max_p95_latency_ms: float = Field(250.0, gt=0, description="Gate: maximum p95 latency (ms).")
     max_train_steps: int | None = Field(None, ge=1, description="Cap training steps (quick run).")
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
 

@@ -92,7 +92,9 @@ def run_lm_eval(config: EvaluateConfig, task_dir: Path) -> list[dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    model_args = {"pretrained": config.base_model_path, "dtype": "float32"}
+    # add_bos_token: score the prompt exactly as training and serving tokenise it
+    model_args = {"pretrained": config.base_model_path, "dtype": "float32",
+                  "add_bos_token": True}
     if config.adapter_dir:
         model_args["peft"] = config.adapter_dir
     results = lm_eval.simple_evaluate(
