@@ -26,8 +26,8 @@ from tasks.config import get_paths, local_environment
 from tasks.settings import parse_config
 
 #: lines of the Airflow log worth showing live (the rest goes to the log file)
-PROGRESS = re.compile(r"(Running <TaskInstance|Marking task as|Task instance .* state|"
-                      r"ERROR|Traceback|launch:|: loss .* ->|accuracy \d)")
+TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+PROGRESS = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking run)")
 
 
 class DemoConfig(BaseModel):
@@ -54,7 +54,13 @@ def _run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: boo
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
-            if show and PROGRESS.search(line):
+            if not show:
+                continue
+            if done := TASK_DONE.search(line):
+                task_id, index = done.groups()
+                label = task_id if index == "-1" else f"{task_id}[{index}]"
+                print(f"  {time.strftime('%H:%M:%S')} done: {label}", flush=True)
+            elif PROGRESS.search(line):
                 print("  " + line.rstrip()[:160], flush=True)
         return process.wait()
 
