@@ -29,7 +29,6 @@ unchanged.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,6 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.config import EXPERTS, ROUTE_TOOL, get_paths
+from tasks.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -248,18 +248,6 @@ def tokenizer_digest(recipe: BaseModelRecipe, corpus_sha: str) -> str:
 # Cache plumbing
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``: a second process building the same thing waits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """Move a finished build into place in one rename, so readers never see half a folder."""
     if final.exists():  # only possible if a build ran without the lock; keep the first
@@ -339,7 +327,7 @@ def _ensure_tokenizer(recipe: BaseModelRecipe, lines: list[str], corpus_sha: str
     final = root / f"bpe{recipe.vocab_size}-{tokenizer_digest(recipe, corpus_sha)[:12]}"
     if (final / "tokenizer.json").is_file():
         return final
-    with _file_lock(root / f".{final.name}.lock"):
+    with file_lock(root / f".{final.name}.lock"):
         if (final / "tokenizer.json").is_file():  # built by another process while we waited
             return final
         started = time.perf_counter()
@@ -596,7 +584,7 @@ def ensure_base_model(name_or_recipe: str | BaseModelRecipe,
     final = root / f"{recipe.name}-{digest[:12]}"
     if _is_complete(final):
         return final
-    with _file_lock(root / f".{final.name}.lock"):
+    with file_lock(root / f".{final.name}.lock"):
         if _is_complete(final):  # another process built it while we waited
             return final
         tok_dir = _ensure_tokenizer(recipe, lines, corpus_sha, home)

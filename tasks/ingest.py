@@ -27,7 +27,6 @@ staged, a re-delivered copy of the same content is skipped too, and a task retri
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import json
@@ -35,7 +34,6 @@ import os
 import sys
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.config import Paths, get_paths
+from tasks.locks import file_lock
 from tasks.records import FLAT_COLUMNS, SCHEMA_VERSION, RecordError, query_of, route_of
 
 if TYPE_CHECKING:
@@ -153,18 +152,6 @@ def _cell(value: Any) -> Any:
     if value is None or type(value).__name__ in ("NAType", "NaTType"):
         return None
     return None if isinstance(value, float) and value != value else value
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held for the block (two runs never interleave)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sha256_of(path: Path) -> str:

@@ -41,11 +41,11 @@ from tasks.config import EXPERTS, Paths, get_paths
 from tasks.ingest import (
     BATCH_MARKER,
     QUARANTINE_COLUMNS,
-    file_lock,
     rows_to_table,
     write_bytes_atomic,
     write_table_atomic,
 )
+from tasks.locks import file_lock
 from tasks.records import FLAT_COLUMNS
 
 if TYPE_CHECKING:
