@@ -125,6 +125,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
            or str(Path(sys.prefix) / "var" / "torch_extensions")}
     if config.launcher == "none":
         env.update(_single_rank_env())
+    if config.launcher != "deepspeed":  # one node: keep gloo's sockets on loopback
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     command = launch_command(job_path, config.launcher, config.nproc)
     print("launch:", " ".join(command), flush=True)
     completed = subprocess.run(command, env=env, cwd=out)
