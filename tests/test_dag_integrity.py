@@ -65,3 +65,12 @@ def test_dag_files_import_nothing_heavy_at_module_level():
 def test_dag_file_name_is_dag_id(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert Path(dag.fileloc).stem == dag_id
+
+
+def test_ingest_dag_runs_often_and_publishes_the_store_asset(dagbag):
+    dag = dagbag.dags["flywheel_ingest"]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream["ingest"] == {"validate"}
+    outlets = [a.name for a in dag.get_task("validate").outlets]
+    assert outlets == ["flywheel_store"]

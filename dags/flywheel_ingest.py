@@ -1,0 +1,52 @@
+"""
+### flywheel_ingest
+
+Keeps the store fresh between nightly cycles: every 15 minutes, read new files from the landing
+folder (dropped by agents, or written by the HTTP intake), validate them with great-expectations,
+quarantine what fails with every reason, and append the rest to the store. Re-running an interval
+stores nothing twice. Marks the Asset `flywheel_store` updated, which a cycle can be scheduled on.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+STORE = Asset("flywheel_store", uri="file:///flywheel/store/records")
+
+
+@dag(
+    dag_id="flywheel_ingest",
+    schedule="*/15 * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["flywheel"],
+    doc_md=__doc__,
+)
+def flywheel_ingest():
+    @task
+    def ingest() -> dict:
+        from airflow.sdk import get_current_context
+
+        from tasks.ingest import IngestConfig
+        from tasks.ingest import ingest as run
+
+        run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", get_current_context()["run_id"])
+        return run(IngestConfig(run_id=run_id)).model_dump(mode="json")
+
+    @task(outlets=[STORE])
+    def validate(ingested: dict) -> dict:
+        from tasks.validate import ValidateConfig
+        from tasks.validate import validate as run
+
+        return run(ValidateConfig(run_id=ingested["run_id"])).model_dump(mode="json")
+
+    validate(ingest())
+
+
+flywheel_ingest()
