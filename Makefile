@@ -45,5 +45,8 @@ mlflow-ui: setup
 lint: setup
 	$(BIN)/ruff check dags tasks plugins tests
 
+bench: setup
+	$(BIN)/python tests/benchmarks/bench_redact.py
+
 clean:
 	rm -rf $(FLYWHEEL_HOME)

@@ -14,6 +14,12 @@ line (row by row). A line becomes one of three things:
   contract's *shape* (no user message, no route, a field of the wrong JSON type), with the reason,
   the raw text, the source file and the line number. Nothing is dropped silently.
 
+PII is redacted (:mod:`tasks.redact`) before any row is built: a parsed line's string values
+(query, response, tool-call arguments, feedback comment; never ids, timestamps or keys) get typed
+placeholders such as ``<EMAIL>``, and its ``raw`` text is then re-serialised from the redacted
+object (kept byte for byte when nothing was found); a line that does not parse has its raw text
+redacted as plain text. So staging and quarantine never hold the PII the redactor recognises.
+
 Ingestion checks shapes and types; :mod:`tasks.validate` checks values (ids, timestamps, routes,
 ranges) with great-expectations.
 
@@ -43,6 +49,7 @@ from pydantic import BaseModel, Field, field_validator
 from tasks.config import Paths, get_paths
 from tasks.locks import file_lock
 from tasks.records import FLAT_COLUMNS, SCHEMA_VERSION, RecordError, query_of, route_of
+from tasks.redact import redact, redact_record
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -105,6 +112,9 @@ class IngestResult(BaseModel):
     quarantined: int = Field(ge=0, description="Lines rejected, with reasons")
     staging_dir: str = Field(description="staging/<run_id>")
     quarantine_path: str | None = Field(None, description="Quarantine file, if any line failed")
+    pii_redacted: dict[str, int] = Field(default_factory=dict,
+                                         description="PII values replaced by placeholders, per "
+                                                     "kind (email, phone, card, ...)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +390,7 @@ def ingest(config: IngestConfig) -> IngestResult:
         skipped: list[str] = []
         entries: list[dict[str, Any]] = []
         lines_in = 0
+        pii: dict[str, int] = {}
         for path in _landing_files(paths, config.patterns):
             digest = sha256_of(path)
             if digest in done:
@@ -390,6 +401,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             file_lines = 0
             for number, raw, obj, error in read_landing_file(path):
                 file_lines += 1
+                raw, obj = _redacted(raw, obj, pii)
                 where = {"source_file": path.name, "line": number, "raw": raw}
                 if obj is not None and error is None:
                     try:
@@ -423,11 +435,29 @@ def ingest(config: IngestConfig) -> IngestResult:
             run_id=run_id, files=files, skipped_files=skipped, lines_in=lines_in,
             records_parsed=len(records), feedback_events=len(events), quarantined=len(rejected),
             staging_dir=str(staging_dir),
-            quarantine_path=str(quarantine_path) if rejected else None)
+            quarantine_path=str(quarantine_path) if rejected else None,
+            pii_redacted=dict(sorted(pii.items())))
         payload = {"result": result.model_dump(mode="json"), "manifest": entries}
         write_bytes_atomic(marker, json.dumps(payload, indent=2).encode())  # the commit point
         _record_in_manifest(paths, entries)
     return result
+
+
+def _redacted(raw: str, obj: Any, total: dict[str, int]) -> tuple[str, Any]:
+    """``(raw, obj)`` with PII replaced, adding the counts per kind to ``total``.
+
+    A parsed object is redacted field by field and its raw text re-serialised from it (redacting
+    JSON text directly could split an escape sequence); text that did not parse is redacted as is.
+    """
+    if isinstance(obj, dict):
+        obj, counts = redact_record(obj)
+        if counts:
+            raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    else:
+        raw, counts = redact(raw)
+    for kind, n in counts.items():
+        total[kind] = total.get(kind, 0) + n
+    return raw, obj
 
 
 def _maybe_str(value: Any) -> str | None:
@@ -447,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  feedback events {result.feedback_events:>8}")
     print(f"  quarantined     {result.quarantined:>8}"
           + (f"  -> {result.quarantine_path}" if result.quarantine_path else ""))
+    pii = ", ".join(f"{kind} {n}" for kind, n in result.pii_redacted.items()) or "none"
+    print(f"  PII redacted    {sum(result.pii_redacted.values()):>8}  ({pii})")
     print(f"  staging         {result.staging_dir}")
     return 0
 

@@ -24,9 +24,12 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
     from tabulate import tabulate
 
     funnel = dataset.get("funnel", {})
+    pii = ingested.get("pii_redacted") or {}
     data_rows = [
         ("lines read from landing files", ingested["lines_in"]),
         ("quarantined at ingest (unparseable)", ingested["quarantined"]),
+        ("PII values redacted (" + ", ".join(f"{k} {v}" for k, v in pii.items()) + ")"
+         if pii else "PII values redacted", sum(pii.values())),
         ("records validated", validated["records_in"]),
         ("quarantined by validation", validated["quarantined"]),
         ("duplicates skipped", validated["duplicates"]),

@@ -1,16 +1,22 @@
 """Open the embedded state in its UIs, bound to 127.0.0.1 only.
 
-    flywheel serve airflow    # Airflow UI and API on http://127.0.0.1:8080 (standalone: SQLite)
+    flywheel serve airflow    # Airflow UI and API on http://127.0.0.1:8080 (SQLite, LocalExecutor)
     flywheel serve mlflow     # MLflow UI on http://127.0.0.1:5000 (the same SQLite store)
 
 Both read the home the demo wrote (``$FLYWHEEL_HOME``). Stop with Ctrl-C.
+
+Airflow runs as its four components (api-server, scheduler, dag-processor, triggerer) rather than
+``airflow standalone``, because standalone also starts log servers that listen on every interface;
+here the components share one machine and read task logs from disk, so those are skipped.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tasks.config import get_paths, local_environment, mlflow_artifact_root
@@ -22,16 +28,48 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     paths = get_paths()
-    env = {**os.environ, **local_environment(paths)}
     bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **local_environment(paths)}
+    # child processes that call `airflow ...` by name find this environment's
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     if argv[0] == "mlflow":
         command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri",
                    env["MLFLOW_TRACKING_URI"], "--default-artifact-root",
                    mlflow_artifact_root(paths), "--host", "127.0.0.1", "--port", "5000"]
-    else:
-        subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        command = [str(bin_dir / "airflow"), "standalone"]
-    print("$", " ".join(command), flush=True)
-    os.execve(command[0], command, env)
-    return 0  # unreachable: execve replaces this process
+        print("$", " ".join(command), flush=True)
+        os.execve(command[0], command, env)
+    airflow = str(bin_dir / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    return run_airflow(airflow, env)
+
+
+def run_airflow(airflow: str, env: dict[str, str]) -> int:
+    """Start Airflow's components, stop them all (by PID) when one exits or on Ctrl-C/SIGTERM."""
+    components = [
+        [airflow, "api-server", "--host", "127.0.0.1", "--port", env["AIRFLOW__API__PORT"]],
+        [airflow, "scheduler", "--skip-serve-logs"],
+        [airflow, "dag-processor"],
+        [airflow, "triggerer", "--skip-serve-logs"],
+    ]
+    processes = [subprocess.Popen(command, env=env) for command in components]
+    print(f"Airflow UI: http://127.0.0.1:{env['AIRFLOW__API__PORT']} (Ctrl-C stops it)",
+          flush=True)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and all(p.poll() is None for p in processes):
+        time.sleep(0.5)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return 0 if stopping else 1

@@ -16,7 +16,7 @@ def test_report_shows_funnel_models_gate_and_registry():
                               "reasons": ["accuracy 0.600 >= min 0.450"]}],
                 "winner": "s-lora", "rule": "most accurate"}
     text = render("c1", "router",
-                  {"lines_in": 1000, "quarantined": 3},
+                  {"lines_in": 1000, "quarantined": 3, "pii_redacted": {"email": 2, "phone": 1}},
                   {"records_in": 997, "quarantined": 2, "duplicates": 5, "stored": 990},
                   dataset,
                   {"model": "teacher-70b", "accuracy": 1.0, "oracle_accuracy": 0.96,
@@ -25,6 +25,7 @@ def test_report_shows_funnel_models_gate_and_registry():
                   {"registered": True, "model_name": "flywheel-router", "version": "3",
                    "alias": "challenger"})
     assert "| records in window" in text and "900" in text
+    assert "PII values redacted (email 2, phone 1) | 3" in text
     assert "0.960, simulation oracle" in text
     assert "s-lora (fine-tuned)" in text and "0.600" in text and "PASS" in text
     assert "base:s (zero-shot)" in text and "0.100" in text

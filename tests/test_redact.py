@@ -1,0 +1,165 @@
+"""PII redaction: each kind found and replaced, look-alikes left alone, records and ingestion."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.ingest import IngestConfig, ingest
+from tasks.records import make_request, make_response
+from tasks.redact import iban_valid, luhn_valid, redact, redact_record
+from tasks.simulate import SimulateConfig, simulate
+
+
+@pytest.mark.parametrize(("text", "expected", "kind"), [
+    ("reply to jane.doe@example.com please", "reply to <EMAIL> please", "email"),
+    ("mail A_B+tag@mail.co.uk.", "mail <EMAIL>.", "email"),
+    ("call me at +1-555-201-7788)", "call me at <PHONE>)", "phone"),
+    ("ring +44 20 7946 0958 today", "ring <PHONE> today", "phone"),
+    ("office (555) 201-7788", "office <PHONE>", "phone"),
+    ("cell 555.201.7788 or 1-555-201-7789", "cell <PHONE> or <PHONE>", "phone"),
+    ("card 4111 1111 1111 1111 expired", "card <CARD> expired", "card"),
+    ("amex 3782-822463-10005", "amex <CARD>", "card"),
+    ("pay with 5555555555554444", "pay with <CARD>", "card"),
+    ("my ssn is 123-45-6789", "my ssn is <SSN>", "ssn"),
+    ("iban DE89 3704 0044 0532 0130 00 thanks", "iban <IBAN> thanks", "iban"),
+    ("to GB82WEST12345698765432", "to <IBAN>", "iban"),
+    ("host 192.168.10.254 is down", "host <IP> is down", "ip"),
+    ("ping 2001:db8::8a2e:370:7334 and ::1", "ping <IP> and <IP>", "ip"),
+    ("ip: fe80::1%eth0. and 94d7:fe89:cdcb:0:6d35:cb24:bb16:4794: up",
+     "ip: <IP>. and <IP>: up", "ip"),
+    ("key sk-proj-abcdEFGH1234ijklMNOP5678", "key <SECRET>", "secret"),
+    ("aws AKIAIOSFODNN7EXAMPLE", "aws <SECRET>", "secret"),
+    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "token <SECRET>", "secret"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9Pl",
+     "jwt <SECRET>", "secret"),
+    ("Authorization: Bearer abc123def456ghi789jkl", "Authorization: Bearer <SECRET>", "secret"),
+    ("hash d41d8cd98f00b204e9800998ecf8427e", "hash <SECRET>", "secret"),
+    ("blob aGVsbG8gd29ybGQhIFRoaXMgaXMgYSB0ZXN0IQ==", "blob <SECRET>", "secret"),
+])
+def test_each_kind_is_replaced(text: str, expected: str, kind: str) -> None:
+    redacted, counts = redact(text)
+    assert redacted == expected
+    assert set(counts) == {kind}
+
+
+@pytest.mark.parametrize("text", [
+    "how much is $1,250.00 in euros",
+    "wake me up at 10:30 on 2026-11-20",
+    "set a timer for 10:30:00",
+    "meet at 10:30: bring the slides",
+    "mac 00:1A:2B:3C:4D:5E is not an address here",
+    "transfer 2,500 dollars from account 1234",
+    "order number 1234567890123456 has not arrived",   # 16 digits, fails Luhn
+    "card 4111 1111 1111 1112",                          # Luhn-invalid
+    "ref DE89370400440532013001",                         # mod-97-invalid IBAN-like string
+    "ids 000-12-3456 666-12-3456 912-12-3456 123-00-4567 123-45-0000",  # invalid SSN ranges
+    "upgrade to version 1.2.3 or 300.1.1.1",             # not a valid IPv4
+    "my employee id is E123456, Jane Doe",               # not a kind on the list
+    "what is 12 * 3 + 4",
+    "call 555-1234",                                      # 7 digits: too short for a phone
+    "use std::vector in c++",
+    "supercalifragilisticexpialidociousandthensome words",  # long but not random
+    "",
+])
+def test_look_alikes_are_kept(text: str) -> None:
+    assert redact(text) == (text, {})
+
+
+def test_dotted_quad_version_is_taken_for_an_ip() -> None:
+    # Deliberate: 1.2.3.4 cannot be told apart from an address; over-redacting is the safe side.
+    assert redact("running version 1.2.3.4") == ("running version <IP>", {"ip": 1})
+
+
+def test_validators() -> None:
+    assert luhn_valid("4111-1111-1111-1111") and not luhn_valid("4111-1111-1111-1112")
+    assert not luhn_valid("4111")  # too short
+    assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE89370400440532013001")
+
+
+def test_counts_and_trailing_number_group() -> None:
+    text = "a@b.io, c@d.io, card 4111 1111 1111 1111 2026 and +1-555-201-7788"
+    redacted, counts = redact(text)
+    assert redacted == "<EMAIL>, <EMAIL>, card <CARD> 2026 and <PHONE>"
+    assert counts == {"email": 2, "card": 1, "phone": 1}
+
+
+def test_record_keeps_ids_and_keys() -> None:
+    record = {
+        "schema_version": 1, "id": "jane@example.com-1", "timestamp": "2026-11-20T10:30:00Z",
+        "workload_id": "router", "client_id": "10.0.0.1", "model": "teacher-70b",
+        "request": make_request("mail jane@example.com about 4111 1111 1111 1111"),
+        "response": make_response("banking", "call-192.168.0.1"),
+        "latency_ms": 1200.5, "feedback": {"rating": -1, "comment": "ssn 123-45-6789 leaked"},
+    }
+    record["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = (
+        json.dumps({"expert": "banking", "note": "from 10.1.2.3"}))
+    redacted, counts = redact_record(record)
+    assert counts == {"email": 1, "card": 1, "ssn": 1, "ip": 1}
+    for key in ("id", "timestamp", "workload_id", "client_id", "model", "schema_version",
+                "latency_ms"):
+        assert redacted[key] == record[key]
+    call = redacted["response"]["choices"][0]["message"]["tool_calls"][0]
+    assert call["id"] == "call-192.168.0.1"  # ids are kept at any depth
+    assert json.loads(call["function"]["arguments"]) == {"expert": "banking", "note": "from <IP>"}
+    assert redacted["request"]["messages"][-1]["content"] == "mail <EMAIL> about <CARD>"
+    assert redacted["feedback"] == {"rating": -1, "comment": "ssn <SSN> leaked"}
+    assert record["feedback"]["comment"] == "ssn 123-45-6789 leaked"  # the input is not changed
+
+
+def _record(i: int, query: str) -> dict:
+    return {"schema_version": 1, "id": f"r{i}", "timestamp": "2026-11-20T09:00:00.000Z",
+            "workload_id": "router", "client_id": "hr-portal", "model": "teacher-70b",
+            "request": make_request(query), "response": make_response("banking", f"call-{i}"),
+            "latency_ms": 1200.0}
+
+
+def test_ingest_stores_no_pii(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir(parents=True)
+    bad = _record(3, "my card is 4111 1111 1111 1111")
+    bad["latency_ms"] = "slow"  # contract breach: quarantined with its raw text
+    lines = [
+        json.dumps(_record(1, "reply to jane.doe@example.com about card 4111 1111 1111 1111")),
+        json.dumps(_record(2, "how do I reset my password")),
+        json.dumps(bad),
+        '{"id": "r4", "query": "call +1-555-201-7788 or jane.doe@example.com"',  # bad JSON
+        json.dumps({"kind": "feedback", "id": "r2", "timestamp": "2026-11-20T10:00:00Z",
+                    "rating": -1, "comment": "ask bob@example.com"}),
+    ]
+    (landing / "router-2026-11-20.jsonl").write_text("\n".join(lines) + "\n")
+    result = ingest(IngestConfig(home=str(tmp_path), run_id="pii"))
+
+    assert (result.records_parsed, result.feedback_events, result.quarantined) == (2, 1, 2)
+    assert result.pii_redacted == {"card": 2, "email": 3, "phone": 1}
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    feedback = pd.read_parquet(Path(result.staging_dir) / "feedback.parquet")
+    quarantined = pd.read_parquet(tmp_path / "quarantine" / "pii-ingest.parquet")
+    stored = [*staged["query"], *staged["raw"], *feedback["comment"], *feedback["raw"],
+              *quarantined["raw"]]
+    for text in stored:
+        assert "@example.com" not in text and "4111 1111" not in text and "555-201" not in text
+    assert staged.loc[0, "query"] == "reply to <EMAIL> about card <CARD>"
+    assert json.loads(staged.loc[0, "raw"])["id"] == "r1"  # re-serialised, still valid JSON
+    assert staged.loc[1, "raw"] == lines[1]  # nothing found: the raw line is kept byte for byte
+    assert list(staged["id"]) == ["r1", "r2"]
+
+
+def test_ingest_redacts_simulated_pii(tmp_path: Path) -> None:
+    sim = simulate(SimulateConfig(days=1, records_per_day=300, seed=5, pii_rate=0.5,
+                                  home=tmp_path))
+    assert sim.with_pii > 0
+    result = ingest(IngestConfig(home=str(tmp_path), run_id="sim"))
+    assert result.pii_redacted.get("email", 0) + result.pii_redacted.get("phone", 0) > 0
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    texts = [*staged["query"], *staged["raw"]]
+    quarantine = tmp_path / "quarantine" / "sim-ingest.parquet"
+    if quarantine.exists():
+        texts += list(pd.read_parquet(quarantine)["raw"])
+    planted = re.compile(r"@example\.com|\+1-555-\d{3}-\d{4}")
+    assert not [t for t in texts if planted.search(t)]
+    assert any("my employee id is E" in q for q in staged["query"])  # not a PII kind: kept
