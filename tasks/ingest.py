@@ -192,23 +192,29 @@ def _parse_text(number: int, text: str) -> Parsed:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return number, text, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:  # json.loads recurses once per level of nesting
+        return number, text, None, "invalid JSON: nested too deeply to parse"
     if not isinstance(obj, dict):
         return number, text, None, f"not a JSON object (got {type(obj).__name__})"
     return number, text, obj, None
 
 
 def _read_jsonl(path: Path) -> Iterator[Parsed]:
+    """Lines of a JSONL file. CRLF line ends are accepted, and so is a UTF-8 byte order mark at
+    the start of the file (it is stripped); blank lines are skipped and not counted."""
     opener = gzip.open if path.name.endswith(".gz") else open
     number = 0
     try:
         with opener(path, "rb") as handle:
             for number, data in enumerate(handle, start=1):  # noqa: B007 - used after the loop
                 data = data.rstrip(b"\r\n")
+                if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+                    data = data[3:]
                 if data.strip():
                     yield _parse_line(number, data)
     except (OSError, EOFError, zlib.error) as exc:
         # A truncated or corrupt gzip: keep the lines read so far, quarantine the rest.
-        yield number + 1, "", None, f"unreadable file after line {number}: {exc}"
+        yield number + 1, "", None, f"unreadable file after line {number} ({path.name}): {exc}"
 
 
 _JSON_FIELDS = ("request", "response", "usage", "feedback")
@@ -220,8 +226,13 @@ def _read_parquet(path: Path) -> Iterator[Parsed]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any reader error means an unreadable file
-        yield 1, "", None, f"unreadable Parquet file: {exc}"
+        yield 1, "", None, f"unreadable Parquet file {path.name}: {exc}"
         return
+    foreign = None
+    if "record" not in table.column_names and not {"request", "response"} <= set(
+            table.column_names):
+        foreign = (f"foreign Parquet schema in {path.name}: neither a 'record' column nor "
+                   f"'request' and 'response' columns (has {table.column_names[:10]})")
     if "record" in table.column_names:  # one JSON text per row
         for number, text in enumerate(table.column("record").to_pylist(), start=1):
             if text is None or (isinstance(text, str) and not text.strip()):
@@ -242,6 +253,7 @@ def _read_parquet(path: Path) -> Iterator[Parsed]:
                     obj[name] = json.loads(obj[name])
                 except json.JSONDecodeError as exc:
                     error = f"column {name!r} is not valid JSON: {exc.msg}"
+        error = foreign or error
         yield number, raw, (None if error else obj), error
 
 

@@ -7,6 +7,7 @@ run, so the same summary is in the task log, on disk and in the MLflow UI.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tasks.config import get_paths
 
@@ -111,7 +112,13 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
                             "n_test": dataset["n_test"]})
         mlflow.log_params({"dataset_version": dataset["version"],
                            "winner": decision.get("winner") or "none"})
+        mlflow.log_metrics({f"pii.{kind}": n
+                            for kind, n in (ingested.get("pii_redacted") or {}).items()})
         mlflow.log_artifact(str(out / "report.md"))
         mlflow.log_artifact(str(out / "report.json"))
+        # the great-expectations result (JSON, and Data Docs HTML where made) beside the report
+        for key in ("validation_path", "validation_html_path"):
+            if validated.get(key) and Path(validated[key]).is_file():
+                mlflow.log_artifact(validated[key], artifact_path="validation")
     return {"report_path": str(out / "report.md"), "winner": decision.get("winner"),
             "registered": registered}

@@ -20,6 +20,10 @@ latest one per id (by timestamp) onto the records. An event whose record is not 
 *pending*: it stays in the history, is listed in ``store/feedback/pending.parquet``, and applies by
 itself once its record arrives in a later run.
 
+The validation result is kept in ``staging/<run_id>/validation.json`` (GX's own JSON) and
+``validation.html`` (a small self-contained report: one row per expectation, with its unexpected
+count and sample failing rows).
+
 A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent. When the
 share of the batch's record lines rejected (at ingestion or here) exceeds ``max_invalid_fraction``,
 the run fails after writing the quarantine and ``staging/<run_id>/validation.json``, naming the
@@ -114,6 +118,8 @@ class ValidateResult(BaseModel):
     expectations: dict[str, ExpectationSummary] = Field(
         description="Expectation name -> success and unexpected count")
     validation_path: str = Field(description="GX validation result (JSON)")
+    validation_html_path: str | None = Field(None, description="The same result as a small "
+                                                               "self-contained HTML report")
     quarantine_path: str | None = Field(None, description="Quarantine file, if any row failed")
     store_part: str | None = Field(None, description="Store part written by this run (none "
                                                      "when nothing new was stored)")
@@ -199,6 +205,46 @@ def run_suite(frame: pd.DataFrame, config: ValidateConfig
         summary[name] = ExpectationSummary(success=bool(item.success),
                                            unexpected_count=len(unexpected))
     return failures, summary, result.to_json_dict()
+
+
+def render_html(run_id: str, summary: dict[str, ExpectationSummary],
+                failures: dict[int, list[str]], work: pd.DataFrame,
+                config: ValidateConfig, samples: int = 5) -> str:
+    """The validation result as a self-contained HTML page (no scripts, no external assets).
+
+    One table row per expectation: its name and GX type, success, unexpected count and up to
+    ``samples`` failing rows (``source_file:line`` and id).
+    """
+    from html import escape
+
+    kinds = {name: type(e).__name__ for name, e in build_suite(config).items()}
+    failing: dict[str, list[str]] = {}
+    for index in sorted(failures):
+        row = work.loc[index]
+        where = f"{row.get('source_file')}:{row.get('line')} id={row.get('id')!r}"
+        for name in failures[index]:
+            failing.setdefault(name, []).append(where)
+    passed = sum(item.success for item in summary.values())
+    rows = []
+    for name, item in summary.items():
+        sample = failing.get(name, [])[:samples]
+        rows.append(
+            f'<tr class="{"ok" if item.success else "fail"}"><td>{escape(name)}</td>'
+            f"<td>{escape(kinds.get(name, ''))}</td>"
+            f"<td>{'yes' if item.success else 'NO'}</td><td>{item.unexpected_count}</td>"
+            f"<td>{'<br>'.join(escape(s) for s in sample)}</td></tr>")
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>Validation {escape(run_id)}</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #999;padding:4px 8px;text-align:left}"
+        "tr.fail{background:#fdd}tr.ok{background:#dfd}</style></head><body>"
+        f"<h1>Validation of batch {escape(run_id)}</h1>"
+        f"<p>{len(work)} records checked; {passed} of {len(summary)} expectations met; "
+        f"{len(failures)} records failed at least one.</p>"
+        "<table><tr><th>expectation</th><th>type</th><th>success</th>"
+        "<th>unexpected count</th><th>sample failing rows</th></tr>"
+        + "".join(rows) + "</table></body></html>\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,6 +439,9 @@ def validate(config: ValidateConfig) -> ValidateResult:
                    for name in build_suite(config)}
         result_json = {"success": True, "results": [], "note": "empty batch"}
     write_bytes_atomic(validation_path, json.dumps(result_json, indent=1, default=str).encode())
+    validation_html_path = staging / "validation.html"
+    write_bytes_atomic(validation_html_path,
+                       render_html(run_id, summary, failures, work, config).encode())
     failed = work.index.isin(list(failures))
     invalid = work[failed]
     quarantine_path = paths.quarantine / f"{run_id}-validate.parquet"
@@ -458,7 +507,7 @@ def validate(config: ValidateConfig) -> ValidateResult:
         duplicates=int(copies.sum() + seen.sum()), quarantined=len(invalid),
         invalid_fraction=invalid_fraction, feedback_merged=merged,
         feedback_pending=len(pending), expectations=summary,
-        validation_path=str(validation_path),
+        validation_path=str(validation_path), validation_html_path=str(validation_html_path),
         quarantine_path=str(quarantine_path) if len(invalid) else None,
         store_part=str(records_dir / part) if len(new) else None)
     assert result.records_in == result.stored + result.duplicates + result.quarantined, \

@@ -56,3 +56,13 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     assert validated["records_in"] == (validated["stored"] + validated["duplicates"]
                                        + validated["quarantined"])
     assert report["dataset"]["n_test"] > 0 and report["dataset"]["n_train"] > 0
+
+    # the cycle's own MLflow run carries the report and the great-expectations result
+    cycle_runs = mlflow.search_runs(experiment_names=["flywheel-router"],
+                                    filter_string="tags.`flywheel.stage` = 'cycle'",
+                                    output_format="list")
+    assert len(cycle_runs) == 1
+    artifacts = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id)}
+    assert {"report.md", "report.json", "validation"} <= artifacts
+    logged = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id, "validation")}
+    assert "validation/validation.json" in logged
