@@ -70,6 +70,7 @@ def demo(config: DemoConfig) -> int:
     from tasks.catalog import select_candidates
     from tasks.simulate import SimulateConfig, simulate
 
+    sys.stdout.reconfigure(line_buffering=True)  # show each step as it happens, even when piped
     started = time.perf_counter()
     paths = get_paths(config.home)
     env = {**os.environ, **local_environment(paths)}
