@@ -27,9 +27,9 @@ DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
 
 def _cycle_id(context) -> str:
     """A file-name-safe id of this DAG run."""
-    import re
+    from tasks.config import run_folder_name
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", context["run_id"])
+    return run_folder_name(context["run_id"])
 
 
 @dag(

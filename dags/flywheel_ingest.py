@@ -9,7 +9,6 @@ stores nothing twice. Marks the Asset `flywheel_store` updated, which a cycle ca
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pendulum
@@ -33,10 +32,11 @@ def flywheel_ingest():
     def ingest() -> dict:
         from airflow.sdk import get_current_context
 
+        from tasks.config import run_folder_name
         from tasks.ingest import IngestConfig
         from tasks.ingest import ingest as run
 
-        run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", get_current_context()["run_id"])
+        run_id = run_folder_name(get_current_context()["run_id"])
         return run(IngestConfig(run_id=run_id)).model_dump(mode="json")
 
     @task(outlets=[STORE])

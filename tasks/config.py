@@ -107,12 +107,23 @@ def get_paths(home: str | os.PathLike[str] | None = None) -> Paths:
     return Paths(Path(home).expanduser().resolve() if home else flywheel_home()).ensure()
 
 
+def run_folder_name(run_id: str) -> str:
+    """An Airflow run id (``manual__2026-11-26T04:12:02+00:00``) made safe as a folder name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+
+
+def embedded_tracking_uri(paths: Paths) -> str:
+    """The embedded MLflow store of a home: SQLite under ``mlflow/``."""
+    return f"sqlite:///{paths.mlflow / 'mlflow.db'}"
+
+
 def mlflow_tracking_uri(paths: Paths | None = None) -> str:
     """``$MLFLOW_TRACKING_URI``, or the embedded SQLite store under the home folder."""
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
-    paths = paths or get_paths()
-    return f"sqlite:///{paths.mlflow / 'mlflow.db'}"
+    return embedded_tracking_uri(paths or get_paths())
 
 
 def mlflow_artifact_root(paths: Paths | None = None) -> str:
@@ -149,7 +160,7 @@ def local_environment(paths: Paths | None = None, project_root: Path | None = No
         "SCARF_ANALYTICS": "false",
         "TOKENIZERS_PARALLELISM": "false",
         "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{paths.mlflow / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": embedded_tracking_uri(paths),
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
