@@ -68,6 +68,11 @@ FEEDBACK_COLUMNS: tuple[str, ...] = ("id", "timestamp", "rating", "source", "com
 
 _NUMERIC = {"latency_ms", "ttft_ms", "rating", "line"}
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,199}$"
+#: Rows buffered before a chunk is written to the staging Parquet files: memory stays bounded by
+#: the chunk, not the batch (a 1M-line delivery is staged in ~50 chunks).
+CHUNK_ROWS = 20_000
+#: Rows read at a time from a landing Parquet file.
+PARQUET_BATCH_ROWS = 10_000
 
 
 def default_run_id() -> str:
@@ -157,6 +162,66 @@ def rows_to_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pa.Ta
                                 schema=schema)
 
 
+class ChunkedTableWriter:
+    """Rows in, one Parquet file out: written a chunk at a time to a hidden temporary file and
+    renamed over ``path`` on :meth:`commit`, so memory is bounded by ``chunk_rows`` and readers see
+    the old file or the whole new one, never a part.
+
+    Used as a context manager, leaving the block by an exception removes the temporary file.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...], chunk_rows: int | None = None):
+        self.path, self.columns = path, columns
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
+        self.count = 0
+        self._rows: list[dict[str, Any]] = []
+        self._writer: Any = None
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        self.count += 1
+        if len(self._rows) >= self.chunk_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        table = rows_to_table(self._rows, self.columns)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")
+        self._writer.write_table(table)
+        self._rows = []
+
+    def commit(self, keep_empty: bool = True) -> bool:
+        """Move the file into place; with ``keep_empty=False`` an empty one is removed instead.
+        Returns whether ``path`` now exists."""
+        if not self.count and not keep_empty:
+            self.abort()
+            self.path.unlink(missing_ok=True)
+            return False
+        if self._rows or self._writer is None:
+            self._flush()  # the last chunk (or the schema of an empty file)
+        self._writer.close()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        return True
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._rows = []
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ChunkedTableWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()  # after commit() there is nothing left to remove
+
+
 def _cell(value: Any) -> Any:
     """A missing value (None, NaN, pandas' NA/NaT) as None; anything else as it is."""
     if value is None or type(value).__name__ in ("NAType", "NaTType"):
@@ -221,46 +286,62 @@ _JSON_FIELDS = ("request", "response", "usage", "feedback")
 
 
 def _read_parquet(path: Path) -> Iterator[Parsed]:
+    """Rows of a Parquet file, read a record batch at a time (a large file never sits in memory
+    whole)."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        reader = pq.ParquetFile(path)
+        names = reader.schema_arrow.names
     except Exception as exc:  # noqa: BLE001 - any reader error means an unreadable file
         yield 1, "", None, f"unreadable Parquet file {path.name}: {exc}"
         return
     foreign = None
-    if "record" not in table.column_names and not {"request", "response"} <= set(
-            table.column_names):
+    if "record" not in names and not {"request", "response"} <= set(names):
         foreign = (f"foreign Parquet schema in {path.name}: neither a 'record' column nor "
-                   f"'request' and 'response' columns (has {table.column_names[:10]})")
-    if "record" in table.column_names:  # one JSON text per row
-        for number, text in enumerate(table.column("record").to_pylist(), start=1):
-            if text is None or (isinstance(text, str) and not text.strip()):
-                continue
-            if isinstance(text, bytes):
-                yield _parse_line(number, text)
-            else:
-                yield _parse_text(number, str(text))
-        return
+                   f"'request' and 'response' columns (has {names[:10]})")
+    number = 0
+    try:
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in _parquet_rows(batch, names):
+                number += 1
+                yield _parquet_row(number, row, names, foreign)
+    except Exception as exc:  # noqa: BLE001 - a corrupt page part-way through the file
+        yield number + 1, "", None, (f"unreadable Parquet file {path.name} after row {number}: "
+                                     f"{exc}")
+
+
+def _parquet_rows(batch, names: list[str]) -> Iterator[Any]:
+    if "record" in names:  # one JSON text per row
+        return iter(batch.column(names.index("record")).to_pylist())
+    return iter(batch.to_pylist())
+
+
+def _parquet_row(number: int, row: Any, names: list[str], foreign: str | None) -> Parsed:
+    if "record" in names:
+        if row is None or (isinstance(row, str) and not row.strip()):
+            return number, "", None, None  # blank: skipped by the caller
+        if isinstance(row, bytes):
+            return _parse_line(number, row)
+        return _parse_text(number, str(row))
     # One column per top-level field; nested parts are structs or JSON text.
-    for number, row in enumerate(table.to_pylist(), start=1):
-        obj = {k: v for k, v in row.items() if v is not None}
-        raw = json.dumps(obj, ensure_ascii=False, default=str)
-        error = None
-        for name in _JSON_FIELDS:
-            if isinstance(obj.get(name), str):
-                try:
-                    obj[name] = json.loads(obj[name])
-                except json.JSONDecodeError as exc:
-                    error = f"column {name!r} is not valid JSON: {exc.msg}"
-        error = foreign or error
-        yield number, raw, (None if error else obj), error
+    obj = {k: v for k, v in row.items() if v is not None}
+    raw = json.dumps(obj, ensure_ascii=False, default=str)
+    error = None
+    for name in _JSON_FIELDS:
+        if isinstance(obj.get(name), str):
+            try:
+                obj[name] = json.loads(obj[name])
+            except json.JSONDecodeError as exc:
+                error = f"column {name!r} is not valid JSON: {exc.msg}"
+    error = foreign or error
+    return number, raw, (None if error else obj), error
 
 
 def read_landing_file(path: Path) -> Iterator[Parsed]:
     """``(line, raw, object or None, error or None)`` for each non-blank line/row of ``path``."""
     if path.name.endswith(".parquet"):
-        return _read_parquet(path)
+        return (row for row in _read_parquet(path) if row[1] or row[3])  # skip blank rows
     return _read_jsonl(path)
 
 
@@ -395,64 +476,67 @@ def ingest(config: IngestConfig) -> IngestResult:
             return IngestResult.model_validate(saved["result"])
 
         done = {entry["sha256"] for entry in _read_manifest(paths)}
-        records: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
+        quarantine_path = paths.quarantine / f"{run_id}-ingest.parquet"
         files: list[str] = []
         skipped: list[str] = []
         entries: list[dict[str, Any]] = []
         lines_in = 0
         pii: dict[str, int] = {}
-        for path in _landing_files(paths, config.patterns):
-            digest = sha256_of(path)
-            if digest in done:
-                skipped.append(path.name)
-                continue
-            done.add(digest)  # the same content twice in one delivery is read once
-            files.append(path.name)
-            file_lines = 0
-            for number, raw, obj, error in read_landing_file(path):
-                file_lines += 1
-                raw, obj = _redacted(raw, obj, pii)
-                where = {"source_file": path.name, "line": number, "raw": raw}
-                if obj is not None and error is None:
-                    try:
-                        if obj.get("kind") == "feedback":
-                            events.append({**flatten_feedback(obj), **where})
-                            continue
-                        if obj.get("kind") not in (None, "record"):
-                            raise RecordError(f"unknown kind {obj.get('kind')!r}")
-                        records.append({**flatten_record(obj), **where})
-                        continue
-                    except RecordError as exc:
-                        error = str(exc)
-                ids = obj if isinstance(obj, dict) else {}
-                rejected.append({"stage": "ingest", "reason": error, **where,
-                                 "id": _maybe_str(ids.get("id")),
-                                 "client_id": _maybe_str(ids.get("client_id"))})
-            lines_in += file_lines
-            entries.append({"file": path.name, "sha256": digest, "run_id": run_id,
-                            "lines": file_lines, "size": path.stat().st_size})
+        with (ChunkedTableWriter(staging_dir / "records.parquet", STAGED_COLUMNS) as records,
+              ChunkedTableWriter(staging_dir / "feedback.parquet", FEEDBACK_COLUMNS) as events,
+              ChunkedTableWriter(quarantine_path, QUARANTINE_COLUMNS) as rejected):
+            for path in _landing_files(paths, config.patterns):
+                digest = sha256_of(path)
+                if digest in done:
+                    skipped.append(path.name)
+                    continue
+                done.add(digest)  # the same content twice in one delivery is read once
+                files.append(path.name)
+                file_lines = 0
+                for number, raw, obj, error in read_landing_file(path):
+                    file_lines += 1
+                    _stage_line(path.name, number, raw, obj, error, pii, records, events,
+                                rejected)
+                lines_in += file_lines
+                entries.append({"file": path.name, "sha256": digest, "run_id": run_id,
+                                "lines": file_lines, "size": path.stat().st_size})
 
-        assert lines_in == len(records) + len(events) + len(rejected), "ingest lost lines"
-        quarantine_path = paths.quarantine / f"{run_id}-ingest.parquet"
-        if rejected:
-            write_table_atomic(rows_to_table(rejected, QUARANTINE_COLUMNS), quarantine_path)
-        else:
-            quarantine_path.unlink(missing_ok=True)
-        write_table_atomic(rows_to_table(records, STAGED_COLUMNS), staging_dir / "records.parquet")
-        write_table_atomic(rows_to_table(events, FEEDBACK_COLUMNS),
-                           staging_dir / "feedback.parquet")
+            assert lines_in == records.count + events.count + rejected.count, "ingest lost lines"
+            has_quarantine = rejected.commit(keep_empty=False)
+            records.commit()
+            events.commit()
         result = IngestResult(
             run_id=run_id, files=files, skipped_files=skipped, lines_in=lines_in,
-            records_parsed=len(records), feedback_events=len(events), quarantined=len(rejected),
-            staging_dir=str(staging_dir),
-            quarantine_path=str(quarantine_path) if rejected else None,
+            records_parsed=records.count, feedback_events=events.count,
+            quarantined=rejected.count, staging_dir=str(staging_dir),
+            quarantine_path=str(quarantine_path) if has_quarantine else None,
             pii_redacted=dict(sorted(pii.items())))
         payload = {"result": result.model_dump(mode="json"), "manifest": entries}
         write_bytes_atomic(marker, json.dumps(payload, indent=2).encode())  # the commit point
         _record_in_manifest(paths, entries)
     return result
+
+
+def _stage_line(source: str, number: int, raw: str, obj: Any, error: str | None,
+                pii: dict[str, int], records: ChunkedTableWriter, events: ChunkedTableWriter,
+                rejected: ChunkedTableWriter) -> None:
+    """Redact one line, then stage it as a record, a feedback event or a quarantined row."""
+    raw, obj = _redacted(raw, obj, pii)
+    where = {"source_file": source, "line": number, "raw": raw}
+    if obj is not None and error is None:
+        try:
+            if obj.get("kind") == "feedback":
+                events.append({**flatten_feedback(obj), **where})
+                return
+            if obj.get("kind") not in (None, "record"):
+                raise RecordError(f"unknown kind {obj.get('kind')!r}")
+            records.append({**flatten_record(obj), **where})
+            return
+        except RecordError as exc:
+            error = str(exc)
+    ids = obj if isinstance(obj, dict) else {}
+    rejected.append({"stage": "ingest", "reason": error, **where, "id": _maybe_str(ids.get("id")),
+                     "client_id": _maybe_str(ids.get("client_id"))})
 
 
 def _redacted(raw: str, obj: Any, total: dict[str, int]) -> tuple[str, Any]:

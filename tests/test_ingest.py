@@ -201,3 +201,65 @@ def test_config_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["--home", str(tmp_path), "--run-id", "cli-1"]) == 0
     out = capsys.readouterr().out
     assert "ingest cli-1: 1 file(s) read" in out and "quarantined" in out
+
+
+def test_chunked_staging_matches_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Staging in chunks of 3 rows (and reading Parquet 2 rows at a time) gives the same batch,
+    row for row, as staging everything at once; the files really are written in several chunks."""
+    import tasks.ingest as ingest_module
+
+    items: list[Any] = [record(i) for i in range(10)]
+    items[4:4] = ["{not json", {"kind": "feedback", "id": "r1", "rating": -1,
+                                "timestamp": "2026-11-20T10:00:00Z"}]
+    table = pa.table({"record": [json.dumps(record(i)) for i in range(20, 27)]})
+
+    def stage(home: Path) -> tuple[IngestResult, dict[str, pd.DataFrame]]:
+        write_jsonl(home / "landing" / "a.jsonl", items)
+        pq.write_table(table, home / "landing" / "b.parquet")
+        result = run(home, "chunks")
+        staged = {name: pd.read_parquet(home / "staging" / "chunks" / f"{name}.parquet")
+                  for name in ("records", "feedback")}
+        staged["quarantine"] = quarantine(home, "chunks")
+        return result, staged
+
+    whole_result, whole = stage(tmp_path / "whole")
+    monkeypatch.setattr(ingest_module, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(ingest_module, "PARQUET_BATCH_ROWS", 2)
+    chunk_result, chunked = stage(tmp_path / "chunked")
+
+    assert chunk_result.records_parsed == whole_result.records_parsed == 17
+    assert (chunk_result.feedback_events, chunk_result.quarantined) == (1, 1)
+    for name in whole:
+        pd.testing.assert_frame_equal(chunked[name], whole[name])
+    records_file = pq.ParquetFile(tmp_path / "chunked" / "staging" / "chunks" / "records.parquet")
+    assert records_file.metadata.num_row_groups == 6  # ceil(17 / 3)
+    assert not list((tmp_path / "chunked" / "staging" / "chunks").glob(".*.tmp"))
+
+
+def test_a_failed_run_leaves_no_partial_staging(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash part-way through (after chunks were written) leaves no staged file, no temporary
+    file and no manifest entry: the retry reads everything again."""
+    import tasks.ingest as ingest_module
+
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [record(i) for i in range(10)])
+    monkeypatch.setattr(ingest_module, "CHUNK_ROWS", 2)
+    calls = {"n": 0}
+    real = ingest_module.flatten_record
+
+    def flaky(obj: dict[str, Any]) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise MemoryError("simulated crash")
+        return real(obj)
+
+    monkeypatch.setattr(ingest_module, "flatten_record", flaky)
+    with pytest.raises(MemoryError):
+        run(tmp_path, "crash")
+    batch = tmp_path / "staging" / "crash"
+    assert not batch.exists() or not any(batch.iterdir())
+    assert not (tmp_path / "landing" / MANIFEST_NAME).exists()
+
+    monkeypatch.setattr(ingest_module, "flatten_record", real)
+    assert run(tmp_path, "crash").records_parsed == 10

@@ -98,10 +98,12 @@ def phase_full(home: Path) -> None:
     started = time.perf_counter()
     staged = ingest(IngestConfig(home=str(home), run_id=RUN_ID))
     after_ingest = time.perf_counter()
+    ingest_peak = _peak_rss_bytes()
     checked = validate(ValidateConfig(home=str(home), run_id=RUN_ID))
     done = time.perf_counter()
     _emit({"phase": "full", "seconds": done - started, "ingest_seconds": after_ingest - started,
-           "validate_seconds": done - after_ingest, "lines": staged.lines_in,
+           "validate_seconds": done - after_ingest, "ingest_peak_rss_bytes": ingest_peak,
+           "lines": staged.lines_in,
            "records_parsed": staged.records_parsed, "feedback_events": staged.feedback_events,
            "ingest_quarantined": staged.quarantined,
            "pii_redacted": sum(staged.pii_redacted.values()), "stored": checked.stored,
@@ -178,6 +180,8 @@ def main() -> int:
         print(f"{'  of which ingest':<28} {'':>10} {full['ingest_seconds']:>8.1f} "
               f"{full['lines'] / full['ingest_seconds']:>10,.0f}")
         print(f"{'  of which validate':<28} {'':>10} {full['validate_seconds']:>8.1f}")
+        print(f"  peak RSS after ingest {_gb(full['ingest_peak_rss_bytes'])}, after validate "
+              f"{_gb(full['peak_rss_bytes'])}")
         print(f"\nfull path: {full['records_parsed']:,} records + {full['feedback_events']:,} "
               f"feedback events staged, {full['ingest_quarantined']} quarantined at ingest, "
               f"{full['pii_redacted']:,} PII values redacted; stored {full['stored']:,}, "
