@@ -1,25 +1,43 @@
-"""Curate: turn positively rated records into a versioned dataset with a frozen test set.
+"""Curate: turn confirmed labels into a versioned ground-truth dataset with a frozen test set.
 
 Run it::
 
     flywheel curate --workload-id router --start 2026-11-01 --end 2026-12-01 --home /tmp/flywheel
 
-The funnel, in the numbers every cycle reports: records in the window -> with feedback ->
-positive / negative -> labelled (positive, route among the experts: the teacher's route is the
-label) -> after exact de-duplication on the normalised query (NFKC, case-folded, whitespace
-collapsed; the most frequent route of a group is its label).
+Where labels come from: a thumbs-up makes the teacher's route the label; a subject-matter expert's
+decision (:mod:`tasks.review`: a confirmed routing error, a route the judge wrongly doubted, a novel
+query labelled) replaces it whatever the rating, and ``discard`` removes the record. The judge
+alone never labels anything (:mod:`tasks.judge` only proposes).
+
+Cleaning, in order: exact de-duplication on the normalised query (NFKC, case-folded, whitespace
+collapsed; an expert's label wins in its group, else the most frequent one); out-of-scope queries
+kept as their own class (``out_of_scope="label"``) or dropped; *leakage*: a new example whose
+query is a near-duplicate (cosine >= ``near_duplicate_threshold`` in Qdrant) of a frozen test
+query never enters the dataset; *semantic de-duplication*: among the rest, a near-duplicate of an
+example kept before (earlier in train, or an earlier record) is dropped; a class-balance cap
+(``max_per_expert``) on train. The check is repeated on the final split: ``leakage_pairs`` in the
+funnel counts train examples with a near-duplicate in test, and is 0 by construction.
 
 The split never moves an example. ``datasets/<workload>/test_ids.json`` and ``train_ids.json``
 remember every id and normalised query ever assigned: a test example stays in the test set of
-every later version (unless its record's latest rating turns negative) and its query never reaches
-train; a train example stays in train. Only examples never seen before are split, stratified by
-expert (``sklearn.model_selection.train_test_split``; an expert with fewer than two new examples
-goes to train).
+every later version (unless its label is withdrawn: rating turned negative without an expert's
+label, or discarded) and its query never reaches train; a train example stays in train. Only
+examples never seen before are split, stratified by expert
+(``sklearn.model_selection.train_test_split``; an expert with fewer than two new examples goes to
+train).
 
-A version is content-addressed: ``datasets/<workload>/<version>/`` holds ``train.jsonl`` and
-``test.jsonl`` (lines ``{"id", "query", "expert"}`` sorted by id) and ``manifest.json``;
+A version is content-addressed and immutable: ``datasets/<workload>/<version>/`` holds
+``train.jsonl`` and ``test.jsonl`` (lines ``{"id", "query", "expert"}`` sorted by id) and
+``manifest.json`` (counts, the funnel, and the lineage: label sources, every expert decision used,
+the judges, their calibration, the encoder and thresholds, the parent version);
 ``version = "v" + sha256(train + test)[:12]``, so the same data gives the same version and a rerun
-changes nothing. ``datasets/<workload>/latest.json`` points at the newest one.
+changes nothing. ``datasets/<workload>/latest.json`` points at the newest one. Stages that train
+or evaluate on a version record it in MLflow with :func:`log_dataset_input`.
+
+The funnel every cycle reports (``CurateResult.funnel``): records in the window -> with feedback
+-> negative -> judged -> flagged by the judge as routing errors -> confirmed by experts -> labelled
+-> ground truth -> train / test, with the judge's calibration against the experts and the number of
+novel queries (unlabelled, far from every labelled one).
 """
 
 from __future__ import annotations
@@ -33,11 +51,11 @@ import unicodedata
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.config import EXPERTS, get_paths
+from tasks.config import EXPERTS, FALLBACK_EXPERT, get_paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +84,23 @@ class CurateConfig(BaseModel):
                               description="Fail when the dataset would have fewer examples")
     experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
                                description="Labels allowed: the router's expert agents")
+    near_duplicate_threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="Cosine similarity at or above which two queries "
+                                          "are near-duplicates (semantic de-dup, leakage check)")
+    max_per_expert: int | None = Field(None, ge=1, le=10_000_000,
+                                       description="Cap of train examples per expert (class "
+                                                   "balance); examples already in train stay")
+    out_of_scope: Literal["label", "drop"] = Field(
+        "label", description=f"Queries labelled {FALLBACK_EXPERT!r}: keep them as a class the "
+                             "router learns ('label') or leave them out ('drop')")
+    novelty_threshold: float = Field(0.55, ge=-1.0, le=1.0,
+                                     description="An unlabelled query whose nearest labelled "
+                                                 "query is less similar (cosine) is novel")
+    min_judge_agreement: float = Field(0.7, ge=0.0, le=1.0,
+                                       description="Judge/expert agreement below which the "
+                                                   "funnel raises the calibration alarm")
+    qdrant_url: str | None = Field(None, description="Qdrant server (default "
+                                                     "$FLYWHEEL_QDRANT_URL; none: local mode)")
 
     @model_validator(mode="after")
     def _window(self) -> CurateConfig:
@@ -92,8 +127,10 @@ class CurateResult(BaseModel):
     n_test: int = Field(ge=0)
     label_counts: dict[str, dict[str, int]] = Field(
         description="split ('train'/'test') -> expert -> examples")
-    funnel: dict[str, int] = Field(description="records_in_window, with_feedback, positive, "
-                                               "negative, labelled, after_dedup, ...")
+    funnel: dict[str, int | float | None] = Field(
+        description="records_in_window, with_feedback, positive, negative, judged, "
+                    "judge_flagged, sme_confirmed, labelled, ground_truth, train, test, "
+                    "judge calibration, novel, ...")
 
 
 def normalise(text: str) -> str:
@@ -126,23 +163,28 @@ def _jsonl(frame: pd.DataFrame) -> bytes:
 
 def _dedup(labelled: pd.DataFrame, prefer: set[str]) -> pd.DataFrame:
     """One example per normalised query: an id assigned before if any, else the earliest record;
-    its label is the group's most frequent route (ties: the representative's)."""
+    its label is the group's most frequent label, counting only experts' labels when the group
+    has any (ties: the representative's)."""
+    import pandas as pd
+
+    columns = ["id", "query", "expert", "norm", "timestamp", "label_source"]
     if labelled.empty:
-        return labelled.assign(expert=labelled["route"])
+        return pd.DataFrame(columns=columns)
     ordered = labelled.assign(_known=~labelled["id"].isin(prefer)).sort_values(
         ["_known", "timestamp", "id"], kind="mergesort")
     rows = []
     for _, group in ordered.groupby("norm", sort=False):
         first = group.iloc[0]
-        votes = Counter(group["route"])
+        voters = group[group["label_source"] == "sme"]
+        votes = Counter((voters if len(voters) else group)["label"])
         top = max(votes.values())
-        expert = first["route"] if votes[first["route"]] == top else min(
-            route for route, n in votes.items() if n == top)
+        expert = first["label"] if votes.get(first["label"], 0) == top else min(
+            label for label, n in votes.items() if n == top)
+        source = "sme" if len(voters) else "feedback"
         rows.append({"id": first["id"], "query": first["query"], "expert": expert,
-                     "norm": first["norm"]})
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=["id", "query", "expert", "norm"])
+                     "norm": first["norm"], "timestamp": first["timestamp"],
+                     "label_source": source})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _split(fresh: pd.DataFrame, test_fraction: float, seed: int
@@ -166,27 +208,81 @@ def _split(fresh: pd.DataFrame, test_fraction: float, seed: int
     return pd.concat([train, rare]), test
 
 
+def _near_duplicates(index: Any, ids: list[str], within: list[str], threshold: float,
+                     k: int = 10) -> dict[str, list[str]]:
+    """Record id -> ids among ``within`` (itself excluded) at cosine >= ``threshold``."""
+    if not ids or not within:
+        return {}
+    hits = index.search(index.vectors(ids), k, within=within, exclude=ids)
+    return {rid: [h.record_id for h in found if h.score >= threshold]
+            for rid, found in zip(ids, hits, strict=True)}
+
+
+def _review_funnel(config: CurateConfig, window: pd.DataFrame) -> tuple[dict[str, Any],
+                                                                       dict[str, Any]]:
+    """Funnel counts of the judge and the experts over the window, and the judge calibration."""
+    from tasks.review import DISCARD, ReviewStore, calibration
+
+    store = ReviewStore(config.home, config.workload_id)
+    judged, decided, queue = store.judgements(), store.decisions(), store.queue()
+    in_window = set(window["id"])
+    negatives = set(window.loc[(window["rating"] == -1).fillna(False), "id"])
+    route = dict(zip(window["id"], window["route"], strict=True))
+    verdicts = [judged[r] for r in negatives if r in judged]
+    reviewed = {r: d for r, d in decided.items() if r in in_window}
+    flagged = {r for r in negatives if judged.get(r, {}).get("routing_error") is True}
+    cal = calibration(store, in_window, min_agreement=config.min_judge_agreement)
+    counts = {
+        "judged": len(verdicts),
+        "judge_flagged": len(flagged),
+        "judge_abstained": sum(v.get("routing_error") is None and not v.get("error")
+                               for v in verdicts),
+        "judge_errors": sum(bool(v.get("error")) for v in verdicts),
+        "sme_reviewed": len(reviewed),
+        "sme_confirmed": sum(d["label"] not in (DISCARD, route[r]) for r, d in reviewed.items()
+                             if r in negatives),
+        "sme_confirmed_of_flagged": sum(reviewed[r]["label"] not in (DISCARD, route[r])
+                                        for r in flagged if r in reviewed),
+        "sme_pending": sum(r in in_window and r not in decided for r in queue),
+        "judge_calibration_n": cal["n"], "judge_agreement": cal["agreement"],
+        "judge_kappa": cal["kappa"], "judge_precision": cal["precision"],
+        "judge_alarm": int(cal["alarm"]),
+    }
+    lineage = {
+        "judges": sorted({v["judge"] for v in verdicts}),
+        "calibration": cal,
+        "decisions": {r: {k: d[k] for k in ("label", "reviewer", "source", "decided_at")}
+                      for r, d in sorted(reviewed.items())},
+    }
+    return counts, lineage
+
+
 def curate(config: CurateConfig) -> CurateResult:
     """Build (or find) the dataset version of ``config.workload_id`` over the window.
 
     Args:
-        config: the workload, the window, the split and the minimum size.
+        config: the workload, the window, the split, the cleaning thresholds and the minimum size.
 
     Returns:
-        The version, its paths, its size per split and expert, and the funnel counts.
+        The version, its paths, its size per split and expert, and the funnel.
 
     Raises:
         NotEnoughData: fewer than ``config.min_examples`` examples (nothing is written).
     """
     import pandas as pd
 
+    from tasks.embeddings import MODEL_NAME
     from tasks.ingest import file_lock
+    from tasks.review import ReviewStore, announce_calibration, confirmed_labels
     from tasks.validate import load_store
+    from tasks.vectors import open_index, resolve_url
 
     paths = get_paths(config.home)
     root = paths.datasets / config.workload_id
     root.mkdir(parents=True, exist_ok=True)
-    experts = set(config.experts)
+    experts = list(config.experts)
+    keep = [e for e in experts if not (config.out_of_scope == "drop" and e == FALLBACK_EXPERT)]
+    thr = config.near_duplicate_threshold
     with file_lock(root / ".curate.lock"):
         store = load_store(config.home, workload_id=config.workload_id)
         window = store
@@ -194,47 +290,112 @@ def curate(config: CurateConfig) -> CurateResult:
             window = window[window["timestamp"] >= config.start]
         if config.end is not None:
             window = window[window["timestamp"] < config.end]
+        decisions = ReviewStore(config.home, config.workload_id).decisions()
+        labels_all = confirmed_labels(store, decisions, experts)
+        labelled_all = store.merge(labels_all, on="id", how="inner")
+        labelled_all["norm"] = labelled_all["query"].map(normalise)
+        labelled = labelled_all[labelled_all["id"].isin(window["id"])]
         positive = window["rating"] == 1
-        labelled = window[positive.fillna(False) & window["route"].isin(experts)].copy()
-        labelled["norm"] = labelled["query"].map(normalise)
-        funnel = {
+        review_counts, review_lineage = _review_funnel(config, window)
+        funnel: dict[str, int | float | None] = {
             "records_in_window": len(window),
             "with_feedback": int(window["rating"].notna().sum()),
             "positive": int(positive.sum()),
             "negative": int((window["rating"] == -1).sum()),
+            **{k: review_counts[k] for k in ("judged", "judge_flagged", "judge_abstained",
+                                              "judge_errors", "sme_reviewed", "sme_confirmed",
+                                              "sme_confirmed_of_flagged", "sme_pending")},
             "labelled": len(labelled),
+            "labelled_feedback": int((labelled["label_source"] == "feedback").sum()),
+            "labelled_sme": int((labelled["label_source"] == "sme").sum()),
             "after_dedup": int(labelled["norm"].nunique()),
-            # queries rated right under more than one expert: labelled by majority
-            "label_conflicts": int((labelled.groupby("norm")["route"].nunique() > 1).sum()),
+            # queries labelled with more than one expert: the experts', else the majority, wins
+            "label_conflicts": int((labelled.groupby("norm")["label"].nunique() > 1).sum()),
         }
 
         test_ids, test_queries = _read_assigned(root / "test_ids.json")
         train_ids, train_queries = _read_assigned(root / "train_ids.json")
 
-        # The frozen test set: every example ever assigned to test whose record is still
-        # positively rated, wherever it falls relative to the window.
-        good = store[(store["rating"] == 1).fillna(False) & store["route"].isin(experts)]
-        frozen = good[good["id"].isin(test_ids)].assign(
-            expert=lambda f: f["route"], norm=lambda f: f["query"].map(normalise))
+        # The frozen test set: every example ever assigned to test that still has a label,
+        # wherever it falls relative to the window.
+        frozen = labelled_all[labelled_all["id"].isin(test_ids)
+                              & labelled_all["label"].isin(keep)].assign(
+            expert=lambda f: f["label"])
         frozen = frozen.drop_duplicates("norm")[["id", "query", "expert", "norm"]]
 
         candidates = labelled[~labelled["id"].isin(test_ids)
                               & ~labelled["norm"].isin(test_queries)]
         examples = _dedup(candidates, prefer=train_ids)
+        out_of_scope = examples["expert"] == FALLBACK_EXPERT
+        funnel["out_of_scope"] = int(out_of_scope.sum())
+        if config.out_of_scope == "drop":
+            examples = examples[~out_of_scope]
         sticky = examples["id"].isin(train_ids) | examples["norm"].isin(train_queries)
-        fresh_train, fresh_test = _split(examples[~sticky], config.test_fraction, config.seed)
-        train = pd.concat([examples[sticky], fresh_train])
-        test = pd.concat([frozen, fresh_test])
-        funnel.update({
-            # frozen test examples whose record is no longer rated positive
-            "test_retracted": len(test_ids) - len(frozen),
-            "train": len(train),
-            "test": len(test),
-        })
-        if len(train) + len(test) < config.min_examples:
-            raise NotEnoughData(
-                f"curate {config.workload_id}: {len(train) + len(test)} examples, fewer than "
-                f"min_examples={config.min_examples}; funnel: {json.dumps(funnel)}")
+        examples = examples.assign(_sticky=sticky).sort_values(
+            ["_sticky", "timestamp", "id"], ascending=[False, True, True], kind="mergesort")
+
+        with open_index(config.workload_id, home=config.home, url=config.qdrant_url) as index:
+            needed = pd.concat([store[store["id"].isin(examples["id"])],
+                                store[store["id"].isin(frozen["id"])]])
+            index.index_records(needed)
+            # leakage: a new example near a frozen test query never enters the dataset
+            fresh_ids = examples.loc[~examples["_sticky"], "id"].tolist()
+            near_test = _near_duplicates(index, fresh_ids, frozen["id"].tolist(), thr)
+            leaked = {rid for rid, found in near_test.items() if found}
+            examples = examples[~examples["id"].isin(leaked)]
+            # semantic de-dup: keep the first of each near-duplicate group (train first)
+            ordered = examples["id"].tolist()
+            near = _near_duplicates(index, ordered, ordered, thr)
+            kept: set[str] = set()
+            for rid, is_sticky in zip(ordered, examples["_sticky"], strict=True):
+                if is_sticky or not any(other in kept for other in near.get(rid, [])):
+                    kept.add(rid)
+            funnel["semantic_duplicates"] = len(ordered) - len(kept)
+            examples = examples[examples["id"].isin(kept)]
+
+            sticky = examples["_sticky"]
+            fresh_train, fresh_test = _split(examples[~sticky], config.test_fraction,
+                                             config.seed)
+            train = pd.concat([examples[sticky], fresh_train])
+            capped = 0
+            if config.max_per_expert is not None:
+                train = train.assign(_order=range(len(train)))
+                ranked = train.sort_values(["_sticky", "_order"], ascending=[False, True],
+                                           kind="mergesort")
+                position = ranked.groupby("expert").cumcount()
+                over = ranked[(position >= config.max_per_expert) & ~ranked["_sticky"]]
+                capped = len(over)
+                train = train[~train["id"].isin(over["id"])]
+            test = pd.concat([frozen, fresh_test])
+            # the final check, on the split itself: no train query near a test query
+            final = _near_duplicates(index, train["id"].tolist(), test["id"].tolist(), thr,
+                                     k=1)
+            funnel["leakage_pairs"] = sum(bool(found) for found in final.values())
+            funnel.update({"leakage_removed": len(leaked), "balance_capped": capped})
+
+            funnel["novel"] = _count_novel(index, window["id"].tolist(),
+                                           set(labelled_all["id"]), config.novelty_threshold)
+            train = train[["id", "query", "expert", "norm"]]
+            test = test[["id", "query", "expert", "norm"]]
+            funnel.update({
+                "ground_truth": len(train) + len(test),
+                # frozen test examples whose label was withdrawn
+                "test_retracted": len(test_ids) - len(frozen),
+                "train": len(train),
+                "test": len(test),
+            })
+            funnel.update({k: review_counts[k] for k in (
+                "judge_calibration_n", "judge_agreement", "judge_kappa", "judge_precision",
+                "judge_alarm")})
+            if len(train) + len(test) < config.min_examples:
+                raise NotEnoughData(
+                    f"curate {config.workload_id}: {len(train) + len(test)} examples, fewer "
+                    f"than min_examples={config.min_examples}; funnel: {json.dumps(funnel)}")
+            index.update_payloads({
+                **{r: {"label": e, "split": "train"} for r, e in zip(
+                    train["id"], train["expert"], strict=True)},
+                **{r: {"label": e, "split": "test"} for r, e in zip(
+                    test["id"], test["expert"], strict=True)}})
 
         train_bytes, test_bytes = _jsonl(train), _jsonl(test)
         digest = hashlib.sha256(b"train.jsonl\n" + train_bytes + b"test.jsonl\n"
@@ -245,6 +406,10 @@ def curate(config: CurateConfig) -> CurateResult:
             name: dict(sorted(Counter(frame["expert"]).items()))
             for name, frame in (("train", train), ("test", test))
         }
+        latest_path = root / "latest.json"
+        parent = json.loads(latest_path.read_text())["version"] if latest_path.exists() else None
+        in_version = set(train["id"]) | set(test["id"])
+        source_of = dict(zip(labelled_all["id"], labelled_all["label_source"], strict=True))
         created = not (dataset_dir / "manifest.json").exists()
         if created:
             manifest = {
@@ -256,6 +421,21 @@ def curate(config: CurateConfig) -> CurateResult:
                 "experts": list(config.experts),
                 "n_train": len(train), "n_test": len(test), "counts": label_counts,
                 "funnel": funnel, "files": ["train.jsonl", "test.jsonl"],
+                "lineage": {
+                    "parent_version": parent if parent != version else None,
+                    "label_sources": dict(sorted(Counter(
+                        source_of[r] for r in in_version).items())),
+                    "sme_decisions": {r: d for r, d in review_lineage["decisions"].items()
+                                      if r in in_version},
+                    "judges": review_lineage["judges"],
+                    "judge_calibration": review_lineage["calibration"],
+                    "encoder": MODEL_NAME,
+                    "vector_index": {"collection": f"{config.workload_id}-queries",
+                                     "mode": "server" if resolve_url(config.qdrant_url)
+                                     else "local"},
+                    "near_duplicate_threshold": thr, "out_of_scope": config.out_of_scope,
+                    "max_per_expert": config.max_per_expert,
+                },
             }
             tmp = root / f".{version}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -273,14 +453,76 @@ def curate(config: CurateConfig) -> CurateResult:
         _write_json_atomic(root / "train_ids.json", {
             "ids": sorted(train_ids | set(train["id"])),
             "queries": sorted(train_queries | set(train["norm"]))})
-        _write_json_atomic(root / "latest.json", {
+        _write_json_atomic(latest_path, {
             "version": version, "digest": digest, "dataset_dir": str(dataset_dir)})
 
+    if review_counts["judge_alarm"]:
+        announce_calibration(review_lineage["calibration"])
     return CurateResult(
         workload_id=config.workload_id, version=version, digest=digest, created=created,
         dataset_dir=str(dataset_dir), train_path=str(dataset_dir / "train.jsonl"),
         test_path=str(dataset_dir / "test.jsonl"), n_train=len(train), n_test=len(test),
         label_counts=label_counts, funnel=funnel)
+
+
+def _count_novel(index: Any, window_ids: list[str], labelled: set[str],
+                 threshold: float) -> int:
+    """Indexed, unlabelled queries of the window whose nearest labelled query is below
+    ``threshold`` (cosine)."""
+    indexed = index.payloads(window_ids)
+    unlabelled = [r for r in window_ids if r in indexed and r not in labelled]
+    if not unlabelled:
+        return 0
+    best = index.search(index.vectors(unlabelled), 1, labelled=True)
+    return sum((hits[0].score if hits else -1.0) < threshold for hits in best)
+
+
+def log_dataset_input(dataset_dir: str | os.PathLike[str], context: str = "training") -> None:
+    """Record a dataset version as an input of the active MLflow run (train and test splits).
+
+    Call it inside the run that trains or evaluates on the version, so the run's page links to
+    the exact data: MLflow stores each split's name (``<workload>-<version>-<split>``), digest,
+    schema and source (the version folder), and tags them with the version and split.
+
+    Args:
+        dataset_dir: a version folder written by :func:`curate`.
+        context: the run's use of it (MLflow's input context, e.g. "training", "evaluation").
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` is not a curated version.
+        RuntimeError: no MLflow run is active.
+    """
+    import mlflow.data
+    import pandas as pd
+
+    import mlflow
+
+    folder = Path(dataset_dir)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{folder}: not a dataset version (no manifest.json)")
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_dataset_input needs an active MLflow run")
+    manifest = json.loads(manifest_path.read_text())
+    for split in ("train", "test"):
+        frame = pd.read_json(folder / f"{split}.jsonl", lines=True, dtype=False)
+        if frame.empty:
+            frame = pd.DataFrame(columns=["id", "query", "expert"])
+        dataset = mlflow.data.from_pandas(
+            frame, source=str(folder / f"{split}.jsonl"), targets="expert",
+            name=f"{manifest['workload_id']}-{manifest['version']}-{split}")
+        mlflow.log_input(dataset, context=context,
+                         tags={"flywheel.dataset_version": manifest["version"],
+                               "flywheel.dataset_digest": manifest["digest"],
+                               "flywheel.split": split})
+
+
+def print_funnel(funnel: dict[str, int | float | None]) -> None:
+    """The funnel as the talk draws it, top to bottom, then the cleaning and calibration."""
+    for name, value in funnel.items():
+        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float)
+                                           else str(value))
+        print(f"  {name:<26} {shown:>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,8 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     state = "new" if result.created else "unchanged"
     print(f"curate {result.workload_id}: {result.version} ({state}) -> {result.dataset_dir}")
-    for name, count in result.funnel.items():
-        print(f"  {name:<20} {count:>8}")
+    print_funnel(result.funnel)
     for split, counts in result.label_counts.items():
         print(f"  {split:<5} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

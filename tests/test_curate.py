@@ -1,4 +1,5 @@
-"""Curation: positive labels only, de-duplication, stratified split, frozen test set, versions."""
+"""Curation: confirmed labels only, exact and semantic de-duplication, stratified split, frozen
+test set, no leakage, versions with lineage, the funnel."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tasks.clinc150 import examples
 from tasks.curate import CurateConfig, CurateResult, NotEnoughData, curate, main, normalise
 from tasks.ingest import IngestConfig, ingest
 from tasks.records import make_request, make_response
@@ -29,9 +31,20 @@ def record(rid: str, query: str, expert: str, rating: int | None, day: int = 20,
     return rec
 
 
+def clinc_query(expert: str, k: int, variant: int) -> str:
+    """A real CLINC150 query of the expert's k-th intent: distinct intents are never
+    near-duplicates, so only the tests that mean to make near-duplicates do."""
+    by_intent: dict[str, list[str]] = {}
+    for example in examples():
+        if example.expert == expert:
+            by_intent.setdefault(example.intent, []).append(example.query)
+    intent = sorted(by_intent)[k]
+    return by_intent[intent][variant]
+
+
 def positives(day: int, per_expert: int, experts: tuple[str, ...] = EXPERTS
               ) -> list[dict[str, Any]]:
-    return [record(f"d{day}-{expert}-{k}", f"day {day} question {k} for {expert}", expert, 1,
+    return [record(f"d{day}-{expert}-{k}", clinc_query(expert, k, day), expert, 1,
                    day=day, minute=k)
             for expert in experts for k in range(per_expert)]
 
@@ -72,10 +85,19 @@ def test_positive_labels_dedup_and_stratified_split(tmp_path: Path) -> None:
     load(tmp_path, "b1", items)
     result = run(tmp_path)
 
-    assert result.funnel == {
+    funnel = result.funnel
+    assert {k: funnel[k] for k in (
+        "records_in_window", "with_feedback", "positive", "negative", "labelled",
+        "labelled_feedback", "labelled_sme", "after_dedup", "label_conflicts", "test_retracted",
+        "semantic_duplicates", "leakage_removed", "leakage_pairs", "judged", "sme_confirmed",
+        "ground_truth")} == {
         "records_in_window": 59, "with_feedback": 58, "positive": 56, "negative": 2,
-        "labelled": 56, "after_dedup": 53, "label_conflicts": 1, "test_retracted": 0,
-        "train": result.n_train, "test": result.n_test}
+        "labelled": 56, "labelled_feedback": 56, "labelled_sme": 0, "after_dedup": 53,
+        "label_conflicts": 1, "test_retracted": 0, "semantic_duplicates": 0,
+        "leakage_removed": 0, "leakage_pairs": 0, "judged": 0, "sme_confirmed": 0,
+        "ground_truth": 53}
+    assert funnel["train"] == result.n_train and funnel["test"] == result.n_test
+    assert funnel["judge_agreement"] is None  # nothing judged and reviewed yet
     train, test = read(result.train_path), read(result.test_path)
     assert len(train) + len(test) == 53
     everything = train + test
