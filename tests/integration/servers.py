@@ -172,7 +172,7 @@ class Postgres:
     root: Path
 
     def url(self, database: str, driver: str = "psycopg2") -> str:
-        """SQLAlchemy URL of one database (name the driver: SQLAlchemy 2.1 defaults to psycopg 3)."""
+        """SQLAlchemy URL of a database (driver named: SQLAlchemy 2.1 defaults to psycopg 3)."""
         return f"postgresql+{driver}://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = "postgres"):
@@ -413,7 +413,7 @@ class AirflowStack:
             options = detail.get("options") or []
             if not options:
                 continue
-            params = {key: value.get("value") for key, value in (detail.get("params") or {}).items()}
+            params = {k: v.get("value") for k, v in (detail.get("params") or {}).items()}
             self.api("PATCH", f"dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/"
                               f"{map_index}/hitlDetails",
                      {"chosen_options": [options[0]], "params_input": params})
