@@ -162,7 +162,9 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()  # as served
+        model = PeftModel.from_pretrained(model, adapter_dir)
+        if model.peft_config["default"].peft_type == "LORA":  # soft prompts cannot be merged
+            model = model.merge_and_unload()  # as served
     model.eval()
     max_new = max(len(tokenizer(" " + e, add_special_tokens=False)["input_ids"])
                   for e in EXPERTS) + 1
@@ -328,12 +330,20 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
     Returns ``{"candidate", "base_model", "finetuned": EvaluateResult, "base": EvaluateResult}``
     as JSON-ready dicts (for XCom).
     """
+    if trained.get("family") == "encoder":  # a classifier: no lm-eval, same result shape
+        from tasks.encoder_router import evaluate_encoder_candidate
+
+        return evaluate_encoder_candidate(trained, dataset_dir, workload_id, cycle_id,
+                                          latency_queries, home, limit)
     common = dict(base_model_path=trained["base_model_path"], dataset_dir=dataset_dir,
                   workload_id=workload_id, cycle_id=cycle_id, latency_queries=latency_queries,
                   home=home, limit=limit)
+    # full SFT writes a whole model (in adapter_dir), evaluated as a base model of its own
+    weights = ({"base_model_path": trained["adapter_dir"], "adapter_dir": None}
+               if trained.get("method") == "full" else {"adapter_dir": trained["adapter_dir"]})
     tuned = evaluate(EvaluateConfig(candidate=trained["candidate"],
-                                    adapter_dir=trained["adapter_dir"],
-                                    mlflow_run_id=trained.get("mlflow_run_id"), **common))
+                                    mlflow_run_id=trained.get("mlflow_run_id"),
+                                    **{**common, **weights}))
     base = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}", **common))
     return {"candidate": trained["candidate"], "base_model": trained["base_model"],
             "mlflow_run_id": tuned.mlflow_run_id, "dataset_version": tuned.dataset_version,
