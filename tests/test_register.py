@@ -1,55 +1,86 @@
 from __future__ import annotations
 
+import pytest
+
 from tasks import tracking
-from tasks.register import champion_accuracy, register_winner
+from tasks.register import PromotionRefused, aliases, champion_accuracy, register_winner
 
 
-def training_run(home, tmp_path, name: str) -> str:
+def training_run(home, tmp_path, name: str, workload: str = "router") -> str:
     """An MLflow run holding an adapter artifact, as the fine-tune stage leaves one."""
-    adapter = tmp_path / name
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    with tracking.run("router", run_name=name, paths=tracking.get_paths(home)) as active:
-        import mlflow
-
-        mlflow.log_artifacts(str(adapter), artifact_path="adapter")
+    with tracking.run(workload, run_name=name, paths=tracking.get_paths(home)) as active:
         return active.info.run_id
 
 
-def evaluation(name: str, run_id: str, accuracy: float) -> dict:
+def fake_model(tmp_path, name: str):
+    """Folders standing in for a base model and an adapter (registration only copies them)."""
+    base, adapter = tmp_path / f"{name}-base", tmp_path / f"{name}-adapter"
+    base.mkdir(exist_ok=True)
+    adapter.mkdir(exist_ok=True)
+    (base / "config.json").write_text("{}")
+    (adapter / "adapter_config.json").write_text("{}")
+    return str(base), str(adapter)
+
+
+def evaluation(name: str, run_id: str, accuracy: float, base_model_path: str = "base",
+               adapter_dir: str | None = None) -> dict:
     tuned = {"accuracy": accuracy, "macro_f1": accuracy, "latency_p50_ms": 5.0,
-             "latency_p95_ms": 9.0, "ttft_p50_ms": 2.0}
+             "latency_p95_ms": 9.0, "ttft_p50_ms": 2.0, "cost_per_1k_requests": 0.001,
+             "base_model_path": base_model_path, "adapter_dir": adapter_dir}
     return {"candidate": name, "base_model": "flywheel-llama-s", "mlflow_run_id": run_id,
             "dataset_version": "v1", "finetuned": tuned, "base": {"accuracy": 0.1}}
 
 
-def decision(name: str) -> dict:
-    return {"winner": name, "verdicts": [{"candidate": name, "passed": True,
-                                          "reasons": ["accuracy ok", "latency ok"]}]}
+def decision(name: str, passed: bool = True) -> dict:
+    return {"winner": name, "rule": "most accurate",
+            "verdicts": [{"candidate": name, "passed": passed,
+                          "reasons": ["accuracy ok", "latency ok"]},
+                         {"candidate": "other", "passed": False,
+                          "reasons": ["accuracy 0.100 < min 0.500"]}]}
 
 
-def test_first_winner_is_champion_next_is_challenger_and_retries_are_idempotent(tmp_path):
+def register_one(home, tmp_path, name: str, accuracy: float, cycle: str,
+                 workload: str = "router") -> dict:
+    base, adapter = fake_model(tmp_path, name)
+    ev = evaluation(name, training_run(home, tmp_path, name, workload), accuracy, base, adapter)
+    return register_winner(decision(name), [ev], workload, cycle, home=home)
+
+
+def test_every_winner_waits_as_challenger_and_retries_are_idempotent(tmp_path):
     home = str(tmp_path)
-    first = evaluation("a", training_run(home, tmp_path, "a"), 0.9)
+    base, adapter = fake_model(tmp_path, "a")
+    first = evaluation("a", training_run(home, tmp_path, "a"), 0.9, base, adapter)
     registered = register_winner(decision("a"), [first], "router", "c1", home=home)
-    assert registered["alias"] == "champion" and registered["version"] == "1"
-    assert registered["source"].endswith("/adapter")
+    # even the first model ever is not served before approval
+    assert registered["alias"] == "challenger" and registered["version"] == "1"
+    assert registered["source"].startswith("models:/")
     again = register_winner(decision("a"), [first], "router", "c1", home=home)
-    assert again["version"] == "1" and again["alias"] == "champion"
-    assert champion_accuracy("router", home) == 0.9
-
-    second = evaluation("b", training_run(home, tmp_path, "b"), 0.95)
-    registered = register_winner(decision("b"), [second], "router", "c2", home=home)
-    assert registered["alias"] == "challenger" and registered["version"] == "2"
+    assert again["version"] == "1" and again["alias"] == "challenger"
+    assert aliases("router", home) == {"challenger": "1"}
+    assert champion_accuracy("router", home) is None
 
     client = tracking.configure(tracking.get_paths(home)).MlflowClient()
-    version = client.get_model_version("flywheel-router", "2")
-    assert version.tags["test_accuracy"] == "0.95"
+    version = client.get_model_version("flywheel-router", "1")
+    assert version.tags["test_accuracy"] == "0.9"
     assert version.tags["gate"] == "passed"
-    assert "accuracy ok" in version.description
-    assert client.get_model_version_by_alias("flywheel-router", "champion").version in ("1", 1)
+    assert version.tags["gate_reasons"] == "accuracy ok; latency ok"
+    assert version.tags["cost_per_1k_requests"] == "0.001"
+    assert "Gate: PASSED - accuracy ok; latency ok" in version.description
+    assert "other: FAIL - accuracy 0.100 < min 0.500" in version.description
+    # the version is the pyfunc model, with base and adapter packaged as its artifacts
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "dl"))
+    from pathlib import Path
+
+    assert (Path(local) / "MLmodel").is_file()
+    assert (Path(local) / "artifacts" / "adapter" / "adapter_config.json").is_file()
+    assert (Path(local) / "artifacts" / "base_model" / "config.json").is_file()
 
 
-def test_no_winner_registers_nothing(tmp_path):
+def test_no_winner_registers_nothing_and_a_failed_verdict_is_refused(tmp_path):
     result = register_winner({"winner": None, "verdicts": []}, [], "router", "c", str(tmp_path))
     assert result == {"registered": False, "reason": "no candidate passed the gate"}
+    ev = evaluation("a", "run", 0.9)
+    with pytest.raises(PromotionRefused, match="verdict failed"):
+        register_winner(decision("a", passed=False), [ev], "router", "c", str(tmp_path))

@@ -1,0 +1,199 @@
+"""The router model as served: a causal LM (base + LoRA adapter) packaged as an MLflow pyfunc.
+
+An agent loads the current champion and routes with it::
+
+    import mlflow
+    router = mlflow.pyfunc.load_model("models:/flywheel-router@champion")
+    router.predict(["how do I freeze my card?"])          # -> ["banking"]
+
+The registered version *is* this pyfunc model: its artifacts are the base model folder and the
+adapter, so a version carries everything it needs and a rollback restores exactly what was served.
+Loading needs this project's package installed (``flywheel``: the prompt lives in
+:mod:`tasks.prompts`), which the model's requirements name.
+
+One code path decodes for serving and for the latency protocol of :mod:`tasks.evaluate`
+(:class:`Router`): greedy generation of the expert's name after the shared prompt, one query at a
+time, so the latency the gate reads is the latency the agent sees. A completion that names no
+expert is routed to the fallback expert, as the agent would have to.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
+
+import mlflow.pyfunc  # noqa: E402  (the pyfunc class below subclasses it)
+
+from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
+
+#: artifact keys of the pyfunc model
+BASE_ARTIFACT = "base_model"
+ADAPTER_ARTIFACT = "adapter"
+#: name of the model inside its MLflow run
+MODEL_NAME_IN_RUN = "router"
+
+
+class Router:
+    """A loaded router: tokenizer + (merged) model, greedy decoding of one expert name.
+
+    Args:
+        base_model_path: base model folder (or hub id in production).
+        adapter_dir: PEFT adapter folder; none = the base model as it is.
+        threads: CPU threads torch may use.
+        experts: the names the router may answer.
+    """
+
+    def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2,
+                 experts: tuple[str, ...] = EXPERTS) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.experts = tuple(experts)
+        tokenizer_dir = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else \
+            base_model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+        if adapter_dir:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        self.model = model.eval()
+        self.max_new_tokens = max(
+            len(self.tokenizer(" " + e, add_special_tokens=False)["input_ids"])
+            for e in self.experts) + 1
+        self.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+
+    def generate(self, query: str, streamer: Any = None) -> str:
+        """The raw completion of the prompt for ``query`` (greedy)."""
+        import torch
+
+        from tasks.prompts import format_prompt
+
+        inputs = self.tokenizer(format_prompt(query), return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                      do_sample=False, streamer=streamer,
+                                      pad_token_id=self.pad_token_id)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
+                                     skip_special_tokens=True)
+
+    def route(self, query: str) -> str:
+        """The expert for ``query``; the fallback expert when the completion names none."""
+        from tasks.prompts import parse_expert
+
+        return parse_expert(self.generate(query), self.experts) or FALLBACK_EXPERT
+
+    def generate_batch(self, queries: list[str]) -> list[str]:
+        """Completions of a batch (left-padded), for the throughput figure."""
+        import torch
+
+        from tasks.prompts import format_prompt
+
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        inputs = self.tokenizer([format_prompt(q) for q in queries], return_tensors="pt",
+                                padding=True)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                      do_sample=False, pad_token_id=self.pad_token_id)
+        width = inputs["input_ids"].shape[1]
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return any((Path(folder) / name).is_file()
+               for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _queries(model_input: Any) -> list[str]:
+    """Accept a list of strings, a pandas Series, or a DataFrame whose first column is queries."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):  # DataFrame
+        column = "query" if "query" in model_input.columns else model_input.columns[0]
+        model_input = model_input[column]
+    queries = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+    bad = [q for q in queries if not isinstance(q, str)]
+    if bad:
+        raise TypeError(f"router input must be strings; got {type(bad[0]).__name__}")
+    return queries
+
+
+class RouterModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper: ``predict(list of queries) -> list of expert names``."""
+
+    def load_context(self, context: Any) -> None:
+        config = context.model_config or {}
+        self.router = Router(context.artifacts[BASE_ARTIFACT],
+                             context.artifacts.get(ADAPTER_ARTIFACT),
+                             threads=int(config.get("threads", 2)),
+                             experts=tuple(config.get("experts") or EXPERTS))
+
+    # no type hints here: MLflow would infer a schema from them; the signature is given instead
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return [self.router.route(q) for q in _queries(model_input)]
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the model: what this environment runs (no slow inference)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("flywheel", "mlflow", "torch", "transformers", "peft"):
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
+                     workload_id: str, paths: Any = None, threads: int = 2) -> Any:
+    """Log the router as a pyfunc model into the run ``run_id``; returns MLflow's ModelInfo."""
+    import shutil
+    import tempfile
+
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from tasks import tracking
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),
+                               outputs=Schema([ColSpec("string")]))
+    with tempfile.TemporaryDirectory() as staging, \
+            tracking.run(workload_id, run_id=run_id, paths=paths):
+        # fixed folder names inside the model, whatever the source folders are called
+        artifacts = {BASE_ARTIFACT: shutil.copytree(base_model_path,
+                                                    Path(staging) / BASE_ARTIFACT)}
+        if adapter_dir:
+            artifacts[ADAPTER_ARTIFACT] = shutil.copytree(adapter_dir,
+                                                          Path(staging) / ADAPTER_ARTIFACT)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN, python_model=RouterModel(),
+            artifacts={k: str(v) for k, v in artifacts.items()}, signature=signature,
+            pip_requirements=_requirements(),
+            model_config={"experts": list(EXPERTS), "threads": threads})
+
+
+def load_champion(workload_id: str = "router", alias: str = "champion", home: str | None = None
+                  ) -> Any:
+    """``mlflow.pyfunc.load_model("models:/flywheel-<workload>@<alias>")`` on this home's store."""
+    from tasks import tracking
+    from tasks.config import get_paths
+
+    mlflow = tracking.configure(get_paths(home))
+    return mlflow.pyfunc.load_model(
+        f"models:/{tracking.registered_model_name(workload_id)}@{alias}")
+
+
+def timed_predict(model: Any, query: str) -> tuple[str, float]:
+    """Route one query; returns the expert and the wall time in milliseconds."""
+    started = time.perf_counter()
+    expert = model.predict([query])[0]
+    return expert, (time.perf_counter() - started) * 1000

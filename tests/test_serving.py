@@ -1,0 +1,64 @@
+"""The champion through MLflow pyfunc: what an agent loads is what the registry says is served."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import EXPERTS
+
+
+@pytest.fixture(scope="module")
+def xs_adapter(xs_base_model, tmp_path_factory):
+    """A LoRA adapter on the tiny base (untrained: routing quality is not what is tested)."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.set_seed(0)
+    out = tmp_path_factory.mktemp("adapter")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(xs_base_model),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(xs_base_model).save_pretrained(out)
+    return out
+
+
+def test_queries_accepts_lists_series_and_frames_and_refuses_non_strings():
+    import pandas as pd
+
+    from tasks.serving import _queries
+
+    assert _queries(["a", "b"]) == ["a", "b"]
+    assert _queries("a") == ["a"]
+    assert _queries(pd.Series(["x"])) == ["x"]
+    assert _queries(pd.DataFrame({"query": ["q1", "q2"]})) == ["q1", "q2"]
+    with pytest.raises(TypeError, match="must be strings"):
+        _queries([1, 2])
+
+
+def test_champion_loads_through_pyfunc_and_routes_like_the_router(tmp_path, xs_base_model,
+                                                                  xs_adapter):
+    import mlflow
+    from tasks.register import promote, register_winner
+    from tasks.serving import Router, load_champion
+    from tests.test_register import decision, evaluation, training_run
+
+    home = str(tmp_path)
+    ev = evaluation("xs", training_run(home, tmp_path, "xs", "serve"), 0.5,
+                    str(xs_base_model), str(xs_adapter))
+    registered = register_winner(decision("xs"), [ev], "serve", "c1", home=home)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        load_champion("serve", home=home)  # a challenger is not served before approval
+    promote("serve", registered["version"], home=home)
+
+    router = load_champion("serve", home=home)
+    # the URI an agent uses, on this home's store
+    assert router.metadata.run_id == ev["mlflow_run_id"]
+    queries = ["how do i freeze my card", "book a flight to paris", "what is the weather"]
+    routed = router.predict(queries)
+    assert len(routed) == 3 and set(routed) <= set(EXPERTS)
+    direct = Router(str(xs_base_model), str(xs_adapter))
+    assert routed == [direct.route(q) for q in queries]
+    import pandas as pd
+
+    assert router.predict(pd.DataFrame({"query": queries})) == routed
