@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DS_BUILD_OPS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast airflow-ui mlflow-ui lint bench clean
+.PHONY: setup demo test test-fast test-integration airflow-ui mlflow-ui lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# Only the tier against real servers (PostgreSQL, MLflow server, Airflow scheduler); `make test`
+# runs it too. Needs the PostgreSQL server binaries (.ci/run installs them).
+test-integration: setup
+	$(BIN)/python -m pytest -m integration $(ARGS)
 
 airflow-ui: setup
 	$(BIN)/flywheel serve airflow
