@@ -32,9 +32,11 @@ clients and files at fault (nothing is lost, nothing is stored).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,7 @@ from tasks.config import EXPERTS, Paths, get_paths
 from tasks.ingest import (
     BATCH_MARKER,
     QUARANTINE_COLUMNS,
+    STAGED_COLUMNS,
     rows_to_table,
     write_bytes_atomic,
     write_table_atomic,
@@ -166,14 +169,54 @@ def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str
     return suite
 
 
-def run_suite(frame: pd.DataFrame, config: ValidateConfig
+#: Columns the suite reads; only these are handed to GX.
+SUITE_COLUMNS = ("id", "_timestamp", "workload_id", "client_id", "route", "latency_ms", "ttft_ms",
+                 "rating", "query")
+#: Rows per GX run. GX's pandas engine needs several times a frame's size while it validates, so a
+#: large batch is validated in partitions of about this many rows (see :func:`run_suite`).
+SUITE_CHUNK_ROWS = 100_000
+
+
+def run_suite(frame: pd.DataFrame, config: ValidateConfig, chunk_rows: int | None = None
               ) -> tuple[dict[int, list[str]], dict[str, ExpectationSummary], dict[str, Any]]:
     """Run the suite on ``frame`` (a unique integer index) in an ephemeral GX context.
 
+    A batch of more than ``chunk_rows`` rows is validated in partitions by a hash of ``id``: every
+    row of one id lands in the same partition, so ``id_unique`` is as exact as on the whole batch,
+    and memory is bounded by the partition. Each row is checked once either way.
+
     Returns:
         ``(failures, summary, result_json)``: failed expectation names by row index, the
-        per-expectation summary, and GX's validation result as JSON.
+        per-expectation summary, and GX's validation result as JSON (one result per partition,
+        under ``partitions``, when there are several).
     """
+    import pandas as pd
+
+    chunk_rows = chunk_rows or SUITE_CHUNK_ROWS
+    columns = frame[list(SUITE_COLUMNS)]
+    parts = -(-len(frame) // chunk_rows)
+    if parts <= 1:
+        return _run_suite_once(columns, config)
+    bucket = pd.util.hash_array(frame["id"].fillna("").to_numpy(dtype=object)) % parts
+    failures: dict[int, list[str]] = {}
+    summary: dict[str, ExpectationSummary] = {}
+    results = []
+    for part in range(parts):
+        part_failures, part_summary, part_json = _run_suite_once(columns[bucket == part], config)
+        failures.update(part_failures)
+        for name, item in part_summary.items():
+            seen = summary.get(name, ExpectationSummary(success=True, unexpected_count=0))
+            summary[name] = ExpectationSummary(
+                success=seen.success and item.success,
+                unexpected_count=seen.unexpected_count + item.unexpected_count)
+        results.append(part_json)
+    return failures, summary, {
+        "success": all(r.get("success") for r in results),
+        "partitioned_by": f"hash(id) mod {parts}", "partitions": results}
+
+
+def _run_suite_once(frame: pd.DataFrame, config: ValidateConfig
+                    ) -> tuple[dict[int, list[str]], dict[str, ExpectationSummary], dict[str, Any]]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -283,6 +326,54 @@ def _write_part(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
         write_table_atomic(_to_table(frame, schema), path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _raw_texts(staged_path: Path, rows: Any, batch_rows: int = 50_000
+               ) -> Iterator[tuple[int, str | None]]:
+    """``(row, raw)`` for the staged rows at positions ``rows`` (ascending), reading the ``raw``
+    column one batch at a time."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = np.asarray(rows, dtype=np.int64)
+    offset = 0
+    for batch in pq.ParquetFile(staged_path).iter_batches(batch_size=batch_rows,
+                                                           columns=["raw"]):
+        lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if hi > lo:
+            texts = batch.column(0).take(rows[lo:hi] - offset).to_pylist()
+            yield from zip(rows[lo:hi].tolist(), texts, strict=True)
+        offset += batch.num_rows
+
+
+def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
+                        chunk_rows: int = 50_000) -> None:
+    """This run's records part: ``frame`` (no ``raw``; ``_row`` ascending) with each row's raw
+    text from the staged file, written a chunk at a time and renamed into place; none when empty."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not len(frame):
+        path.unlink(missing_ok=True)
+        return
+    schema = _record_schema()
+    raw_at = schema.get_field_index("raw")
+    texts = _raw_texts(staged_path, frame["_row"].to_numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for start in range(0, len(frame), chunk_rows):
+                chunk = frame.iloc[start:start + chunk_rows]
+                pairs = list(itertools.islice(texts, len(chunk)))
+                assert [row for row, _ in pairs] == chunk["_row"].tolist(), "raw out of step"
+                raw = [text for _, text in pairs]
+                table = _to_table(chunk, schema).set_column(raw_at, "raw",
+                                                            pa.array(raw, pa.string()))
+                writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
@@ -418,7 +509,11 @@ def validate(config: ValidateConfig) -> ValidateResult:
     if not (staging / BATCH_MARKER).exists():
         raise FileNotFoundError(f"staging batch {staging} is missing or incomplete: "
                                 f"run `flywheel ingest --run-id {run_id}` first")
-    batch = pd.read_parquet(staging / "records.parquet")
+    # ``raw`` is most of a batch's bytes: it stays on disk and is read back, a batch at a time,
+    # only for the rows that are quarantined or stored (``_row`` is the staged row position).
+    staged_path = staging / "records.parquet"
+    batch = pd.read_parquet(staged_path, columns=[c for c in STAGED_COLUMNS if c != "raw"])
+    batch["_row"] = range(len(batch))
     events = pd.read_parquet(staging / "feedback.parquet")
     records_in = len(batch)
 
@@ -446,10 +541,12 @@ def validate(config: ValidateConfig) -> ValidateResult:
     invalid = work[failed]
     quarantine_path = paths.quarantine / f"{run_id}-validate.parquet"
     if len(invalid):
+        raws = dict(_raw_texts(staged_path, invalid["_row"].to_numpy()))
         rows = [{"stage": "validate", "reason": "; ".join(failures[i]),
-                 "source_file": r.source_file, "line": r.line, "raw": r.raw, "id": r.id,
+                 "source_file": r.source_file, "line": r.line, "raw": raws[row], "id": r.id,
                  "client_id": r.client_id}
-                for i, r in zip(invalid.index, invalid.itertuples(index=False), strict=True)]
+                for i, r, row in zip(invalid.index, invalid.itertuples(index=False),
+                                     invalid["_row"], strict=True)]
         write_table_atomic(rows_to_table(rows, QUARANTINE_COLUMNS), quarantine_path)
     else:
         quarantine_path.unlink(missing_ok=True)
@@ -482,7 +579,7 @@ def validate(config: ValidateConfig) -> ValidateResult:
         new = valid[~seen]
         new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
         stored_ids = set(new["id"])
-        _write_part(new, _record_schema(), records_dir / part)
+        _write_records_part(new, staged_path, records_dir / part)
 
         # 4. Feedback history: this run's events (late + inline, duplicates' included).
         late = events.assign(

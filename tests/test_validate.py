@@ -195,3 +195,49 @@ def test_load_store_filters_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert list(load_store(tmp_path, start="2026-11-20T00:00:00+00:00")["id"]) == ["r2", "r3"]
     with pytest.raises(FileNotFoundError, match="flywheel ingest"):
         validate(ValidateConfig(home=str(tmp_path), run_id="nope"))
+
+
+def test_partitioned_validation_and_store_match_one_pass(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validating in GX partitions of 4 rows (ids with two contents included) and writing the
+    store in chunks of 3 give the same quarantine, store and raw texts as one pass."""
+    import pyarrow.parquet as pq
+
+    import tasks.validate as validate_module
+
+    items = [record(i) for i in range(14)]
+    items += [record(3, expert="travel"), record(9, latency_ms=-5.0),  # same id, other content
+              record(20, expert="payroll"), record(2)]  # bad route; an exact copy
+    original_write = validate_module._write_records_part
+
+    def small_chunks(frame, staged_path, path, chunk_rows=50_000):
+        return original_write(frame, staged_path, path, chunk_rows=3)
+
+    def run(home: Path) -> tuple[ValidateResult, pd.DataFrame, pd.DataFrame, dict]:
+        deliver(home, "a.jsonl", items)
+        result = cycle(home, "b1", max_invalid_fraction=0.9)
+        store = pd.read_parquet(home / "store" / "records" / "part-b1.parquet")
+        quarantined = pd.read_parquet(result.quarantine_path).sort_values("line")
+        return (result, store, quarantined.reset_index(drop=True),
+                json.loads(Path(result.validation_path).read_text()))
+
+    whole, whole_store, whole_q, whole_json = run(tmp_path / "whole")
+    monkeypatch.setattr(validate_module, "SUITE_CHUNK_ROWS", 4)
+    monkeypatch.setattr(validate_module, "_write_records_part", small_chunks)
+    parts, parts_store, parts_q, parts_json = run(tmp_path / "parts")
+
+    assert whole.model_dump(exclude={"validation_path", "validation_html_path",
+                                     "quarantine_path", "store_part"}) == parts.model_dump(
+        exclude={"validation_path", "validation_html_path", "quarantine_path", "store_part"})
+    assert (whole.stored, whole.duplicates, whole.quarantined) == (12, 1, 5)
+    assert whole.expectations["id_unique"].unexpected_count == 4  # r3 and r9, twice each
+    pd.testing.assert_frame_equal(parts_store, whole_store)
+    pd.testing.assert_frame_equal(parts_q, whole_q)
+    assert "partitions" not in whole_json and len(parts_json["partitions"]) == 5  # ceil(17 / 4)
+    assert parts_json["success"] is whole_json["success"] is False
+    staged = pq.read_table(tmp_path / "parts" / "staging" / "b1" / "records.parquet").to_pandas()
+    raw_by_line = dict(zip(staged["line"], staged["raw"], strict=True))
+    assert all(raw_by_line[line] == raw for line, raw in zip(parts_store["line"],
+                                                             parts_store["raw"], strict=True))
+    assert all(raw_by_line[line] == raw for line, raw in zip(parts_q["line"], parts_q["raw"],
+                                                             strict=True))
