@@ -1,13 +1,22 @@
-"""Evaluate a router model on the frozen test split: lm-eval accuracy, per-expert F1, latency.
+"""Evaluate a router model on the frozen test split: lm-eval accuracy, per-expert F1, latency, cost.
 
     flywheel evaluate --candidate llama-s-lora --base-model-path DIR --adapter-dir DIR \
         --dataset-dir ~/.flywheel/datasets/router/v1a2b3c
 
-Accuracy comes from lm-evaluation-harness running the task folder ``tasks/evaluation/
-flywheel_routing`` (multiple choice over the experts, by log-likelihood). Each sample's prediction
-gives per-expert precision/recall/F1, macro-F1 and the confusion matrix. Latency is measured the
-same way for every model: warm-up, then one query at a time through ``generate`` with a streamer
-that stamps each token, giving time to first token and total time, p50 and p95.
+Accuracy comes from lm-evaluation-harness, in one ``simple_evaluate`` call over two declarative
+tasks of ``tasks/evaluation/flywheel_routing``: free generation with exact match of the expert's
+name (``flywheel_routing_gen``: what the agent gets when it serves the model, so this is the
+``accuracy`` the gate reads) and multiple choice by log-likelihood (``flywheel_routing``: reported
+beside it as ``mc_accuracy``). The generated predictions give per-expert precision/recall/F1,
+macro-F1 and the confusion matrix. With ``--icl-examples K`` the same two tasks run with the K
+nearest train examples (MiniLM embeddings, cosine) solved before each prompt: the in-context
+baseline of a base model.
+
+Latency and cost follow one protocol for every model (:mod:`tasks.serving` decodes for both):
+warm-up, then the first ``latency_queries`` test queries one at a time through ``generate`` with a
+streamer that stamps each token (time to first token and total, p50 and p95), then the same
+queries in batches of ``throughput_batch_size`` for a throughput figure; cost per 1,000 requests is
+``price_per_device_hour / 3600 / throughput * 1000``. The hardware is recorded with the numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ from tasks.settings import parse_config
 
 TASK_DIR = Path(__file__).resolve().parent / "evaluation" / "flywheel_routing"
 ROUTING_TASK = "flywheel_routing"
+GEN_TASK = "flywheel_routing_gen"
+ICL_TASK = "flywheel_routing_icl"
+ICL_GEN_TASK = "flywheel_routing_icl_gen"
+#: the predicted label of a generation that names no expert (served as the fallback expert)
+NO_EXPERT = "(none)"
 
 
 class EvaluateConfig(BaseModel):
@@ -32,15 +46,21 @@ class EvaluateConfig(BaseModel):
 
     candidate: str = Field(min_length=1, description="Name shown in reports (candidate or base).")
     base_model_path: str = Field(description="Base model folder (or hub id).")
-    adapter_dir: str | None = Field(None, description="LoRA adapter folder; none = base model.")
+    adapter_dir: str | None = Field(None, description="PEFT adapter folder; none = base model.")
     dataset_dir: str = Field(description="Curated dataset version folder (test.jsonl inside).")
     workload_id: str = Field("router", min_length=1, description="Workload the model serves.")
     cycle_id: str = Field("manual", min_length=1, description="Cycle (DAG run) this belongs to.")
     mlflow_run_id: str | None = Field(None, description="Log into this run (e.g. the training's).")
     batch_size: int = Field(32, ge=1, le=4096, description="lm-eval batch size.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test queries.")
+    icl_examples: int = Field(0, ge=0, le=32, description=(
+        "Solved train examples retrieved into each prompt (0: zero-shot or fine-tuned)."))
     latency_queries: int = Field(40, ge=1, le=100000, description="Queries timed one at a time.")
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed queries before timing.")
+    throughput_batch_size: int = Field(16, ge=1, le=4096, description=(
+        "Batch size of the throughput figure (queries/s)."))
+    price_per_device_hour: float = Field(1.0, ge=0, description=(
+        "Price of one device-hour (any currency) for cost per 1,000 requests."))
     threads: int = Field(2, ge=1, le=256, description="CPU threads for inference.")
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
     track: bool = Field(True, description="Log metrics to MLflow.")
@@ -58,51 +78,92 @@ class EvaluateResult(BaseModel):
     base_model_path: str
     adapter_dir: str | None
     dataset_version: str
+    prompting: str = Field("zero-shot", description="fine-tuned, zero-shot or in-context (k=K)")
     n_test: int
-    accuracy: float
+    accuracy: float = Field(description="Exact match of the generated expert (as served).")
     macro_f1: float
     per_expert: dict[str, ExpertScores]
     confusion: dict[str, dict[str, int]]
+    mc_accuracy: float | None = Field(None, description="Multiple choice by log-likelihood.")
+    no_expert_rate: float | None = Field(None, description="Generations naming no expert.")
     latency_p50_ms: float
     latency_p95_ms: float
     ttft_p50_ms: float
     ttft_p95_ms: float
+    throughput_qps: float | None = None
+    throughput_batch_size: int | None = None
+    price_per_device_hour: float | None = None
+    cost_per_1k_requests: float | None = None
     latency_hardware: str
     eval_seconds: float
     mlflow_run_id: str | None = None
 
 
-def write_task_config(dataset_dir: Path, work_dir: Path) -> Path:
-    """A run-local YAML that includes the repo's task and points it at this test split."""
+def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None = None,
+                      icl: bool = False) -> Path:
+    """Run-local YAMLs that include the repo's tasks and point them at this test split.
+
+    Returns the folder to pass as lm-eval's ``include_path`` (it holds only these YAMLs).
+    """
     import yaml
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "include": str(TASK_DIR / f"{ROUTING_TASK}.yaml"),
-        "task": ROUTING_TASK,
-        "dataset_kwargs": {"data_files": {"test": str((dataset_dir / "test.jsonl").resolve())}},
-    }
-    path = work_dir / f"{ROUTING_TASK}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    test_file = (test_file or dataset_dir / "test.jsonl").resolve()
+    for task in (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK):
+        config = {"include": str(TASK_DIR / f"{task}.yaml"), "task": task,
+                  "dataset_kwargs": {"data_files": {"test": str(test_file)}}}
+        (work_dir / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return work_dir
 
 
-def run_lm_eval(config: EvaluateConfig, task_dir: Path) -> list[dict]:
-    """Run the routing task through ``lm_eval.simple_evaluate``; returns its logged samples."""
+def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
+    """The test split with each query's ``k`` nearest train examples as ``shots`` (nearest last).
+
+    Retrieval ranks train queries by cosine similarity of MiniLM embeddings
+    (:func:`tasks.embeddings.embed_queries`); only the train split is searched, so no test label
+    leaks into a prompt.
+    """
+    from tasks.embeddings import embed_queries
+
+    train = _read_jsonl(dataset_dir / "train.jsonl")
+    test = _read_jsonl(dataset_dir / "test.jsonl")
+    if not train:
+        raise ValueError(f"{dataset_dir}: no train examples to retrieve in-context examples from")
+    similarity = embed_queries([d["query"] for d in test]) @ embed_queries(
+        [d["query"] for d in train]).T
+    k = min(k, len(train))
+    lines = []
+    for row, doc in zip(similarity, test, strict=True):
+        nearest = row.argsort()[::-1][:k][::-1]  # most similar closest to the question
+        shots = [{"query": train[i]["query"], "expert": train[i]["expert"]} for i in nearest]
+        lines.append(json.dumps({**doc, "shots": shots}) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines))
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_lm_eval(config: EvaluateConfig, task_dir: Path, tasks: tuple[str, ...] | None = None
+                ) -> dict[str, list[dict]]:
+    """Run the routing tasks through ``lm_eval.simple_evaluate``; returns each task's samples."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    tasks = tasks or (ROUTING_TASK, GEN_TASK)
     # add_bos_token: score the prompt exactly as training and serving tokenise it
     model_args = {"pretrained": config.base_model_path, "dtype": "float32",
                   "add_bos_token": True}
     if config.adapter_dir:
         model_args["peft"] = config.adapter_dir
     results = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=[ROUTING_TASK],
+        model="hf", model_args=model_args, tasks=list(tasks),
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         batch_size=config.batch_size, device="cpu", limit=config.limit, log_samples=True,
         random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    return results["samples"][ROUTING_TASK]
+    return {task: sorted(results["samples"][task], key=lambda s: s["doc_id"]) for task in tasks}
 
 
 def score_samples(samples: list[dict]) -> tuple[list[str], list[str]]:
@@ -118,9 +179,28 @@ def score_samples(samples: list[dict]) -> tuple[list[str], list[str]]:
     return gold, predicted
 
 
+def score_generations(samples: list[dict]) -> tuple[list[str], list[str]]:
+    """Gold and predicted experts from lm-eval's generation samples (``(none)``: no expert)."""
+    from tasks.evaluation.flywheel_routing.utils import choices
+    from tasks.prompts import parse_expert
+
+    gold, predicted = [], []
+    for sample in samples:
+        text = sample["filtered_resps"][0]
+        while isinstance(text, list):  # one response per sample, possibly nested by filters
+            text = text[0] if text else ""
+        gold.append(sample["doc"]["expert"])
+        predicted.append(parse_expert(str(text), tuple(choices(sample["doc"]))) or NO_EXPERT)
+    return gold, predicted
+
+
 def classification_report(gold: list[str], predicted: list[str], labels: list[str]
                           ) -> tuple[float, float, dict[str, ExpertScores], dict]:
-    """Accuracy, macro-F1 (over experts present in gold), per-expert scores, confusion matrix."""
+    """Accuracy, macro-F1 (over experts present in gold), per-expert scores, confusion matrix.
+
+    A prediction outside ``labels`` (a generation naming no expert) counts as wrong and shows in
+    the confusion matrix under its own column.
+    """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     present = [label for label in labels if label in set(gold)]
@@ -128,9 +208,10 @@ def classification_report(gold: list[str], predicted: list[str], labels: list[st
                                                  zero_division=0)
     per_expert = {label: ExpertScores(precision=float(p[i]), recall=float(r[i]), f1=float(f[i]),
                                       support=int(s[i])) for i, label in enumerate(present)}
-    matrix = confusion_matrix(gold, predicted, labels=labels)
-    confusion = {g: {p_: int(matrix[i, j]) for j, p_ in enumerate(labels) if matrix[i, j]}
-                 for i, g in enumerate(labels) if matrix[i].sum()}
+    columns = labels + sorted(set(predicted) - set(labels))
+    matrix = confusion_matrix(gold, predicted, labels=columns)
+    confusion = {g: {p_: int(matrix[i, j]) for j, p_ in enumerate(columns) if matrix[i, j]}
+                 for i, g in enumerate(columns) if matrix[i].sum()}
     accuracy = sum(g == p_ for g, p_ in zip(gold, predicted, strict=True)) / max(1, len(gold))
     macro_f1 = float(sum(f) / len(f)) if len(f) else 0.0
     return accuracy, macro_f1, per_expert, confusion
@@ -144,30 +225,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list[str],
-                    warmup: int, threads: int) -> dict[str, float]:
-    """Batch-size-1 latency of answering each query, as the agent would call the model.
+                    warmup: int, threads: int, prompts: list[str] | None = None,
+                    batch_size: int = 16) -> dict[str, float]:
+    """Batch-1 latency of answering each query, as the agent calls the model, and throughput.
 
     One ``generate`` call per query with a streamer that stamps each token as it is produced:
-    the first stamp after the prompt is the time to first token, the last is the total.
+    the first stamp after the prompt is the time to first token, the last is the total. Then the
+    same prompts in batches of ``batch_size`` (after one untimed batch) give queries per second.
+
+    Args:
+        prompts: the whole prompts, when they are not the plain router prompt of each query
+            (in-context examples); one per query.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.streamers import BaseStreamer
 
-    from tasks.prompts import format_prompt
+    from tasks.serving import Router
 
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_model_path)
-    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
-    if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
-        if model.peft_config["default"].peft_type == "LORA":  # soft prompts cannot be merged
-            model = model.merge_and_unload()  # as served
-    model.eval()
-    max_new = max(len(tokenizer(" " + e, add_special_tokens=False)["input_ids"])
-                  for e in EXPERTS) + 1
+    router = Router(base_model_path, adapter_dir, threads=threads)
+    prompts = prompts or [None] * len(queries)
 
     class Stamps(BaseStreamer):
         def __init__(self) -> None:
@@ -183,20 +258,34 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
             pass
 
     ttft, total = [], []
-    with torch.inference_mode():
-        for i, query in enumerate(queries[:warmup] + queries):
-            inputs = tokenizer(format_prompt(query), return_tensors="pt")
-            stamps = Stamps()
-            start = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=max_new, do_sample=False, streamer=stamps,
-                           pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            end = time.perf_counter()
-            if i < warmup:
-                continue
-            ttft.append(((stamps.times[0] if stamps.times else end) - start) * 1000)
-            total.append((end - start) * 1000)
+    timed = list(zip(queries, prompts, strict=True))
+    for i, (query, prompt) in enumerate(timed[:warmup] + timed):
+        stamps = Stamps()
+        start = time.perf_counter()
+        router.generate(query, streamer=stamps, prompt=prompt)
+        end = time.perf_counter()
+        if i < warmup:
+            continue
+        ttft.append(((stamps.times[0] if stamps.times else end) - start) * 1000)
+        total.append((end - start) * 1000)
+
+    from tasks.prompts import format_prompt
+
+    whole = [p or format_prompt(q) for q, p in timed]
+    batches = [whole[i:i + batch_size] for i in range(0, len(whole), batch_size)]
+    router.generate_batch(batches[0])  # warm-up at this shape
+    started = time.perf_counter()
+    for batch in batches:
+        router.generate_batch(batch)
+    seconds = time.perf_counter() - started
     return {"latency_p50_ms": statistics.median(total), "latency_p95_ms": _percentile(total, 0.95),
-            "ttft_p50_ms": statistics.median(ttft), "ttft_p95_ms": _percentile(ttft, 0.95)}
+            "ttft_p50_ms": statistics.median(ttft), "ttft_p95_ms": _percentile(ttft, 0.95),
+            "throughput_qps": len(whole) / seconds, "throughput_batch_size": batch_size}
+
+
+def cost_per_1k_requests(throughput_qps: float, price_per_device_hour: float) -> float:
+    """What 1,000 requests cost on one device at the measured throughput."""
+    return price_per_device_hour / 3600 / throughput_qps * 1000
 
 
 def hardware() -> str:
@@ -208,32 +297,52 @@ def hardware() -> str:
 
 
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
-    """Accuracy and latency of one model on the dataset's frozen test split."""
+    """Accuracy, latency and cost of one model on the dataset's frozen test split."""
     paths = get_paths(config.home)
     dataset_dir = Path(config.dataset_dir)
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     slug = config.candidate.replace(":", "_").replace("/", "_")
     work_dir = paths.runs / config.cycle_id / "eval" / slug
     started = time.perf_counter()
-    samples = run_lm_eval(config, write_task_config(dataset_dir, work_dir / "lm_eval_task"))
-    gold, predicted = score_samples(samples)
+    icl = config.icl_examples > 0
+    test_file = (write_icl_split(dataset_dir, work_dir / "test_icl.jsonl", config.icl_examples)
+                 if icl else dataset_dir / "test.jsonl")
+    mc_task, gen_task = (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK)
+    samples = run_lm_eval(config, write_task_config(dataset_dir, work_dir / "lm_eval_task",
+                                                     test_file, icl), (mc_task, gen_task))
+    gold, predicted = score_generations(samples[gen_task])
+    mc_gold, mc_predicted = score_samples(samples[mc_task])
     accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted,
                                                                       list(EXPERTS))
-    test_queries = [json.loads(line)["query"] for line in
-                    (dataset_dir / "test.jsonl").read_text().splitlines() if line]
+    mc_accuracy = sum(g == p for g, p in zip(mc_gold, mc_predicted, strict=True)) / max(
+        1, len(mc_gold))
+    docs = _read_jsonl(test_file)[: config.latency_queries]
+    prompts = None
+    if icl:
+        from tasks.evaluation.flywheel_routing.utils import format_icl_prompt
+
+        prompts = [format_icl_prompt(d["query"], d["shots"]) for d in docs]
     latency = measure_latency(config.base_model_path, config.adapter_dir,
-                              test_queries[: config.latency_queries], config.latency_warmup,
-                              config.threads)
+                              [d["query"] for d in docs], config.latency_warmup, config.threads,
+                              prompts=prompts, batch_size=config.throughput_batch_size)
+    prompting = (f"in-context (k={config.icl_examples})" if icl
+                 else "fine-tuned" if config.adapter_dir or config.mlflow_run_id else "zero-shot")
     result = EvaluateResult(
         candidate=config.candidate, base_model_path=config.base_model_path,
-        adapter_dir=config.adapter_dir, dataset_version=manifest["version"], n_test=len(gold),
-        accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
-        latency_hardware=hardware(), eval_seconds=time.perf_counter() - started, **latency)
+        adapter_dir=config.adapter_dir, dataset_version=manifest["version"], prompting=prompting,
+        n_test=len(gold), accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert,
+        confusion=confusion, mc_accuracy=mc_accuracy,
+        no_expert_rate=predicted.count(NO_EXPERT) / max(1, len(predicted)),
+        latency_hardware=hardware(), eval_seconds=time.perf_counter() - started,
+        price_per_device_hour=config.price_per_device_hour,
+        cost_per_1k_requests=cost_per_1k_requests(latency["throughput_qps"],
+                                                  config.price_per_device_hour),
+        **latency)
     work_dir.mkdir(parents=True, exist_ok=True)
-    rows = zip(samples, gold, predicted, strict=True)
+    rows = zip(samples[gen_task], gold, predicted, mc_predicted, strict=True)
     (work_dir / "predictions.jsonl").write_text("".join(
         json.dumps({"id": s["doc"].get("id"), "query": s["doc"]["query"], "gold": g,
-                    "predicted": p}) + "\n" for s, g, p in rows))
+                    "predicted": p, "mc_predicted": m}) + "\n" for s, g, p, m in rows))
     if config.track:
         result.mlflow_run_id = _log_to_mlflow(config, result, work_dir)
     (work_dir / "evaluate_result.json").write_text(result.model_dump_json(indent=1))
@@ -251,14 +360,20 @@ def _log_to_mlflow(config: EvaluateConfig, result: EvaluateResult, work_dir: Pat
                       paths=get_paths(config.home)) as active:
         import mlflow
 
+        optional = {k: getattr(result, k) for k in (
+            "mc_accuracy", "no_expert_rate", "throughput_qps", "cost_per_1k_requests")}
         mlflow.log_metrics({
             "test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1,
             "latency_p50_ms": result.latency_p50_ms, "latency_p95_ms": result.latency_p95_ms,
             "ttft_p50_ms": result.ttft_p50_ms, "ttft_p95_ms": result.ttft_p95_ms,
             "n_test": result.n_test,
+            **{f"test_{k}" if k == "mc_accuracy" else k: v for k, v in optional.items()
+               if v is not None},
             **{f"f1.{expert}": s.f1 for expert, s in result.per_expert.items()}})
         mlflow.set_tags({"flywheel.latency_hardware": result.latency_hardware,
-                         "flywheel.eval_dataset_version": result.dataset_version})
+                         "flywheel.eval_dataset_version": result.dataset_version,
+                         "flywheel.prompting": result.prompting,
+                         "flywheel.price_per_device_hour": str(result.price_per_device_hour)})
         mlflow.log_dict(result.confusion, "evaluation/confusion.json")
         mlflow.log_artifact(str(work_dir / "predictions.jsonl"), artifact_path="evaluation")
         return active.info.run_id
@@ -266,10 +381,16 @@ def _log_to_mlflow(config: EvaluateConfig, result: EvaluateResult, work_dir: Pat
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(EvaluateConfig, argv, "flywheel evaluate", __doc__)
+    for label, path in (("--dataset-dir", Path(config.dataset_dir) / "test.jsonl"),
+                        ("--adapter-dir", config.adapter_dir)):
+        if path and not Path(path).exists():
+            raise SystemExit(f"flywheel evaluate: {label}: {path} does not exist")
     r = evaluate(config)
-    print(f"{r.candidate}: accuracy {r.accuracy:.3f}, macro-F1 {r.macro_f1:.3f} on {r.n_test} "
-          f"test queries; latency p50 {r.latency_p50_ms:.1f} ms, p95 {r.latency_p95_ms:.1f} ms "
-          f"({r.latency_hardware})")
+    print(f"{r.candidate} ({r.prompting}): accuracy {r.accuracy:.3f} (generation, exact match), "
+          f"{r.mc_accuracy:.3f} (multiple choice), macro-F1 {r.macro_f1:.3f} on {r.n_test} test "
+          f"queries; latency p50 {r.latency_p50_ms:.1f} ms, p95 {r.latency_p95_ms:.1f} ms, "
+          f"{r.throughput_qps:.1f} queries/s at batch {r.throughput_batch_size}, "
+          f"{r.cost_per_1k_requests:.5f} per 1,000 requests ({r.latency_hardware})")
     return 0
 
 
@@ -286,12 +407,15 @@ class TeacherBaseline(BaseModel):
     note: str
 
 
-def teacher_baseline(dataset_dir: str, home: str | None = None) -> TeacherBaseline:
+def teacher_baseline(dataset_dir: str, home: str | None = None,
+                     teacher_model: str | None = None) -> TeacherBaseline:
     """Accuracy of the teacher's logged routes on the test split, and its logged latency.
 
-    Until SME review exists, curated labels *are* the teacher's thumbs-up routes, so its accuracy
-    against them is 1.0 by construction; where the traffic simulator's gold labels exist, its true
-    accuracy on the same queries is given beside it, marked as a simulation oracle.
+    Curated labels are mostly the teacher's thumbs-up routes, so its accuracy against them is
+    close to 1.0 by construction; where the traffic simulator's gold labels exist, its true
+    accuracy on the same queries is given beside it, marked as a simulation oracle. Records the
+    flywheel's own models served (model names ``flywheel-...``, logged by :mod:`tasks.agent`) are
+    not the teacher's and are left out; ``teacher_model`` keeps only that model's records.
     """
     import pandas as pd
 
@@ -300,7 +424,10 @@ def teacher_baseline(dataset_dir: str, home: str | None = None) -> TeacherBaseli
     paths = get_paths(home)
     test = pd.read_json(Path(dataset_dir) / "test.jsonl", lines=True)
     store = load_store(str(paths.home))
-    logged = store[store["id"].isin(test["id"])].drop_duplicates("id").set_index("id")
+    logged = store[store["id"].isin(test["id"])]
+    logged = (logged[logged["model"] == teacher_model] if teacher_model else
+              logged[~logged["model"].astype(str).str.startswith("flywheel-")])
+    logged = logged.drop_duplicates("id").set_index("id")
     joined = test.join(logged[["route", "latency_ms", "model"]], on="id", how="inner")
     accuracy = float((joined["route"] == joined["expert"]).mean()) if len(joined) else 0.0
     oracle = None
@@ -324,11 +451,13 @@ def teacher_baseline(dataset_dir: str, home: str | None = None) -> TeacherBaseli
 
 def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
                        latency_queries: int = 40, home: str | None = None,
-                       limit: int | None = None) -> dict:
-    """Evaluate a fine-tuned candidate and, beside it, its base model zero-shot.
+                       limit: int | None = None, icl_examples: int = 0,
+                       price_per_device_hour: float = 1.0) -> dict:
+    """Evaluate a fine-tuned candidate and, beside it, its base model zero-shot and in context.
 
-    Returns ``{"candidate", "base_model", "finetuned": EvaluateResult, "base": EvaluateResult}``
-    as JSON-ready dicts (for XCom).
+    Returns ``{"candidate", "base_model", "mlflow_run_id", "dataset_version", "finetuned",
+    "base", "base_icl"}`` (EvaluateResults as JSON-ready dicts, for XCom); ``base_icl`` is None
+    when ``icl_examples`` is 0.
     """
     if trained.get("family") == "encoder":  # a classifier: no lm-eval, same result shape
         from tasks.encoder_router import evaluate_encoder_candidate
@@ -337,7 +466,7 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
                                           latency_queries, home, limit)
     common = dict(base_model_path=trained["base_model_path"], dataset_dir=dataset_dir,
                   workload_id=workload_id, cycle_id=cycle_id, latency_queries=latency_queries,
-                  home=home, limit=limit)
+                  home=home, limit=limit, price_per_device_hour=price_per_device_hour)
     # full SFT writes a whole model (in adapter_dir), evaluated as a base model of its own
     weights = ({"base_model_path": trained["adapter_dir"], "adapter_dir": None}
                if trained.get("method") == "full" else {"adapter_dir": trained["adapter_dir"]})
@@ -345,6 +474,34 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
                                     mlflow_run_id=trained.get("mlflow_run_id"),
                                     **{**common, **weights}))
     base = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}", **common))
+    base_icl = None
+    if icl_examples:
+        base_icl = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}:icl",
+                                           icl_examples=icl_examples, **common))
     return {"candidate": trained["candidate"], "base_model": trained["base_model"],
             "mlflow_run_id": tuned.mlflow_run_id, "dataset_version": tuned.dataset_version,
-            "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json")}
+            "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
+            "base_icl": base_icl.model_dump(mode="json") if base_icl else None}
+
+
+def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,
+                      latency_queries: int = 40, home: str | None = None,
+                      limit: int | None = None, price_per_device_hour: float = 1.0) -> dict:
+    """The current champion (its registered version: base + adapter from the registry),
+    re-evaluated on this cycle's test set under the same protocol as the candidates.
+
+    Returns ``{"version", "candidate", "evaluation"}``; all None before the first promotion.
+    """
+    from tasks.register import champion_version, download_version
+
+    version = champion_version(workload_id, home)
+    if version is None:
+        return {"version": None, "candidate": None, "evaluation": None}
+    base_path, adapter = download_version(workload_id, str(version.version), home)
+    result = evaluate(EvaluateConfig(
+        candidate=f"champion:v{version.version}", base_model_path=base_path, adapter_dir=adapter,
+        dataset_dir=dataset_dir, workload_id=workload_id, cycle_id=cycle_id,
+        latency_queries=latency_queries, home=home, limit=limit,
+        price_per_device_hour=price_per_device_hour))
+    return {"version": str(version.version), "candidate": version.tags.get("candidate"),
+            "evaluation": result.model_dump(mode="json")}

@@ -61,20 +61,22 @@ class Router:
         if adapter_dir:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+            model = PeftModel.from_pretrained(model, adapter_dir)
+            if model.peft_config["default"].peft_type == "LORA":  # soft prompts cannot merge
+                model = model.merge_and_unload()
         self.model = model.eval()
         self.max_new_tokens = max(
             len(self.tokenizer(" " + e, add_special_tokens=False)["input_ids"])
             for e in self.experts) + 1
         self.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
 
-    def generate(self, query: str, streamer: Any = None) -> str:
-        """The raw completion of the prompt for ``query`` (greedy)."""
+    def generate(self, query: str, streamer: Any = None, prompt: str | None = None) -> str:
+        """The raw completion (greedy) of the prompt for ``query``, or of ``prompt`` as given."""
         import torch
 
         from tasks.prompts import format_prompt
 
-        inputs = self.tokenizer(format_prompt(query), return_tensors="pt")
+        inputs = self.tokenizer(prompt or format_prompt(query), return_tensors="pt")
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False, streamer=streamer,
@@ -88,17 +90,14 @@ class Router:
 
         return parse_expert(self.generate(query), self.experts) or FALLBACK_EXPERT
 
-    def generate_batch(self, queries: list[str]) -> list[str]:
-        """Completions of a batch (left-padded), for the throughput figure."""
+    def generate_batch(self, prompts: list[str]) -> list[str]:
+        """Completions of a batch of whole prompts (left-padded), for the throughput figure."""
         import torch
-
-        from tasks.prompts import format_prompt
 
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        inputs = self.tokenizer([format_prompt(q) for q in queries], return_tensors="pt",
-                                padding=True)
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False, pad_token_id=self.pad_token_id)

@@ -15,6 +15,20 @@ def doc_to_text(doc: dict) -> str:
     return format_prompt(doc["query"])
 
 
+def format_icl_prompt(query: str, shots: list[dict]) -> str:
+    """The router prompt preceded by solved examples (``{"query", "expert"}``), nearest last.
+
+    Each example is written in the very format the model is asked to complete, so a base model
+    can copy the pattern; the examples are retrieved per query from the train split.
+    """
+    solved = "".join(format_prompt(s["query"]) + " " + s["expert"] + "\n\n" for s in shots)
+    return solved + format_prompt(query)
+
+
+def doc_to_text_icl(doc: dict) -> str:
+    return format_icl_prompt(doc["query"], doc.get("shots") or [])
+
+
 def doc_to_choice(doc: dict) -> list[str]:
     return choices(doc)
 
