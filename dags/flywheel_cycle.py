@@ -7,8 +7,9 @@ a smaller fine-tuned router model in the MLflow registry out.
 ingest landing files → validate (great-expectations; bad rows quarantined with reasons) → curate a
 versioned ground truth (frozen test split) → fine-tune one LoRA adapter per candidate through
 DeepSpeed → evaluate each with lm-eval and measured latency, beside its base model and the teacher
-→ gate on accuracy and latency → register the winner (alias `champion`, or `challenger` for review)
-→ report.
+→ gate on accuracy and latency (vs the champion re-evaluated on the same test set and the teacher)
+→ register the winner as alias `challenger` → approval (a reviewer, or the `auto_approve` param)
+→ promote: alias `champion` moves, the old one is kept as `previous-champion` → report.
 
 Runs nightly at 02:00 UTC; trigger it from the UI to change candidates, thresholds or the window.
 Every task is a thin call into the `tasks` package, which runs the same stages from the `flywheel`
@@ -20,6 +21,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
@@ -58,6 +60,23 @@ def _cycle_id(context) -> str:
                                  description="Test queries timed one at a time per model."),
         "max_train_steps": Param(None, type=["null", "integer"], minimum=1,
                                  description="Cap optimizer steps (quick runs); empty = no cap."),
+        "max_drop_vs_teacher": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                     description="Gate: allowed drop below the teacher; "
+                                                 "empty = not checked."),
+        "min_speedup": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                             description="Gate: minimum teacher p95 / candidate p95; "
+                                         "empty = not checked."),
+        "tie_margin": Param(0.01, type="number", minimum=0, maximum=1,
+                            description="Gate: accuracies this close tie; the cheapest wins."),
+        "icl_examples": Param(4, type="integer", minimum=0, maximum=32,
+                              description="Baseline: retrieved train examples in each base "
+                                          "model's prompt (0 = no in-context baseline)."),
+        "price_per_device_hour": Param(1.0, type="number", minimum=0,
+                                       description="Price of one device-hour, for cost per "
+                                                   "1,000 requests."),
+        "auto_approve": Param(False, type="boolean",
+                              description="Promote the gate's winner without waiting for a "
+                                          "reviewer (demo, tests)."),
     },
 )
 def flywheel_cycle():
@@ -85,7 +104,8 @@ def flywheel_cycle():
         from tasks.curate import curate as run
 
         context = get_current_context()
-        end = context["data_interval_end"] or pendulum.now("UTC")
+        # a run triggered without a logical date (REST, UI, CLI in Airflow 3) has no interval
+        end = context.get("data_interval_end") or pendulum.now("UTC")
         config = CurateConfig(workload_id=params["workload_id"],
                               start=end - timedelta(days=params["window_days"]), end=end)
         return run(config).model_dump(mode="json")
@@ -121,7 +141,9 @@ def flywheel_cycle():
         from tasks.evaluate import evaluate_candidate
 
         return evaluate_candidate(trained, dataset["dataset_dir"], params["workload_id"],
-                                  _cycle_id(get_current_context()), params["latency_queries"])
+                                  _cycle_id(get_current_context()), params["latency_queries"],
+                                  icl_examples=params["icl_examples"],
+                                  price_per_device_hour=params["price_per_device_hour"])
 
     @task
     def evaluate_teacher(dataset: dict) -> dict:
@@ -129,11 +151,23 @@ def flywheel_cycle():
 
         return teacher_baseline(dataset["dataset_dir"]).model_dump(mode="json")
 
+    @task(max_active_tis_per_dagrun=1)
+    def evaluate_champion(dataset: dict, params: dict | None = None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from tasks.evaluate import evaluate_champion as run
+
+        return run(dataset["dataset_dir"], params["workload_id"],
+                   _cycle_id(get_current_context()), params["latency_queries"],
+                   price_per_device_hour=params["price_per_device_hour"])
+
     @task
-    def gate(evaluations: list[dict], params: dict | None = None) -> dict:
+    def gate(evaluations: list[dict], champion: dict, teacher: dict,
+             params: dict | None = None) -> dict:
         from tasks.gate import gate_cycle
 
-        return gate_cycle(list(evaluations), params["workload_id"], params).model_dump(mode="json")
+        return gate_cycle(list(evaluations), params["workload_id"], params, champion=champion,
+                          teacher=teacher).model_dump(mode="json")
 
     @task
     def register(decision: dict, evaluations: list[dict], params: dict | None = None) -> dict:
@@ -144,10 +178,46 @@ def flywheel_cycle():
         return register_winner(decision, list(evaluations), params["workload_id"],
                                _cycle_id(get_current_context()))
 
+    @task.branch
+    def approval_route(registered: dict, params: dict | None = None) -> list[str]:
+        """A registered challenger waits for a reviewer, unless the run says auto_approve."""
+        if not registered.get("registered"):
+            return []
+        return ["auto_approve"] if params["auto_approve"] else ["approve"]
+
     @task
+    def auto_approve() -> dict:
+        return {"approved_by": "auto_approve param"}
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} version "
+                "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        body="It passed the gate. Verdicts:\n"
+             "{% for v in ti.xcom_pull(task_ids='gate')['verdicts'] %}"
+             "- {{ v.candidate }}: {{ 'PASS' if v.passed else 'FAIL' }} - "
+             "{{ v.reasons | join('; ') }}\n{% endfor %}"
+             "Approve moves alias champion to it (the current one becomes previous-champion); "
+             "Reject leaves it as challenger.",
+        response_timeout=timedelta(days=3),
+        defaults=["Reject"],
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def promote(registered: dict, params: dict | None = None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from tasks.register import promote_registered
+
+        ti = get_current_context()["ti"]
+        answer = ti.xcom_pull(task_ids="approve") or ti.xcom_pull(task_ids="auto_approve") or {}
+        approved_by = answer.get("approved_by") or str(answer.get("responded_by_user") or "")
+        return promote_registered(registered, params["workload_id"], approved_by)
+
+    @task(trigger_rule="none_failed")
     def report(ingested: dict, validated: dict, dataset: dict, teacher: dict,
-               evaluations: list[dict], decision: dict, registered: dict,
-               params: dict | None = None) -> dict:
+               evaluations: list[dict], champion: dict, decision: dict, registered: dict,
+               promoted: dict | None = None, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
         from tasks.report import write_report
@@ -155,7 +225,8 @@ def flywheel_cycle():
         return write_report(
             cycle_id=_cycle_id(get_current_context()), workload_id=params["workload_id"],
             ingested=ingested, validated=validated, dataset=dataset, teacher=teacher,
-            evaluations=list(evaluations), decision=decision, registered=registered)
+            evaluations=list(evaluations), decision=decision, registered=registered,
+            champion=champion, promoted=promoted)
 
     ingested = ingest()
     validated = validate(ingested)
@@ -163,9 +234,16 @@ def flywheel_cycle():
     trained = finetune.partial(dataset=dataset).expand(candidate=plan_candidates())
     evaluations = evaluate.partial(dataset=dataset).expand(trained=trained)
     teacher = evaluate_teacher(dataset)
-    decision = gate(evaluations)
+    champion = evaluate_champion(dataset)
+    decision = gate(evaluations, champion, teacher)
     registered = register(decision, evaluations)
-    report(ingested, validated, dataset, teacher, evaluations, decision, registered)
+    route = approval_route(registered)
+    approved = [approve, auto_approve()]
+    route >> approved
+    promoted = promote(registered)
+    approved >> promoted
+    report(ingested, validated, dataset, teacher, evaluations, champion, decision, registered,
+           promoted)
 
 
 flywheel_cycle()

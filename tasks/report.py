@@ -19,12 +19,70 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _model_row(label: str, r: dict, gate: str = "-") -> tuple:
+    cost = r.get("cost_per_1k_requests")
+    qps = r.get("throughput_qps")
+    return (label, r.get("prompting", "-"), _acc(r["accuracy"]), _acc(r.get("mc_accuracy")),
+            _acc(r.get("macro_f1")), _ms(r.get("latency_p50_ms")), _ms(r.get("latency_p95_ms")),
+            _ms(r.get("ttft_p50_ms")), "-" if qps is None else f"{qps:,.1f}",
+            "-" if cost is None else f"{cost:.5f}", gate)
+
+
+def champion_after(champion: dict | None, promoted: dict | None, evaluations: list[dict],
+                   winner: str | None) -> dict:
+    """Who serves after this cycle, with accuracy and p95 on this cycle's test set."""
+    if promoted and promoted.get("promoted"):
+        tuned = next((e["finetuned"] for e in evaluations if e["candidate"] == winner), {})
+        return {"version": promoted["version"], "candidate": winner,
+                "accuracy": tuned.get("accuracy"), "latency_p95_ms": tuned.get("latency_p95_ms"),
+                "changed": bool(promoted.get("changed"))}
+    if champion and champion.get("evaluation"):
+        ev = champion["evaluation"]
+        return {"version": champion["version"], "candidate": champion.get("candidate"),
+                "accuracy": ev["accuracy"], "latency_p95_ms": ev["latency_p95_ms"],
+                "changed": False}
+    return {"version": None, "candidate": None, "accuracy": None, "latency_p95_ms": None,
+            "changed": False}
+
+
+def model_points(teacher: dict, evaluations: list[dict], champion: dict | None) -> list[dict]:
+    """Every model of the cycle as a point for the accuracy-vs-latency chart."""
+    points = []
+    if teacher.get("n_test"):
+        points.append({"name": f"teacher {teacher.get('model') or ''}".strip(),
+                       "kind": "teacher", "accuracy": teacher["accuracy"],
+                       "latency_p95_ms": teacher.get("latency_p95_ms")})
+    for e in evaluations:
+        points.append({"name": e["candidate"], "kind": "fine-tuned",
+                       "accuracy": e["finetuned"]["accuracy"],
+                       "latency_p95_ms": e["finetuned"]["latency_p95_ms"]})
+        if e.get("base"):
+            points.append({"name": e["base"]["candidate"], "kind": "zero-shot",
+                           "accuracy": e["base"]["accuracy"],
+                           "latency_p95_ms": e["base"]["latency_p95_ms"]})
+        if e.get("base_icl"):
+            points.append({"name": e["base_icl"]["candidate"], "kind": "in-context",
+                           "accuracy": e["base_icl"]["accuracy"],
+                           "latency_p95_ms": e["base_icl"]["latency_p95_ms"]})
+    if champion and champion.get("evaluation"):
+        ev = champion["evaluation"]
+        points.append({"name": ev["candidate"], "kind": "champion", "accuracy": ev["accuracy"],
+                       "latency_p95_ms": ev["latency_p95_ms"]})
+    return points
+
+
 def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
-           teacher: dict, evaluations: list[dict], decision: dict, registered: dict) -> str:
+           teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
+           champion: dict | None = None, promoted: dict | None = None,
+           history: list[dict] | None = None, images: dict[str, str] | None = None) -> str:
     """The report as Markdown (also readable as plain text in a terminal or task log)."""
     from tabulate import tabulate
 
-    funnel = dataset.get("funnel", {})
+    funnel = dataset.get("funnel") or {}
     pii = ingested.get("pii_redacted") or {}
     data_rows = [
         ("lines read from landing files", ingested["lines_in"]),
@@ -35,38 +93,46 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
         ("quarantined by validation", validated["quarantined"]),
         ("duplicates skipped", validated["duplicates"]),
         ("stored", validated["stored"]),
-        ("records in window", funnel.get("records_in_window", "-")),
-        ("with feedback", funnel.get("with_feedback", "-")),
-        ("negative feedback", funnel.get("negative", "-")),
-        ("positive feedback (labelled)", funnel.get("positive", "-")),
-        ("ground truth after de-dup", funnel.get("after_dedup", "-")),
-        ("train / test", f"{dataset['n_train']} / {dataset['n_test']}"),
     ]
+    # the curate stage's funnel, whatever counts it reports, in its order
+    data_rows += [(name.replace("_", " "), value) for name, value in funnel.items()]
+    data_rows.append(("train / test", f"{dataset['n_train']} / {dataset['n_test']}"))
     verdicts = {v["candidate"]: v for v in decision["verdicts"]}
     oracle = teacher.get("oracle_accuracy")
-    teacher_acc = f"{teacher['accuracy']:.3f}" + (
+    teacher_acc = _acc(teacher.get("accuracy") if teacher.get("n_test") else None) + (
         f" (gold: {oracle:.3f}, simulation oracle)" if oracle is not None else "")
-    model_rows = [(f"teacher {teacher.get('model') or ''} (from its logs)", teacher_acc, "-",
-                   _ms(teacher.get("latency_p50_ms")), _ms(teacher.get("latency_p95_ms")), "-")]
+    model_rows = [(f"teacher {teacher.get('model') or ''} (from its logs)", "logged",
+                   teacher_acc, "-", "-", _ms(teacher.get("latency_p50_ms")),
+                   _ms(teacher.get("latency_p95_ms")), "-", "-", "-", "-")]
     for e in evaluations:
-        base, tuned = e["base"], e["finetuned"]
-        model_rows.append((f"{base['candidate']} (zero-shot)", f"{base['accuracy']:.3f}",
-                           f"{base['macro_f1']:.3f}", _ms(base["latency_p50_ms"]),
-                           _ms(base["latency_p95_ms"]), "-"))
+        if e.get("base"):
+            model_rows.append(_model_row(e["base"]["candidate"], e["base"]))
+        if e.get("base_icl"):
+            model_rows.append(_model_row(e["base_icl"]["candidate"], e["base_icl"]))
         verdict = verdicts.get(e["candidate"], {})
-        model_rows.append((f"{e['candidate']} (fine-tuned)", f"{tuned['accuracy']:.3f}",
-                           f"{tuned['macro_f1']:.3f}", _ms(tuned["latency_p50_ms"]),
-                           _ms(tuned["latency_p95_ms"]),
-                           "PASS" if verdict.get("passed") else "fail"))
-    hardware = evaluations[0]["finetuned"]["latency_hardware"] if evaluations else "-"
+        model_rows.append(_model_row(e["candidate"], e["finetuned"],
+                                     "PASS" if verdict.get("passed") else "fail"))
+    if champion and champion.get("evaluation"):
+        model_rows.append(_model_row(f"{champion['evaluation']['candidate']} "
+                                     f"({champion.get('candidate')}, re-evaluated)",
+                                     champion["evaluation"], "champion"))
+    first = evaluations[0]["finetuned"] if evaluations else {}
+    hardware = first.get("latency_hardware", "-")
+    price = first.get("price_per_device_hour")
     lines = [
         f"# Flywheel cycle {cycle_id} (workload {workload_id})", "",
         "## Data funnel", "", tabulate(data_rows, headers=["stage", "records"], tablefmt="github"),
         "", f"Dataset version {dataset['version']}.", "",
         f"## Models on the frozen test split ({dataset['n_test']} queries)", "",
-        tabulate(model_rows, headers=["model", "accuracy", "macro-F1", "p50 ms", "p95 ms", "gate"],
+        tabulate(model_rows, headers=["model", "prompting", "accuracy", "mc acc", "macro-F1",
+                                      "p50 ms", "p95 ms", "TTFT p50", "q/s", "cost/1k", "gate"],
                  tablefmt="github"), "",
-        f"{MODEL_NOTE} Hardware: {hardware}.", "", "## Gate", "",
+        "accuracy: exact match of the generated expert (what the agent gets); mc acc: multiple "
+        "choice by log-likelihood. Latency at batch 1 after warm-up; q/s at batch "
+        f"{first.get('throughput_batch_size', '-')}; cost per 1,000 requests at "
+        f"{price if price is not None else '-'} per device-hour from that throughput. "
+        f"{MODEL_NOTE} Hardware: {hardware}. The teacher's figures come from its logs.", "",
+        "## Gate", "",
     ]
     for v in decision["verdicts"]:
         lines.append(f"- {v['candidate']}: {'PASS' if v['passed'] else 'FAIL'} - "
@@ -78,32 +144,103 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
                      f"with alias `{registered['alias']}`.")
     else:
         lines.append(f"Nothing registered: {registered.get('reason')}.")
+    if promoted and promoted.get("promoted"):
+        lines.append(f"Approved and promoted: version {promoted['version']} holds `champion`"
+                     + (f"; version {promoted['previous']} is `previous-champion`."
+                        if promoted.get("previous") else "."))
+    elif registered.get("registered"):
+        lines.append("Not promoted in this run: the challenger waits for approval.")
+    if history:
+        lines += ["", "## Champion history", "", tabulate(
+            [(h["cycle"], f"v{h['version']}" if h.get("version") else "-",
+              h.get("candidate") or "-", _acc(h.get("accuracy")), _ms(h.get("latency_p95_ms")))
+             for h in history],
+            headers=["cycle", "champion", "candidate", "accuracy", "p95 ms"], tablefmt="github")]
+    if images:
+        lines += ["", "## Charts", ""] + [f"![{name}]({path})" for name, path in images.items()]
     return "\n".join(lines) + "\n"
+
+
+def champion_history(workload_id: str, paths) -> list[dict]:
+    """Champion after each earlier cycle, from the cycle runs logged to MLflow (oldest first)."""
+    from tasks import tracking
+
+    mlflow = tracking.configure(paths)
+    if mlflow.get_experiment_by_name(tracking.experiment_name(workload_id)) is None:
+        return []
+    runs = mlflow.search_runs(experiment_names=[tracking.experiment_name(workload_id)],
+                              filter_string="tags.`flywheel.stage` = 'cycle'",
+                              order_by=["attributes.start_time ASC"], output_format="list")
+    out = []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        out.append({"cycle": run.data.tags.get("flywheel.cycle_id", run.info.run_name),
+                    "version": params.get("champion_version") or None,
+                    "candidate": params.get("champion_candidate") or None,
+                    "accuracy": metrics.get("champion_accuracy"),
+                    "latency_p95_ms": metrics.get("champion_latency_p95_ms")})
+    return out
+
+
+def _html(markdown_text: str, title: str) -> str:
+    """A self-contained page: the Markdown report as preformatted text, charts as images."""
+    import html
+    import re
+
+    images = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", markdown_text)
+    text = re.sub(r"!\[[^\]]*\]\([^)]+\)\n?", "", markdown_text)
+    figures = "".join(f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+                      f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+                      for alt, src in images)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}"
+            "img{max-width:100%}</style></head><body>"
+            f"<pre>{html.escape(text)}</pre>{figures}</body></html>\n")
 
 
 def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
                  teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
+                 champion: dict | None = None, promoted: dict | None = None,
                  home: str | None = None) -> dict:
-    """Render, print, save and log the report; returns where it went and the headline numbers."""
-    from tasks import tracking
+    """Render, chart, print, save and log the report; returns where it went and the headline."""
+    from tasks import plots, tracking
 
     paths = get_paths(home)
-    text = render(cycle_id, workload_id, ingested, validated, dataset, teacher, evaluations,
-                  decision, registered)
-    print(text)
     out = paths.runs / cycle_id
     out.mkdir(parents=True, exist_ok=True)
+    after = champion_after(champion, promoted, evaluations, decision.get("winner"))
+    history = champion_history(workload_id, paths)
+    history = [h for h in history if h["cycle"] != cycle_id] + [{"cycle": cycle_id, **after}]
+    images = {"accuracy vs p95 latency": plots.pareto(
+        model_points(teacher, evaluations, champion), out / "pareto.png",
+        f"cycle {cycle_id}: accuracy vs p95 latency").name}
+    winner = next((e for e in evaluations if e["candidate"] == decision.get("winner")), None)
+    if winner and winner["finetuned"].get("confusion"):
+        images[f"confusion matrix of {winner['candidate']}"] = plots.confusion(
+            winner["finetuned"]["confusion"], out / "confusion.png",
+            f"{winner['candidate']}: gold vs predicted").name
+    if dataset.get("funnel"):
+        images["data funnel"] = plots.funnel(dataset["funnel"], out / "funnel.png",
+                                             f"funnel, dataset {dataset['version']}").name
+    images["champion history"] = plots.history(history, out / "champion_history.png",
+                                               f"champion of {workload_id} per cycle").name
+    text = render(cycle_id, workload_id, ingested, validated, dataset, teacher, evaluations,
+                  decision, registered, champion, promoted, history, images)
+    print(text)
     summary = {"cycle_id": cycle_id, "workload_id": workload_id, "ingested": ingested,
                "validated": validated, "dataset": dataset, "teacher": teacher,
-               "evaluations": evaluations, "decision": decision, "registered": registered}
+               "evaluations": evaluations, "champion_before": champion, "decision": decision,
+               "registered": registered, "promoted": promoted, "champion": after,
+               "history": history}
     (out / "report.md").write_text(text)
+    (out / "report.html").write_text(_html(text, f"Flywheel cycle {cycle_id}"))
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
     with tracking.run(workload_id, run_name=f"{cycle_id}/cycle",
                       tags={"flywheel.cycle_id": cycle_id, "flywheel.stage": "cycle"},
                       paths=paths):
         import mlflow
 
-        funnel = dataset.get("funnel", {})
+        funnel = dataset.get("funnel") or {}
         mlflow.log_metrics({f"funnel.{k}": float(v) for k, v in funnel.items()
                             if isinstance(v, int | float)})
         mlflow.log_metrics({"records_in": ingested["lines_in"],
@@ -111,14 +248,19 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
                             "stored": validated["stored"], "n_train": dataset["n_train"],
                             "n_test": dataset["n_test"]})
         mlflow.log_params({"dataset_version": dataset["version"],
-                           "winner": decision.get("winner") or "none"})
+                           "winner": decision.get("winner") or "none",
+                           "champion_version": after["version"] or "",
+                           "champion_candidate": after["candidate"] or ""})
+        mlflow.log_metrics({k: v for k, v in (
+            ("champion_accuracy", after["accuracy"]),
+            ("champion_latency_p95_ms", after["latency_p95_ms"])) if v is not None})
         mlflow.log_metrics({f"pii.{kind}": n
                             for kind, n in (ingested.get("pii_redacted") or {}).items()})
-        mlflow.log_artifact(str(out / "report.md"))
-        mlflow.log_artifact(str(out / "report.json"))
+        for name in ("report.md", "report.html", "report.json", *images.values()):
+            mlflow.log_artifact(str(out / name))
         # the great-expectations result (JSON, and Data Docs HTML where made) beside the report
         for key in ("validation_path", "validation_html_path"):
             if validated.get(key) and Path(validated[key]).is_file():
                 mlflow.log_artifact(validated[key], artifact_path="validation")
     return {"report_path": str(out / "report.md"), "winner": decision.get("winner"),
-            "registered": registered}
+            "registered": registered, "promoted": promoted, "champion": after}
