@@ -174,3 +174,94 @@ def test_too_few_examples_fails_clearly_and_writes_nothing(
     assert "fewer than min_examples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="end must be after start"):
         CurateConfig(start="2026-11-21", end="2026-11-20")
+
+
+def test_test_set_frozen_across_three_versions(tmp_path: Path) -> None:
+    versions = []
+    for day in (20, 21, 22):
+        load(tmp_path, f"b{day}", positives(day, 5))
+        versions.append(run(tmp_path))
+    tests = [ids(v.test_path) for v in versions]
+    trains = [ids(v.train_path) for v in versions]
+    assert len({v.version for v in versions}) == 3
+    assert tests[0] < tests[1] < tests[2] and trains[0] < trains[1] < trains[2]
+    assert all(not t & tr for t, tr in zip(tests, trains, strict=True))
+    for earlier, later in zip(versions, versions[1:], strict=False):
+        manifest = json.loads((Path(later.dataset_dir) / "manifest.json").read_text())
+        assert manifest["lineage"]["parent_version"] == earlier.version
+        assert all(Path(earlier.dataset_dir, name).exists() for name in ("train.jsonl",
+                                                                         "test.jsonl"))
+    assert versions[2].funnel["leakage_pairs"] == 0
+
+
+def test_no_near_duplicate_of_a_test_query_enters_train(tmp_path: Path) -> None:
+    from tasks.embeddings import embed_queries
+
+    def near_twin(query: str) -> str:
+        """The closest of a few harmless rewordings (never the same normalised text)."""
+        variants = [query + "?", query + " please", "hey, " + query, query + " asap"]
+        vectors = embed_queries([query, *variants])
+        scores = vectors[1:] @ vectors[0]
+        assert scores.max() >= 0.9
+        return variants[int(scores.argmax())]
+
+    load(tmp_path, "b1", positives(20, 10))
+    v1 = run(tmp_path, near_duplicate_threshold=0.9)
+    test_row = sorted(read(v1.test_path), key=lambda r: r["id"])[0]
+    train_row = sorted(read(v1.train_path), key=lambda r: r["id"])[0]
+    leak, echo = near_twin(test_row["query"]), near_twin(train_row["query"])
+    assert normalise(leak) != normalise(test_row["query"])  # not an exact duplicate
+
+    load(tmp_path, "b2", positives(21, 2) + [
+        record("leak", leak, test_row["expert"], 1, day=21, minute=50),
+        record("echo", echo, train_row["expert"], 1, day=21, minute=51)])
+    v2 = run(tmp_path, near_duplicate_threshold=0.9)
+    everything = ids(v2.train_path) | ids(v2.test_path)
+    assert "leak" not in everything and "echo" not in everything
+    assert v2.funnel["leakage_removed"] == 1 and v2.funnel["semantic_duplicates"] >= 1
+    assert v2.funnel["leakage_pairs"] == 0
+    assert ids(v1.test_path) <= ids(v2.test_path)
+
+
+def test_out_of_scope_balance_cap_and_printed_funnel(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = positives(20, 8, ("banking", "travel"))
+    items += [record(f"oos-{k}", q, "out_of_scope", 1, minute=k) for k, q in enumerate(
+        ["what is the capital of peru", "how tall is mount everest",
+         "tell me about the french revolution", "who painted the mona lisa"])]
+    load(tmp_path, "b1", items)
+    dropped = run(tmp_path, out_of_scope="drop", max_per_expert=3)
+    assert dropped.funnel["out_of_scope"] == 4
+    assert "out_of_scope" not in dropped.label_counts["train"] | dropped.label_counts["test"]
+    assert max(dropped.label_counts["train"].values()) <= 3
+    assert dropped.funnel["balance_capped"] > 0
+
+    assert main(["--home", str(tmp_path), "--min-examples", "5"]) == 0
+    out = capsys.readouterr().out
+    for step in ("records_in_window", "negative", "judge_flagged", "sme_confirmed",
+                 "ground_truth", "train", "test", "judge_agreement", "novel"):
+        assert f"  {step} " in out, step
+
+
+def test_dataset_version_logged_as_mlflow_input(tmp_path: Path) -> None:
+    from tasks import tracking
+    from tasks.config import get_paths
+    from tasks.curate import log_dataset_input
+
+    load(tmp_path, "b1", positives(20, 4))
+    result = run(tmp_path)
+    paths = get_paths(tmp_path)
+    mlflow = tracking.configure(paths)
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_dataset_input(result.dataset_dir)
+    with pytest.raises(FileNotFoundError, match="not a dataset version"):
+        log_dataset_input(tmp_path)
+    experiment = tracking.ensure_experiment("router", paths)
+    with mlflow.start_run(experiment_id=experiment) as active:
+        log_dataset_input(result.dataset_dir)
+    inputs = mlflow.get_run(active.info.run_id).inputs.dataset_inputs
+    names = {i.dataset.name for i in inputs}
+    assert names == {f"router-{result.version}-train", f"router-{result.version}-test"}
+    tags = {t.key: t.value for i in inputs for t in i.tags}
+    assert tags["flywheel.dataset_version"] == result.version
+    assert tags["mlflow.data.context"] == "training"
