@@ -4,7 +4,9 @@
     flywheel build-base                   # build and pre-train the offline base models (cached)
     flywheel ingest / validate / curate   # the data stages
     flywheel finetune / evaluate / gate    # the model stages
-    flywheel demo                         # simulate traffic, run one cycle through Airflow
+    flywheel demo                         # traffic, then cycles through Airflow, agent in the loop
+    flywheel registry --action show        # aliases; --action promote / rollback
+    flywheel agent --query "..."           # route with the champion, log to the landing folder
     flywheel serve airflow|mlflow         # the UIs on the embedded state (127.0.0.1)
 
 ``flywheel <stage> --help`` lists a stage's settings; each stage also takes ``--config FILE.yaml``.
@@ -27,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "gate": "tasks.gate",
     "demo": "tasks.demo",
     "serve": "tasks.serve",
+    "registry": "tasks.register",
+    "agent": "tasks.agent",
 }
 
 
