@@ -4,8 +4,11 @@
 One turn of the data flywheel for an agent workload: the agent's logs and its users' feedback in,
 a smaller fine-tuned router model in the MLflow registry out.
 
-ingest landing files → validate (great-expectations; bad rows quarantined with reasons) → curate a
-versioned ground truth (frozen test split) → fine-tune one LoRA adapter per candidate through
+ingest landing files → validate (great-expectations; bad rows quarantined with reasons) → attribute
+the badly rated answers (a judge flags routing errors; queries indexed in Qdrant) → SME review
+(experts confirm or correct, in the UI's *Required actions* when `sme_review` is `ui`; a simulated
+SME from the simulator's gold labels in the demo) → curate a versioned ground truth (frozen test
+split, semantic de-dup, no train/test leakage) → fine-tune one LoRA adapter per candidate through
 DeepSpeed → evaluate each with lm-eval and measured latency, beside its base model and the teacher
 → gate on accuracy and latency (vs the champion re-evaluated on the same test set and the teacher)
 → register the winner as alias `challenger` → approval (a reviewer, or the `auto_approve` param)
@@ -21,10 +24,28 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import Param, dag, task
 
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
+#: How long the UI review waits for an expert before the cycle goes on with what is decided.
+SME_REVIEW_TIMEOUT = timedelta(hours=12)
+#: The UI review's answers, as tasks.review.UI_OPTIONS reads them (the last is the timeout default).
+SME_REVIEW_OPTIONS = ["Accept the judge's labels", "Apply only the labels typed below",
+                      "Decide later"]
+SME_REVIEW_BODY = """{% set a = ti.xcom_pull(task_ids='attribute') %}
+The judge **{{ a.judge }}** flagged {{ a.flagged }} of {{ a.negative }} badly rated answers as
+routing errors; {{ a.pending }} queries wait for an expert ({{ a.novel }} novel in this window).
+The oldest {{ a.preview | length }}:
+
+| record | why | query | routed to | judge says | confidence |
+|---|---|---|---|---|---|
+{% for i in a.preview %}| {{ i.record_id }} | {{ i.reason }} | {{ i.query | replace('|', '/') }} \
+| {{ i.route }} | {{ i.judge_expert or '-' }} | {{ i.judge_confidence or '-' }} |
+{% endfor %}
+Accept the judge's labels (typed lines override them), apply only typed lines, or decide later;
+the full queue is in `flywheel review export`.
+"""
 
 
 def _cycle_id(context) -> str:
@@ -77,6 +98,25 @@ def _cycle_id(context) -> str:
         "auto_approve": Param(False, type="boolean",
                               description="Promote the gate's winner without waiting for a "
                                           "reviewer (demo, tests)."),
+        "judge_backend": Param("knn-vote", enum=["knn-vote", "openai"],
+                               description="Who flags routing errors: labelled neighbours in "
+                                           "Qdrant (offline) or an OpenAI-compatible LLM."),
+        "judge_endpoint_url": Param(None, type=["null", "string"],
+                                    description="openai judge: base URL (key from "
+                                                "$FLYWHEEL_JUDGE_API_KEY)."),
+        "judge_model": Param(None, type=["null", "string"],
+                             description="openai judge: model name."),
+        "sme_review": Param("simulated", enum=["simulated", "ui", "skip"],
+                            description="Who reviews the judge's flags: a simulated SME (demo), "
+                                        "experts in the UI (waits up to 12 h), or nobody."),
+        "sme_capacity": Param(200, type="integer", minimum=0,
+                              description="Items the simulated SME answers per cycle."),
+        "min_judge_agreement": Param(0.7, type="number", minimum=0, maximum=1,
+                                     description="Judge/SME agreement below which the "
+                                                 "calibration alarm is raised."),
+        "near_duplicate_threshold": Param(0.95, type="number", exclusiveMinimum=0, maximum=1,
+                                          description="Cosine at or above which queries are "
+                                                      "near-duplicates (de-dup, leakage)."),
     },
 )
 def flywheel_cycle():
@@ -97,7 +137,55 @@ def flywheel_cycle():
         return run(ValidateConfig(run_id=ingested["run_id"])).model_dump(mode="json")
 
     @task
-    def curate(validated: dict, params: dict | None = None) -> dict:
+    def attribute(validated: dict, params: dict | None = None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from tasks.judge import JudgeConfig
+        from tasks.judge import attribute as run
+
+        end = get_current_context().get("data_interval_end") or pendulum.now("UTC")
+        config = JudgeConfig(workload_id=params["workload_id"],
+                             start=end - timedelta(days=params["window_days"]), end=end,
+                             backend=params["judge_backend"],
+                             endpoint_url=params.get("judge_endpoint_url"),
+                             model=params.get("judge_model"))
+        return run(config).model_dump(mode="json")
+
+    @task.branch
+    def route_review(params: dict | None = None) -> list[str]:
+        return ["sme_review_ui", "review"] if params["sme_review"] == "ui" else ["review"]
+
+    sme_review_ui = HITLOperator(
+        task_id="sme_review_ui",
+        subject="Review the judge's routing-error flags",
+        body=SME_REVIEW_BODY,
+        options=SME_REVIEW_OPTIONS,
+        defaults=SME_REVIEW_OPTIONS[-1],
+        params={"labels": Param("", type="string",
+                                description="One line per query: <record id> <expert or "
+                                            "discard>")},
+        response_timeout=SME_REVIEW_TIMEOUT,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def review(attributed: dict, params: dict | None = None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from tasks.review import ReviewConfig
+        from tasks.review import review as run
+
+        answer = None
+        if params["sme_review"] == "ui":
+            answer = get_current_context()["ti"].xcom_pull(task_ids="sme_review_ui")
+        config = ReviewConfig(workload_id=params["workload_id"], mode=params["sme_review"],
+                              sme_capacity=params["sme_capacity"],
+                              min_agreement=params["min_judge_agreement"],
+                              ui_response=answer,
+                              ui_items=[item["record_id"] for item in attributed["preview"]])
+        return run(config).model_dump(mode="json")
+
+    @task
+    def curate(validated: dict, reviewed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
         from tasks.curate import CurateConfig
@@ -107,7 +195,9 @@ def flywheel_cycle():
         # a run triggered without a logical date (REST, UI, CLI in Airflow 3) has no interval
         end = context.get("data_interval_end") or pendulum.now("UTC")
         config = CurateConfig(workload_id=params["workload_id"],
-                              start=end - timedelta(days=params["window_days"]), end=end)
+                              start=end - timedelta(days=params["window_days"]), end=end,
+                              near_duplicate_threshold=params["near_duplicate_threshold"],
+                              min_judge_agreement=params["min_judge_agreement"])
         return run(config).model_dump(mode="json")
 
     @task
@@ -230,7 +320,11 @@ def flywheel_cycle():
 
     ingested = ingest()
     validated = validate(ingested)
-    dataset = curate(validated)
+    attributed = attribute(validated)
+    reviewed = review(attributed)
+    route_review() >> [sme_review_ui, reviewed]
+    attributed >> sme_review_ui >> reviewed
+    dataset = curate(validated, reviewed)
     trained = finetune.partial(dataset=dataset).expand(candidate=plan_candidates())
     evaluations = evaluate.partial(dataset=dataset).expand(trained=trained)
     teacher = evaluate_teacher(dataset)

@@ -3,6 +3,7 @@
     flywheel simulate --days 3            # write agent logs to the landing folder
     flywheel build-base                   # build and pre-train the offline base models (cached)
     flywheel ingest / validate / curate   # the data stages
+    flywheel attribute / review           # judge the bad ratings; SME review (export/import)
     flywheel finetune / evaluate / gate    # the model stages
     flywheel demo                         # traffic, then cycles through Airflow, agent in the loop
     flywheel registry --action show        # aliases; --action promote / rollback
@@ -23,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "build-base": "tasks.basemodels",
     "ingest": "tasks.ingest",
     "validate": "tasks.validate",
+    "attribute": "tasks.judge",
+    "review": "tasks.review",
     "curate": "tasks.curate",
     "finetune": "tasks.finetune",
     "evaluate": "tasks.evaluate",

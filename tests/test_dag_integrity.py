@@ -40,7 +40,15 @@ def test_cycle_edges(dagbag):
     dag = dagbag.dags["flywheel_cycle"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert downstream["ingest"] == {"validate", "report"}
-    assert "curate" in downstream["validate"]
+    assert {"attribute", "curate"} <= downstream["validate"]
+    assert downstream["attribute"] == {"review", "sme_review_ui"}
+    assert downstream["route_review"] == {"review", "sme_review_ui"}
+    assert downstream["sme_review_ui"] == {"review"}
+    assert downstream["review"] == {"curate"}
+    from tasks.review import UI_LATER, UI_OPTIONS
+
+    hitl = dag.get_task("sme_review_ui")
+    assert hitl.options == UI_OPTIONS and hitl.defaults == [UI_LATER]
     assert {"finetune", "evaluate", "evaluate_teacher"} <= downstream["curate"]
     assert "finetune" in downstream["plan_candidates"]
     assert "evaluate" in downstream["finetune"]
