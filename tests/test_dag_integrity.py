@@ -82,3 +82,28 @@ def test_ingest_dag_runs_often_and_publishes_the_store_asset(dagbag):
     assert downstream["ingest"] == {"validate"}
     outlets = [a.name for a in dag.get_task("validate").outlets]
     assert outlets == ["flywheel_store"]
+
+
+def test_cycle_promotion_waits_for_approval(dagbag):
+    dag = dagbag.dags["flywheel_cycle"]
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert {"gate", "report"} <= downstream["evaluate_champion"]
+    assert "gate" in downstream["evaluate_teacher"]
+    assert "approval_route" in downstream["register"]
+    assert downstream["approval_route"] == {"approve", "auto_approve"}
+    assert downstream["approve"] == {"promote"} and downstream["auto_approve"] == {"promote"}
+    assert downstream["promote"] == {"report"}
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator) and approve.defaults == ["Reject"]
+    assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("report").trigger_rule == "none_failed"
+    assert dag.params["auto_approve"] is False
+
+
+def test_rollback_dag(dagbag):
+    dag = dagbag.dags["flywheel_rollback"]
+    assert dag.schedule is None and dag.catchup is False
+    assert [t.task_id for t in dag.tasks] == ["rollback"]
+    assert {"workload_id", "version", "reason"} <= set(dag.params.keys())
