@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tasks.catalog import (CONFIG_DIR, CandidateSpec, CatalogError, load_catalog,
-                           parse_candidate, select_candidates)
+from tasks.catalog import (
+    CONFIG_DIR,
+    CandidateSpec,
+    CatalogError,
+    load_catalog,
+    parse_candidate,
+    select_candidates,
+)
 
 
 def test_shipped_catalog_covers_both_families_and_every_method():

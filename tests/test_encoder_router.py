@@ -1,0 +1,66 @@
+"""The encoder router family: MiniLM + LoRA trains through the DeepSpeed worker, and the cycle's
+evaluate step scores it on the same test split with the causal LMs' result shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_finetune import write_dataset
+
+
+def test_shipped_encoder_resolves_offline():
+    from tasks.encoder_router import resolve_encoder
+
+    folder = Path(resolve_encoder("all-MiniLM-L6-v2"))
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert resolve_encoder("some-org/some-model") == "some-org/some-model"  # a hub id, as given
+
+
+@pytest.mark.slow
+def test_encoder_router_trains_and_evaluates_like_a_causal_router(tmp_path):
+    from safetensors.torch import load_file
+
+    from tasks import tracking
+    from tasks.catalog import load_catalog
+    from tasks.encoder_router import BASE_NOTE
+    from tasks.evaluate import EvaluateResult, evaluate_candidate
+    from tasks.finetune import FinetuneConfig, finetune
+
+    dataset = write_dataset(tmp_path / "dataset", n_train=160, n_test=40)
+    spec = load_catalog()["minilm-router-lora"].model_copy(deep=True)
+    spec.hyperparameters.max_steps = 20
+    spec.hyperparameters.learning_rate = 3e-3
+    spec.hyperparameters.checkpoint_every = 10
+    trained = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
+                                      home=str(tmp_path), cycle_id="enc"))
+    assert trained.family == "encoder" and trained.steps == 20
+    assert trained.final_loss < 0.8 * trained.first_loss, (trained.first_loss, trained.final_loss)
+    weights = load_file(Path(trained.adapter_dir) / "adapter_model.safetensors")
+    assert any("lora_B" in k and float(w.abs().max()) > 0 for k, w in weights.items())
+    assert any("classifier" in k for k in weights), "the trained head is not in the adapter"
+
+    evaluation = evaluate_candidate(trained.model_dump(mode="json"), str(dataset), "router",
+                                    "enc", latency_queries=5, home=str(tmp_path))
+    tuned, base = evaluation["finetuned"], evaluation["base"]
+    assert set(EvaluateResult.model_fields) <= set(tuned) and set(EvaluateResult.model_fields) \
+        <= set(base)
+    assert tuned["n_test"] == base["n_test"] == 40
+    assert sum(tuned["confusion"][g][p] for g in tuned["confusion"]
+               for p in tuned["confusion"][g]) == 40
+    assert base["note"] == BASE_NOTE
+    # 20 steps on 160 queries: well above chance (1/11), and above the untrained head
+    assert tuned["accuracy"] > 0.3 and tuned["accuracy"] > base["accuracy"], (tuned, base)
+    assert 0 < tuned["latency_p50_ms"] <= tuned["latency_p95_ms"]
+    assert tuned["ttft_p50_ms"] == tuned["latency_p50_ms"]  # one forward pass answers
+
+    mlflow = tracking.configure(tracking.get_paths(str(tmp_path)))
+    run = mlflow.MlflowClient().get_run(trained.mlflow_run_id)
+    assert run.data.params["family"] == "encoder"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(tuned["accuracy"])
+    history = mlflow.MlflowClient().get_metric_history(trained.mlflow_run_id, "train_loss")
+    assert len(history) == 20
+    info = json.loads((Path(trained.adapter_dir) / "flywheel_training.json").read_text())
+    assert info["family"] == "encoder" and len(info["labels"]) == 11
