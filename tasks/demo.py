@@ -1,12 +1,20 @@
-"""The demo: a few days of simulated router traffic, then one flywheel cycle through Airflow.
+"""The demo: simulated router traffic, then several flywheel cycles through Airflow, with the
+reference agent serving the champion between them.
 
-    make demo                      # or: flywheel demo --days 3
+    make demo                      # or: flywheel demo --cycles 3 --days 4
 
 1. builds (or reuses) the offline base models,
-2. simulates ``--days`` of agent logs and feedback into the landing folder,
-3. prepares the embedded Airflow (SQLite) and runs the DAG ``flywheel_cycle`` with
-   ``airflow dags test`` (every task runs for real; the full log goes to a file),
-4. prints the cycle's report and where to open the Airflow and MLflow UIs on the same state.
+2. simulates ``--days + --cycles - 1`` days of the teacher's logs and feedback, and holds back all
+   but the first ``--days``: one more day is released before each later cycle,
+3. prepares the embedded Airflow (SQLite),
+4. for each cycle: (from the second on) the reference agent (:mod:`tasks.agent`) routes
+   ``--agent-queries`` CLINC150 queries with the current champion through MLflow pyfunc and logs
+   them to the landing folder, and simulated users rate some of those answers (from the gold
+   labels, as the traffic simulator rates the teacher's); then ``airflow dags test
+   flywheel_cycle`` runs every task for real, with ``auto_approve`` so the approval step does not
+   wait for a person,
+5. prints each cycle's report and, at the end, a per-cycle table: dataset, winner, champion,
+   its accuracy and p95 latency, and the agent's own routing accuracy (simulation oracle).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ PROGRESS = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking
 
 
 class DemoConfig(BaseModel):
-    days: int = Field(4, ge=1, le=60, description="Days of traffic to simulate (ending yesterday).")
+    days: int = Field(4, ge=1, le=60, description="Days of traffic before the first cycle.")
+    cycles: int = Field(3, ge=1, le=20, description="Flywheel cycles to run in a row.")
     records_per_day: int = Field(2500, ge=100, le=100000, description="Agent requests per day.")
     seed: int = Field(0, ge=0, description="Simulator seed.")
     candidates: list[str] = Field(["llama-s-lora", "llama-m-lora"],
@@ -40,7 +49,18 @@ class DemoConfig(BaseModel):
     # the DAG's own defaults (0.70, 1000 ms) are meant for real candidates
     min_accuracy: float = Field(0.45, ge=0, le=1, description="Gate: minimum accuracy.")
     max_p95_latency_ms: float = Field(250.0, gt=0, description="Gate: maximum p95 latency (ms).")
-    max_train_steps: int | None = Field(None, ge=1, description="Cap training steps (quick run).")
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1, description=(
+        "Gate: allowed drop below the champion re-evaluated on the cycle's test set."))
+    min_speedup: float | None = Field(5.0, gt=0, description=(
+        "Gate: minimum teacher p95 / candidate p95 (teacher from its logs)."))
+    icl_examples: int = Field(4, ge=0, le=32, description="In-context baseline examples.")
+    max_train_steps: int | None = Field(None, ge=1, description="Cap training steps, cycle 1.")
+    later_max_train_steps: int | None = Field(200, ge=1, description=(
+        "Cap training steps in later cycles (keeps the demo's wall time down)."))
+    agent_queries: int = Field(300, ge=0, le=100000, description=(
+        "Queries the agent routes with the champion before each later cycle."))
+    agent_feedback_rate: float = Field(0.5, ge=0, le=1, description=(
+        "Share of the agent's answers simulated users rate."))
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
 
 
@@ -65,6 +85,84 @@ def _run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: boo
         return process.wait()
 
 
+def _hold_back(paths, first_day: dt.date, days: int) -> Path:
+    """Move landing files dated after the first ``days`` days to a holding folder."""
+    held = paths.simulator / "held"
+    held.mkdir(parents=True, exist_ok=True)
+    cutoff = first_day + dt.timedelta(days=days - 1)
+    for path in sorted(paths.landing.glob("*.jsonl")):
+        day = _file_date(path)
+        if day is not None and day > cutoff:
+            path.rename(held / path.name)
+    return held
+
+
+def _file_date(path: Path) -> dt.date | None:
+    found = re.search(r"(\d{4}-\d{2}-\d{2})", path.name)
+    return dt.date.fromisoformat(found.group(1)) if found else None
+
+
+def _release(paths, held: Path, until: dt.date) -> list[str]:
+    """Move held files dated up to ``until`` back into the landing folder."""
+    released = []
+    for path in sorted(held.glob("*.jsonl")):
+        day = _file_date(path)
+        if day is not None and day <= until:
+            path.rename(paths.landing / path.name)
+            released.append(path.name)
+    return released
+
+
+def _agent_turn(config: DemoConfig, paths, cycle: int) -> dict:
+    """The agent routes fresh queries with the champion; simulated users rate some answers."""
+    import numpy as np
+
+    from tasks.agent import route_and_log
+    from tasks.clinc150 import examples
+    from tasks.simulate import SimulateConfig
+
+    users = SimulateConfig()  # the same rating behaviour the teacher's users have
+    rng = np.random.default_rng([config.seed, 11, cycle])
+    pool = examples()
+    picks = rng.choice(len(pool), size=config.agent_queries, replace=False)
+    chosen = [pool[int(i)] for i in picks]
+    result = route_and_log([e.query for e in chosen], home=str(paths.home),
+                           client_id="demo-agent")
+    events, correct = [], 0
+    for example, routed in zip(chosen, result.routed, strict=True):
+        right = routed.expert == example.expert
+        correct += right
+        if rng.random() >= config.agent_feedback_rate:
+            continue
+        p_negative = users.p_negative_if_right if right else users.p_negative_if_wrong
+        events.append({"kind": "feedback", "id": routed.id, "source": "user",
+                       "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                       "rating": -1 if rng.random() < p_negative else 1})
+    feedback = paths.landing / f"router-agent-feedback-cycle{cycle}.jsonl"
+    tmp = feedback.with_name("." + feedback.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
+    os.replace(tmp, feedback)
+    latencies = sorted(r.latency_ms for r in result.routed)
+    return {"model": result.model, "queries": len(chosen), "ratings": len(events),
+            "oracle_accuracy": correct / max(1, len(chosen)),
+            "p50_ms": latencies[len(latencies) // 2]}
+
+
+def _table(rows: list[dict]) -> str:
+    from tabulate import tabulate
+
+    def f(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    return tabulate(
+        [(r["cycle"], r["dataset"], r["train_test"], r["winner"] or "none", r["champion"],
+          f(r["accuracy"], ".3f"), f(r["p95_ms"], ".1f"), r["agent"], f(r["seconds"], ".0f"))
+         for r in rows],
+        headers=["cycle", "dataset", "train/test", "gate winner", "champion after",
+                 "accuracy", "p95 ms", "agent before the cycle (oracle acc, p50)", "wall s"],
+        tablefmt="github")
+
+
 def demo(config: DemoConfig) -> int:
     from tasks.basemodels import ensure_base_model
     from tasks.catalog import select_candidates
@@ -81,13 +179,16 @@ def demo(config: DemoConfig) -> int:
     for spec in select_candidates(config.candidates):
         print(f"  {spec.base_model}: {ensure_base_model(spec.base_model, home=paths.home)}")
 
-    print(f"\n[2/4] simulating {config.days} days of router traffic")
-    start = dt.date.today() - dt.timedelta(days=config.days)
-    sim = simulate(SimulateConfig(seed=config.seed, days=config.days, start_date=start,
+    total_days = config.days + config.cycles - 1
+    print(f"\n[2/4] simulating {total_days} days of router traffic (the teacher's logs); "
+          f"{config.days} land now, one more before each later cycle")
+    start = dt.date.today() - dt.timedelta(days=total_days)
+    sim = simulate(SimulateConfig(seed=config.seed, days=total_days, start_date=start,
                                   records_per_day=config.records_per_day, home=str(paths.home)))
+    held = _hold_back(paths, start, config.days)
     print(f"  {sim.records} records, {sim.feedback_inline + sim.feedback_late} ratings "
           f"({sim.negatives} negative), {sim.malformed} malformed, {sim.duplicates} duplicates "
-          f"-> {paths.landing}")
+          f"-> {paths.landing} (later days held in {held})")
 
     print("\n[3/4] Airflow: metadata database (SQLite)")
     log_path = paths.home / "demo-airflow.log"
@@ -95,23 +196,62 @@ def demo(config: DemoConfig) -> int:
         print(f"airflow db migrate failed; see {log_path}", file=sys.stderr)
         return 1
 
-    conf = {"candidates": config.candidates, "min_accuracy": config.min_accuracy,
-            "max_p95_latency_ms": config.max_p95_latency_ms,
-            "max_train_steps": config.max_train_steps, "window_days": config.days + 2}
-    print(f"\n[4/4] airflow dags test flywheel_cycle (full log: {log_path})")
-    cycle_started = time.time()
-    code = _run_airflow(["dags", "test", "flywheel_cycle", "--conf", json.dumps(conf)], env,
-                        log_path, show=True)
-    reports = [p for p in paths.runs.glob("*/report.md") if p.stat().st_mtime >= cycle_started]
-    if code != 0 or not reports:
-        print(f"\nThe cycle failed (exit {code}); see {log_path}", file=sys.stderr)
-        return 1
-    print("\n" + reports[0].read_text())
-    print(f"Demo wall time: {time.perf_counter() - started:.0f} s")
+    rows: list[dict] = []
+    for cycle in range(1, config.cycles + 1):
+        cycle_started = time.perf_counter()
+        print(f"\n[4/4] cycle {cycle} of {config.cycles}")
+        agent = "-"
+        if cycle > 1:
+            released = _release(paths, held, start + dt.timedelta(days=config.days + cycle - 2))
+            print(f"  released {', '.join(released) or 'nothing'}")
+            if config.agent_queries:
+                from tasks.register import champion_version
+
+                if champion_version("router", str(paths.home)) is None:
+                    print("  no champion yet: the agent has nothing to serve")
+                else:
+                    turn = _agent_turn(config, paths, cycle)
+                    agent = (f"{turn['model']}: {turn['oracle_accuracy']:.3f}, "
+                             f"{turn['p50_ms']:.1f} ms")
+                    print(f"  agent routed {turn['queries']} queries with {turn['model']} "
+                          f"(accuracy {turn['oracle_accuracy']:.3f} vs gold labels, simulation "
+                          f"oracle; p50 {turn['p50_ms']:.1f} ms); users rated {turn['ratings']}")
+        steps = config.max_train_steps if cycle == 1 else config.later_max_train_steps
+        conf = {"candidates": config.candidates, "min_accuracy": config.min_accuracy,
+                "max_p95_latency_ms": config.max_p95_latency_ms,
+                "max_accuracy_drop": config.max_accuracy_drop, "min_speedup": config.min_speedup,
+                "icl_examples": config.icl_examples, "max_train_steps": steps,
+                "window_days": total_days + 2, "auto_approve": True}
+        print(f"  airflow dags test flywheel_cycle (full log: {log_path})")
+        wall = time.time()
+        code = _run_airflow(["dags", "test", "flywheel_cycle", "--conf", json.dumps(conf)], env,
+                            log_path, show=True)
+        reports = [p for p in paths.runs.glob("*/report.json") if p.stat().st_mtime >= wall]
+        if code != 0 or not reports:
+            print(f"\nCycle {cycle} failed (exit {code}); see {log_path}", file=sys.stderr)
+            return 1
+        report = json.loads(reports[0].read_text())
+        print("\n" + reports[0].with_name("report.md").read_text())
+        champion = report["champion"]
+        rows.append({
+            "cycle": cycle, "dataset": report["dataset"]["version"],
+            "train_test": f"{report['dataset']['n_train']}/{report['dataset']['n_test']}",
+            "winner": report["decision"].get("winner"),
+            "champion": (f"v{champion['version']} {champion['candidate']}"
+                         + (" (new)" if champion.get("changed") else "")
+                         if champion.get("version") else "none"),
+            "accuracy": champion.get("accuracy"), "p95_ms": champion.get("latency_p95_ms"),
+            "agent": agent, "seconds": time.perf_counter() - cycle_started})
+        print(f"Charts and HTML report: {reports[0].parent}")
+
+    print("\nPer cycle (accuracy and p95 of the champion on that cycle's frozen test set; tiny "
+          "offline models on this machine's CPU):\n")
+    print(_table(rows))
+    print(f"\nDemo wall time: {time.perf_counter() - started:.0f} s")
     print("Open the same state in the UIs:\n"
           "  make airflow-ui   # http://127.0.0.1:8080  (DAG flywheel_cycle, its runs and logs)\n"
           "  make mlflow-ui    # http://127.0.0.1:5000  (experiment flywheel-router, registered "
-          "model flywheel-router)")
+          "model flywheel-router, aliases champion / previous-champion)")
     return 0
 
 

@@ -31,7 +31,8 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     candidate = {"name": "xs-lora", "base_model": TEST_BASE, "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
     conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
-            "window_days": 3, "latency_queries": 5, "max_train_steps": 15}
+            "window_days": 3, "latency_queries": 5, "max_train_steps": 15,
+            "icl_examples": 2, "auto_approve": True}
     run = dag.test(run_conf=conf)
     assert run.state == DagRunState.SUCCESS
 
@@ -49,6 +50,14 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     assert reports, "the cycle wrote no report"
     report = json.loads(reports[-1].read_text())
     assert report["registered"]["version"] == str(version.version)
+    # registered as challenger, approved (auto_approve), then promoted to champion
+    assert report["registered"]["alias"] == "challenger"
+    assert report["promoted"]["promoted"] and report["champion"]["version"] == str(version.version)
+    assert "approved_by" in version.tags
+    evaluation = report["evaluations"][0]
+    assert evaluation["base_icl"]["prompting"] == "in-context (k=2)"
+    assert evaluation["finetuned"]["cost_per_1k_requests"] > 0
+    assert report["champion_before"]["version"] is None  # first cycle: nothing to re-evaluate
     ingested, validated = report["ingested"], report["validated"]
     # nothing is lost: every line read is stored, a known duplicate, or quarantined with a reason
     assert ingested["lines_in"] == (ingested["records_parsed"] + ingested["feedback_events"]
@@ -63,6 +72,7 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
                                     output_format="list")
     assert len(cycle_runs) == 1
     artifacts = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id)}
-    assert {"report.md", "report.json", "validation"} <= artifacts
+    assert {"report.md", "report.json", "report.html", "pareto.png", "confusion.png",
+            "champion_history.png", "validation"} <= artifacts
     logged = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id, "validation")}
     assert "validation/validation.json" in logged
