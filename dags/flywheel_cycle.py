@@ -21,6 +21,7 @@ command line.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -28,6 +29,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk import Param, dag, task
 
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
+TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
+TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")  # e.g. a Celery GPU queue
 #: How long the UI review waits for an expert before the cycle goes on with what is decided.
 SME_REVIEW_TIMEOUT = timedelta(hours=12)
 #: The UI review's answers, as tasks.review.UI_OPTIONS reads them (the last is the timeout default).
@@ -210,7 +213,11 @@ def flywheel_cycle():
                 spec.hyperparameters.max_steps = params["max_train_steps"]
         return [spec.model_dump(mode="json") for spec in specs]
 
-    @task(max_active_tis_per_dagrun=1)
+    # Training jobs hold slots of the `flywheel_gpu` pool (tasks.finetune.ensure_training_pool, or
+    # `airflow pools set flywheel_gpu N ...`: a task in a missing pool is never scheduled). Airflow
+    # fixes pool_slots and queue per task, not per mapped instance, so one job takes one slot on
+    # the training queue; the candidate's `resources.gpus` sets its ranks on the worker.
+    @task(max_active_tis_per_dagrun=1, pool=TRAINING_POOL, pool_slots=1, queue=TRAINING_QUEUE)
     def finetune(candidate: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 

@@ -107,3 +107,11 @@ def test_rollback_dag(dagbag):
     assert dag.schedule is None and dag.catchup is False
     assert [t.task_id for t in dag.tasks] == ["rollback"]
     assert {"workload_id", "version", "reason"} <= set(dag.params.keys())
+
+
+def test_finetune_runs_in_the_training_pool(dagbag):
+    from tasks.finetune import TRAINING_POOL
+
+    finetune = dagbag.dags["flywheel_cycle"].get_task("finetune")
+    assert finetune.pool == TRAINING_POOL
+    assert finetune.pool_slots == 1

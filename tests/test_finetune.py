@@ -112,3 +112,19 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
         assert any("prompt" in k for k in prompt), sorted(prompt)
     info = json.loads((weights_dir / "flywheel_training.json").read_text())
     assert info["base_model_path"] == str(xs_base_model) and info["method"] == method
+
+
+@pytest.mark.slow
+def test_training_pool_is_created_once_and_then_kept(airflow_db):
+    import subprocess
+    import sys
+
+    from tasks.finetune import TRAINING_POOL, ensure_training_pool
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "pools", "delete", TRAINING_POOL], capture_output=True)
+    assert ensure_training_pool(slots=2) == 2
+    assert ensure_training_pool(slots=5) == 2  # an existing pool keeps the size it was given
+    listed = subprocess.run([airflow, "pools", "get", TRAINING_POOL, "-o", "json"],
+                            capture_output=True, text=True, check=True)
+    assert int(json.loads(listed.stdout)[0]["slots"]) == 2
