@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -45,8 +44,6 @@ from tasks.locks import file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
-
-log = logging.getLogger(__name__)
 
 DISCARD = "discard"
 SIMULATED_SOURCE = "simulated-sme"
@@ -246,7 +243,7 @@ def announce_calibration(cal: dict[str, Any], judge: str | None = None) -> None:
                    f"{cal['agreement']:.0%} of {cal['n']} reviewed records, below the "
                    f"configured {cal['min_agreement']:.0%}; do not trust its flags until it is "
                    "fixed or replaced")
-        log.warning(message)
+        # one banner on stderr: the task log under Airflow, the terminal from the CLI
         print("!" * 100 + f"\n!! {message}\n" + "!" * 100, file=sys.stderr)
 
 
