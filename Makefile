@@ -55,6 +55,7 @@ bench: setup
 	-$(BIN)/python tests/benchmarks/bench_redact.py
 	-$(BIN)/python tests/benchmarks/bench_ingest.py
 	-$(BIN)/python tests/benchmarks/bench_intake_http.py
+	-$(BIN)/python tests/benchmarks/bench_train_cpu.py
 
 clean:
 	rm -rf $(FLYWHEEL_HOME)
