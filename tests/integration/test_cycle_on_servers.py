@@ -1,0 +1,231 @@
+"""flywheel_cycle under a real scheduler, on Postgres, logging to an MLflow server, with faults.
+
+Two runs are triggered at once through the REST API (as the UI's trigger button does, not
+``dags test``). The DAG allows one active run, so the second must wait for the first. During the
+first, one running task's process is killed by its PID (a worker lost mid-task): Airflow must retry
+it and the cycle complete. During the second, the MLflow server is stopped for a minute as soon as
+the run talks to it: the tasks must ride it out (client retries, then task retries) and succeed.
+
+What is asserted is outcomes, not the DAG's task list (which grows): both runs succeed one after
+the other, the killed task succeeded on a later try, the registry holds one version per cycle over
+HTTP with its alias and gate tags, and nothing is duplicated or lost in the store.
+
+Sizes are tiny (one day of simulated traffic, the test-only base model, a few training steps); the
+gate's thresholds are opened wide because the point is the wiring, not the model's quality.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import DAG_ID
+from tests.integration.servers import AirflowStack, MlflowServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL_NAME = "flywheel-router"
+RUN_A, RUN_B = "integration-a", "integration-b"
+#: the outage the second run must survive
+MLFLOW_OUTAGE_S = 60
+#: a task is killed once it has run this long (so it is mid-work, not starting up)
+KILL_AFTER_S = 3.0
+RUN_TIMEOUT_S = 1200
+
+
+@dataclass
+class Observed:
+    """What the test saw while the runs went on."""
+
+    b_states_while_a_active: set[str] = field(default_factory=set)
+    killed: dict | None = None
+    outage: tuple[float, float] | None = None  # (stopped, back), monotonic seconds
+    seconds: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+
+
+def _parse(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def _kill_one_running_task(stack: AirflowStack, observed: Observed) -> None:
+    """SIGKILL the first task of run A seen running for KILL_AFTER_S on its first try."""
+    if observed.killed is not None:
+        return
+    now = dt.datetime.now(dt.UTC)
+    for ti in stack.task_instances(DAG_ID, RUN_A):
+        if (ti["state"] == "running" and ti.get("pid") and ti.get("try_number") == 1
+                and ti.get("start_date")
+                and (now - _parse(ti["start_date"])).total_seconds() >= KILL_AFTER_S):
+            os.kill(ti["pid"], signal.SIGKILL)
+            observed.killed = {"task_id": ti["task_id"], "map_index": ti["map_index"],
+                               "pid": ti["pid"]}
+            print(f"killed {ti['task_id']}[{ti['map_index']}] (pid {ti['pid']})", flush=True)
+            return
+
+
+class _Outage:
+    """Stops the MLflow server right after run B's first request to it; restarts it a minute
+    later on the same port."""
+
+    def __init__(self, mlflow: MlflowServer, observed: Observed):
+        self.mlflow, self.observed = mlflow, observed
+        self.log_offset: int | None = None
+        self.stopped_at: float | None = None
+
+    def __call__(self, run: dict) -> None:
+        if self.observed.outage is not None or run["state"] != "running":
+            return
+        if self.log_offset is None:  # run B just started: requests after this point are its
+            self.log_offset = self.mlflow.log_path.stat().st_size
+            return
+        if self.stopped_at is None:
+            with self.mlflow.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                fresh = log.read()
+                if b"/api/2.0/mlflow/" in fresh or b"/ajax-api/" in fresh:
+                    self.mlflow.stop()
+                    self.stopped_at = time.monotonic()
+                    print("MLflow server stopped", flush=True)
+            return
+        if time.monotonic() - self.stopped_at >= MLFLOW_OUTAGE_S:
+            self.mlflow.start()
+            self.observed.outage = (self.stopped_at, time.monotonic())
+            print(f"MLflow server back after {self.observed.outage[1] - self.stopped_at:.0f}s",
+                  flush=True)
+
+
+@pytest.fixture(scope="module")
+def cycles(airflow_stack: AirflowStack, mlflow_server: MlflowServer, integration_home: Path,
+           xs_base_model: Path):
+    from tasks.simulate import SimulateConfig, simulate
+
+    started = time.monotonic()
+    sim = simulate(SimulateConfig(seed=11, days=1, records_per_day=1200, feedback_rate=0.3,
+                                  start_date=dt.date.today() - dt.timedelta(days=1),
+                                  home=str(integration_home)))
+    candidate = {"name": "xs-lora", "base_model": str(xs_base_model), "method": "lora",
+                 "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
+    conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
+            "max_accuracy_drop": 1.0, "window_days": 3, "latency_queries": 5,
+            "max_train_steps": 10}
+    # both at once: max_active_runs=1 must hold B back until A is done
+    airflow_stack.trigger(DAG_ID, conf, run_id=RUN_A)
+    airflow_stack.trigger(DAG_ID, conf, run_id=RUN_B)
+    observed = Observed()
+
+    def during_a(run: dict) -> None:
+        if run["state"] not in {"success", "failed"}:
+            observed.b_states_while_a_active.add(airflow_stack.run(DAG_ID, RUN_B)["state"])
+        if run["state"] == "running":
+            _kill_one_running_task(airflow_stack, observed)
+
+    observed.runs[RUN_A] = airflow_stack.wait_for_run(DAG_ID, RUN_A, RUN_TIMEOUT_S, during_a)
+    observed.seconds["run_a"] = time.monotonic() - started
+    outage = _Outage(mlflow_server, observed)
+    observed.runs[RUN_B] = airflow_stack.wait_for_run(DAG_ID, RUN_B, RUN_TIMEOUT_S, outage)
+    if not mlflow_server.service.alive():  # the run ended while the server was down
+        mlflow_server.start()
+    observed.seconds["both_runs"] = time.monotonic() - started
+    print(f"integration cycles: {observed.seconds}", flush=True)
+    return sim, observed
+
+
+def _task_instances(stack: AirflowStack, run_id: str) -> list[dict]:
+    return stack.task_instances(DAG_ID, run_id)
+
+
+def test_both_runs_succeed_one_after_the_other(cycles, airflow_stack, postgres):
+    _, observed = cycles
+    a, b = observed.runs[RUN_A], observed.runs[RUN_B]
+    assert a["state"] == "success", a
+    assert b["state"] == "success", b
+    # B never ran while A was active: it waited queued, and started after A ended
+    assert observed.b_states_while_a_active == {"queued"}
+    assert _parse(b["start_date"]) >= _parse(a["end_date"])
+    # the scheduler ran them: their rows are in the Postgres metadata database
+    rows = postgres.query("airflow", "SELECT run_id, state, run_type FROM dag_run "
+                                     "WHERE dag_id = %s ORDER BY run_id", (DAG_ID,))
+    assert rows == [(RUN_A, "success", "manual"), (RUN_B, "success", "manual")]
+
+
+def test_killed_task_is_retried_and_succeeds(cycles, airflow_stack):
+    _, observed = cycles
+    assert observed.killed is not None, "no task of run A was seen running long enough to kill"
+    ti = next(t for t in _task_instances(airflow_stack, RUN_A)
+              if t["task_id"] == observed.killed["task_id"]
+              and t["map_index"] == observed.killed["map_index"])
+    assert ti["state"] == "success"
+    assert ti["try_number"] >= 2
+    assert ti["pid"] != observed.killed["pid"]
+
+
+def test_run_b_rode_out_the_mlflow_outage(cycles, airflow_stack, integration_home):
+    _, observed = cycles
+    assert observed.outage is not None, "run B never talked to MLflow, or ended before restart"
+    stopped, back = observed.outage
+    assert back - stopped >= MLFLOW_OUTAGE_S
+    # a task of run B met the outage: a failed connection in its log, or a retried try
+    logs = integration_home / "airflow" / "logs"
+    texts = [p.read_text(errors="replace") for p in logs.rglob("*")
+             if p.is_file() and f"run_id={RUN_B}" in str(p)]
+    met = [t for t in texts if "Connection refused" in t or "Max retries exceeded" in t]
+    retried = [t for t in _task_instances(airflow_stack, RUN_B) if t["try_number"] > 1]
+    assert met or retried, "no task of run B saw the MLflow server down"
+
+
+def test_registry_holds_one_version_per_cycle_over_http(cycles, mlflow_server):
+    _, observed = cycles
+    versions = mlflow_server.api("GET", "model-versions/search",
+                                 filter=f"name='{MODEL_NAME}'")["model_versions"]
+    assert versions, "nothing was registered"
+    tags = [{t["key"]: t["value"] for t in v.get("tags", [])} for v in versions]
+    cycles_registered = [t["cycle_id"] for t in tags]
+    assert len(cycles_registered) == len(set(cycles_registered)), "a cycle registered twice"
+    assert set(cycles_registered) <= {RUN_A, RUN_B}
+    assert RUN_A in cycles_registered
+    for tag in tags:
+        assert tag["gate"] == "passed"
+        assert tag["candidate"] == "xs-lora"
+        assert 0.0 <= float(tag["test_accuracy"]) <= 1.0
+    aliases = {}
+    for alias in ("champion", "challenger"):
+        try:
+            found = mlflow_server.api("GET", "registered-models/alias", name=MODEL_NAME,
+                                      alias=alias)
+        except Exception:
+            continue
+        aliases[alias] = found["model_version"]["version"]
+    assert aliases, "no version holds alias champion or challenger"
+    # the versions' files went through the server into its artifact store
+    assert list(mlflow_server.artifacts.rglob("MLmodel")), "no model files in the artifact store"
+
+
+def test_nothing_duplicated_or_lost(cycles, integration_home):
+    from tasks.validate import load_store
+
+    sim, _ = cycles
+    reports = {}
+    for run_id in (RUN_A, RUN_B):
+        path = integration_home / "runs" / run_id / "report.json"
+        assert path.is_file(), f"run {run_id} wrote no report"
+        reports[run_id] = json.loads(path.read_text())
+    # every well-formed record is stored exactly once (malformed lines are quarantined instead),
+    # although ingest was killed mid-task and retried and the second run saw the same files
+    stored = load_store(str(integration_home))
+    assert len(stored) == stored["id"].nunique() == sim.records
+    # the second run found nothing new: the same landing files are not stored twice
+    assert reports[RUN_B]["validated"]["stored"] == 0
+    for report in reports.values():
+        ingested, validated = report["ingested"], report["validated"]
+        assert ingested["lines_in"] == (ingested["records_parsed"] + ingested["feedback_events"]
+                                        + ingested["quarantined"])
+        assert validated["records_in"] == (validated["stored"] + validated["duplicates"]
+                                           + validated["quarantined"])
