@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(command[0], command, env)
     airflow = str(bin_dir / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    from tasks.finetune import ensure_training_pool
+
+    os.environ.update(env)  # the pool command talks to this home's metadata database
+    ensure_training_pool()  # without the pool the scheduler never runs a finetune task
     return run_airflow(airflow, env)
 
 
