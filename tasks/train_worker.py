@@ -121,6 +121,33 @@ def batch_digest(indices: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:12]
 
 
+def prepare_deepspeed_ops(ds_config: dict) -> None:
+    """Let DeepSpeed JIT-compile only the ops training uses, once per environment.
+
+    * ``deepspeed_shm_comm``: DeepSpeed's CPU backend compiles it when it starts (~1 min, several
+      under load), yet only inference tensor parallelism (``inference_all_reduce``) calls it;
+      ZeRO's collectives go through ``torch.distributed`` (gloo). Unless the config asks for tensor
+      parallelism, it is marked incompatible in DeepSpeed's own table of ops, which is the path
+      DeepSpeed takes on platforms without it (plain gloo).
+    * Whichever op does get built (``cpu_adam`` with ``zero_force_ds_cpu_optimizer``, say) is
+      cached under ``TORCH_EXTENSIONS_DIR`` by ninja, which rebuilds everything when the cached
+      build was made by another ninja version (1.11 and 1.13 hash command lines differently, so
+      each sees "command line changed"). A machine often has two: the system's and the pinned one
+      in the environment. The environment's is put first on ``PATH`` so every process agrees.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if (Path(bin_dir) / "ninja").is_file() and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path(sys.prefix) / "var" / "torch_extensions"))
+    if not ds_config.get("tensor_parallel"):
+        import deepspeed.ops
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def deepspeed_config(path: Path, micro_batch: int, accumulation: int) -> dict:
     """The config file with its ``auto`` values filled in for this job."""
     config = json.loads(path.read_text())
@@ -273,6 +300,9 @@ def train(job_path: Path) -> dict:
     if not torch.cuda.is_available():
         torch.set_num_threads(job.threads)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    accumulation = hp.gradient_accumulation_steps
+    ds_config = deepspeed_config(Path(job.deepspeed_config), hp.batch_size, accumulation)
+    prepare_deepspeed_ops(ds_config)
     deepspeed.init_distributed(dist_backend=backend)
 
     model, tokenizer = build_model(job)
@@ -282,7 +312,6 @@ def train(job_path: Path) -> dict:
     rows = (encoder_rows(examples, tokenizer, hp.max_seq_len, job.labels)
             if job.family == "encoder" else causal_rows(examples, tokenizer, hp.max_seq_len))
     micro_per_epoch = len(epoch_batches(len(rows), hp.batch_size, world_size, rank, job.seed, 0))
-    accumulation = hp.gradient_accumulation_steps
     total_steps = max(1, math.ceil(micro_per_epoch * hp.epochs / accumulation))
     if hp.max_steps:
         total_steps = min(total_steps, hp.max_steps)
@@ -294,7 +323,7 @@ def train(job_path: Path) -> dict:
         (s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
     engine, optimizer, _, schedule = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule,
-        config=deepspeed_config(Path(job.deepspeed_config), hp.batch_size, accumulation))
+        config=ds_config)
 
     # where the run stands: fresh, or restored from the latest checkpoint of a killed attempt
     state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "losses": [],

@@ -128,3 +128,36 @@ def test_training_pool_is_created_once_and_then_kept(airflow_db):
     listed = subprocess.run([airflow, "pools", "get", TRAINING_POOL, "-o", "json"],
                             capture_output=True, text=True, check=True)
     assert int(json.loads(listed.stdout)[0]["slots"]) == 2
+
+
+def test_training_processes_build_no_comm_op_and_share_one_ninja(monkeypatch):
+    """shm_comm (used only by inference tensor parallelism) is not built for training, and a
+    process whose PATH finds another ninja first still uses the environment's: two ninja versions
+    hash build commands differently, and each would rebuild what the other cached."""
+    import os
+    import shutil
+    import sys
+
+    import deepspeed.ops
+    from deepspeed.comm.torch import build_shm_op
+
+    from tasks.train_worker import prepare_deepspeed_ops
+
+    env_ninja = Path(sys.executable).parent / "ninja"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", True)
+    prepare_deepspeed_ops({"zero_optimization": {"stage": 2}})
+    assert build_shm_op() is None
+    if env_ninja.is_file():
+        assert shutil.which("ninja") == str(env_ninja)
+    # compiled ops are cached per environment, not in a folder shared across venvs
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "var" / "torch_extensions")
+    prepare_deepspeed_ops({})  # idempotent: the environment's folder is not stacked up
+    assert os.environ["PATH"].count(str(env_ninja.parent)) == (
+        1 if env_ninja.is_file() else 0)
+
+    # a config that asks for tensor parallelism keeps the op available
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", True)
+    prepare_deepspeed_ops({"tensor_parallel": {"autotp_size": 2}})
+    assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is True
