@@ -479,6 +479,7 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
         base_icl = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}:icl",
                                            icl_examples=icl_examples, **common))
     return {"candidate": trained["candidate"], "base_model": trained["base_model"],
+            "family": "causal_lm",
             "mlflow_run_id": tuned.mlflow_run_id, "dataset_version": tuned.dataset_version,
             "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
             "base_icl": base_icl.model_dump(mode="json") if base_icl else None}
@@ -498,7 +499,10 @@ def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,
     if version is None:
         return {"version": None, "candidate": None, "evaluation": None}
     base_path, adapter = download_version(workload_id, str(version.version), home)
-    result = evaluate(EvaluateConfig(
+    run = evaluate
+    if version.tags.get("family") == "encoder":
+        from tasks.encoder_router import evaluate_encoder as run
+    result = run(EvaluateConfig(
         candidate=f"champion:v{version.version}", base_model_path=base_path, adapter_dir=adapter,
         dataset_dir=dataset_dir, workload_id=workload_id, cycle_id=cycle_id,
         latency_queries=latency_queries, home=home, limit=limit,

@@ -46,6 +46,8 @@ class RegisterConfig(BaseModel):
     base_model: str = Field(description="Base model the adapter applies to.")
     base_model_path: str = Field(description="Base model folder (packaged with the version).")
     adapter_dir: str | None = Field(None, description="Adapter folder (packaged with it).")
+    family: Literal["causal_lm", "encoder"] = Field(
+        "causal_lm", description="Generates the expert's name, or classifies the query.")
     dataset_version: str = Field(description="Curated dataset version it was trained on.")
     metrics: dict[str, float] = Field(description="Metrics to tag the version with.")
     verdict: list[str] = Field(default_factory=list, description="The gate's reasons.")
@@ -121,18 +123,21 @@ def register(config: RegisterConfig) -> RegisterResult:
             break
     else:
         info = log_router_model(config.mlflow_run_id, config.base_model_path,
-                                config.adapter_dir, config.workload_id, paths=paths)
+                                config.adapter_dir, config.workload_id, paths=paths,
+                                family=config.family)
         tags = {
             **{k: f"{v:.6g}" for k, v in config.metrics.items()},
             "candidate": config.candidate, "base_model": config.base_model,
             "dataset_version": config.dataset_version, "cycle_id": config.cycle_id,
             "gate": GATE_PASSED, "gate_reasons": "; ".join(config.verdict),
-            "gate_rule": config.gate_rule,
+            "gate_rule": config.gate_rule, "family": config.family,
             "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        lines = [f"{config.candidate}: LoRA adapter on {config.base_model} packaged with its base "
-                 f"as an MLflow pyfunc router; trained on dataset {config.dataset_version} in "
-                 f"cycle {config.cycle_id}.", "",
+        weights = (f"fine-tuned weights of {config.base_model}" if not config.adapter_dir else
+                   f"adapter on {config.base_model}, packaged with its base,")
+        kind = "classifier" if config.family == "encoder" else "generative"
+        lines = [f"{config.candidate}: {weights} as an MLflow pyfunc {kind} router; trained "
+                 f"on dataset {config.dataset_version} in cycle {config.cycle_id}.", "",
                  "Gate: PASSED - " + "; ".join(config.verdict) + ".",
                  f"Winner rule: {config.gate_rule}." if config.gate_rule else ""]
         if config.gate_summary:
@@ -298,7 +303,7 @@ def register_winner(decision: dict, evaluations: list[dict], workload_id: str, c
         base_model_path=tuned["base_model_path"], adapter_dir=tuned.get("adapter_dir"),
         dataset_version=evaluation["dataset_version"], metrics=metrics,
         verdict=verdict["reasons"], gate_rule=decision.get("rule", ""), gate_summary=summary,
-        home=home))
+        family=evaluation.get("family") or "causal_lm", home=home))
     return {"registered": True, **result.model_dump(mode="json")}
 
 

@@ -124,11 +124,33 @@ def _queries(model_input: Any) -> list[str]:
     return queries
 
 
+class EncoderRouter:
+    """An encoder router (sequence classifier, LoRA merged) with the causal router's ``route``."""
+
+    def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2):
+        import torch
+
+        from tasks.encoder_router import load_classifier
+
+        torch.set_num_threads(threads)
+        self.model, self.tokenizer, self.labels = load_classifier(base_model_path, adapter_dir)
+
+    def route(self, query: str) -> str:
+        from tasks.encoder_router import predict
+
+        return predict(self.model, self.tokenizer, self.labels, [{"query": query}])[0]
+
+
 class RouterModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: ``predict(list of queries) -> list of expert names``."""
 
     def load_context(self, context: Any) -> None:
         config = context.model_config or {}
+        if config.get("family") == "encoder":
+            self.router = EncoderRouter(context.artifacts[BASE_ARTIFACT],
+                                        context.artifacts.get(ADAPTER_ARTIFACT),
+                                        threads=int(config.get("threads", 2)))
+            return
         self.router = Router(context.artifacts[BASE_ARTIFACT],
                              context.artifacts.get(ADAPTER_ARTIFACT),
                              threads=int(config.get("threads", 2)),
@@ -153,8 +175,13 @@ def _requirements() -> list[str]:
 
 
 def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
-                     workload_id: str, paths: Any = None, threads: int = 2) -> Any:
-    """Log the router as a pyfunc model into the run ``run_id``; returns MLflow's ModelInfo."""
+                     workload_id: str, paths: Any = None, threads: int = 2,
+                     family: str = "causal_lm") -> Any:
+    """Log the router as a pyfunc model into the run ``run_id``; returns MLflow's ModelInfo.
+
+    ``family`` picks how it routes when loaded: ``causal_lm`` generates the expert's name,
+    ``encoder`` classifies the query (:mod:`tasks.encoder_router`).
+    """
     import shutil
     import tempfile
 
@@ -177,7 +204,7 @@ def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
             name=MODEL_NAME_IN_RUN, python_model=RouterModel(),
             artifacts={k: str(v) for k, v in artifacts.items()}, signature=signature,
             pip_requirements=_requirements(),
-            model_config={"experts": list(EXPERTS), "threads": threads})
+            model_config={"experts": list(EXPERTS), "threads": threads, "family": family})
 
 
 def load_champion(workload_id: str = "router", alias: str = "champion", home: str | None = None

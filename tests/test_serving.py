@@ -62,3 +62,28 @@ def test_champion_loads_through_pyfunc_and_routes_like_the_router(tmp_path, xs_b
     import pandas as pd
 
     assert router.predict(pd.DataFrame({"query": queries})) == routed
+
+
+def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
+    """An encoder-family winner is packaged so the same pyfunc URI classifies queries into
+    experts (here the shipped MiniLM with a fresh, seeded head: routes are valid, not good)."""
+    from tasks.encoder_router import resolve_encoder
+    from tasks.register import promote, register_winner
+    from tasks.serving import EncoderRouter, load_champion
+    from tests.test_register import decision, evaluation, training_run
+
+    home = str(tmp_path)
+    encoder = str(resolve_encoder("all-MiniLM-L6-v2"))
+    ev = {**evaluation("minilm", training_run(home, tmp_path, "minilm", "enc"), 0.6, encoder),
+          "family": "encoder"}
+    registered = register_winner(decision("minilm"), [ev], "enc", "c1", home=home)
+    promote("enc", registered["version"], home=home)
+
+    router = load_champion("enc", home=home)
+    queries = ["how do i freeze my card", "book a flight to paris"]
+    routed = router.predict(queries)
+    assert len(routed) == 2 and set(routed) <= set(EXPERTS)
+    assert routed == [EncoderRouter(encoder).route(q) for q in queries]
+    from tasks.register import champion_version
+
+    assert champion_version("enc", home).tags["family"] == "encoder"
