@@ -375,6 +375,10 @@ def _log_to_mlflow(config: EvaluateConfig, result: EvaluateResult, work_dir: Pat
                          "flywheel.prompting": result.prompting,
                          "flywheel.price_per_device_hour": str(result.price_per_device_hour)})
         mlflow.log_dict(result.confusion, "evaluation/confusion.json")
+        from tasks.curate import log_dataset_input
+
+        if (Path(config.dataset_dir) / "manifest.json").exists():  # a curated version
+            log_dataset_input(config.dataset_dir, context="evaluation")
         mlflow.log_artifact(str(work_dir / "predictions.jsonl"), artifact_path="evaluation")
         return active.info.run_id
 

@@ -44,6 +44,10 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     for tag in ("test_accuracy", "latency_p95_ms", "base_accuracy", "dataset_version"):
         assert tag in version.tags
     assert 0.0 <= float(version.tags["test_accuracy"]) <= 1.0
+    # the winner's run links the exact ground-truth version it was scored on
+    inputs = client.get_run(version.run_id).inputs.dataset_inputs
+    assert {i.dataset.name.rsplit("-", 1)[-1] for i in inputs} >= {"train", "test"}
+    assert all(version.tags["dataset_version"] in i.dataset.name for i in inputs)
     assert float(version.tags["latency_p95_ms"]) > 0
 
     reports = sorted(session_home.glob("runs/*/report.json"))
