@@ -17,7 +17,7 @@ Two model families are supported:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,6 +83,10 @@ class Hyperparameters(BaseModel):
         "resumes instead of restarting; 0 = never."))
     keep_checkpoints: int = Field(2, ge=1, le=1000, description=(
         "Checkpoints kept on disk (older ones are deleted after each save)."))
+    class_weights: dict[str, Annotated[float, Field(gt=0, le=1000)]] | None = Field(
+        None, description=(
+            "Encoder family: loss weight per label, e.g. {out_of_scope: 2.0} to trade some "
+            "in-scope precision for fallback recall; labels not named weigh 1."))
     log_every: int = Field(5, ge=1, le=1_000_000, description=(
         "Rank 0 sends the loss curve to the live MLflow run every N optimizer steps."))
 
@@ -138,6 +142,9 @@ class CandidateSpec(BaseModel):
         if self.method not in allowed:
             raise ValueError(f"method {self.method!r} is not available for family "
                              f"{self.family!r} (it supports: {', '.join(allowed)})")
+        if self.hyperparameters.class_weights and self.family != "encoder":
+            raise ValueError("hyperparameters.class_weights applies to the encoder family only "
+                             "(a classifier's loss); a causal LM completes text")
         self.deepspeed_config_path()  # a missing file is an error now, not at launch
         return self
 

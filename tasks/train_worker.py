@@ -17,7 +17,8 @@ epoch's data order) under ``checkpoints/``; started again on the same folder (an
 loads the latest one and continues with the same batches it would have seen, to the same number of
 optimizer steps. While it runs, rank 0 shows a progress bar in the task log and sends the loss curve
 to the MLflow run its parent opened. At the end rank 0 writes the weights (``adapter/`` or
-``model/``) and ``train_metrics.json`` (loss per step, tokens/s, wall time, peak memory).
+``model/``) and ``train_metrics.json`` (loss per step, tokens/s, wall and CPU time, peak memory,
+and on a CPU where each step's time went: forward, backward, optimizer step).
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def encoder_rows(examples: list[dict], tokenizer, max_len: int, labels: list[str
         raise ValueError(f"training data names experts the classifier has no label for: {unknown}")
     return [{"input_ids": tokenizer(ex["query"], truncation=True, max_length=max_len)["input_ids"],
              "label": index[ex["expert"]]} for ex in examples]
+
+
+def class_weight_tensor(weights: dict[str, float] | None, labels: list[str]):
+    """The per-label loss weights in label order (``None`` when unweighted); a weight for a label
+    the classifier does not have is an error, not silently ignored."""
+    if not weights:
+        return None
+    import torch
+
+    unknown = sorted(set(weights) - set(labels))
+    if unknown:
+        raise ValueError(f"class_weights names labels the classifier does not have: {unknown} "
+                         f"(labels: {labels})")
+    return torch.tensor([float(weights.get(label, 1.0)) for label in labels])
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
@@ -311,6 +326,8 @@ def train(job_path: Path) -> dict:
     examples = read_examples(job.train_path)
     rows = (encoder_rows(examples, tokenizer, hp.max_seq_len, job.labels)
             if job.family == "encoder" else causal_rows(examples, tokenizer, hp.max_seq_len))
+    class_weights = (class_weight_tensor(hp.class_weights, job.labels)
+                     if job.family == "encoder" else None)
     micro_per_epoch = len(epoch_batches(len(rows), hp.batch_size, world_size, rank, job.seed, 0))
     total_steps = max(1, math.ceil(micro_per_epoch * hp.epochs / accumulation))
     if hp.max_steps:
@@ -349,9 +366,14 @@ def train(job_path: Path) -> dict:
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {job.candidate}",
                disable=rank != 0, mininterval=0 if sys.stdout.isatty() else 10.0,
                file=sys.stdout if sys.stdout.isatty() else _LogLines(), dynamic_ncols=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     attempt_tokens = 0
     micro_losses: list[float] = []
+    # where a step's time goes, summed over this attempt: wall and process CPU seconds of
+    # forward, backward and step. Only on a CPU, where each call finishes before it returns
+    # (CUDA kernels run asynchronously, so host-side times would mislead).
+    phases = {name: [0.0, 0.0] for name in ("forward", "backward", "step")}
+    clock = _PhaseClock(phases) if engine.device.type == "cpu" else None
     engine.train()
     while state["step"] < total_steps:
         batches = epoch_batches(len(rows), hp.batch_size, world_size, rank, job.seed,
@@ -360,9 +382,23 @@ def train(job_path: Path) -> dict:
             indices = batches[state["position"]]
             batch = collate([rows[i] for i in indices], tokenizer.pad_token_id)
             batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = engine(**batch).loss
+            if clock:
+                clock.start()
+            if class_weights is None:
+                loss = engine(**batch).loss
+            else:  # the classifier's cross-entropy, with the catalog's weight per label
+                logits = engine(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float(), batch["labels"], weight=class_weights.to(logits.device))
+            if clock:
+                clock.lap("forward")
             engine.backward(loss)
+            if clock:
+                clock.lap("backward")
             engine.step()
+            if clock:
+                clock.lap("step")
             state["position"] += 1
             state["batch_digests"].append(batch_digest(indices))
             n_tokens = int(batch["attention_mask"].sum()) * world_size
@@ -390,6 +426,7 @@ def train(job_path: Path) -> dict:
     live.flush(state["step"], force=True)
     bar.close()
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
 
     losses = state["losses"]
     metrics = {
@@ -408,6 +445,13 @@ def train(job_path: Path) -> dict:
         "tokens": state["tokens"],
         # this attempt's throughput: a resumed attempt's clock starts at the resume
         "tokens_per_second": attempt_tokens / seconds if seconds else 0.0,
+        "attempt_tokens": attempt_tokens,
+        "attempt_seconds": seconds,
+        # CPU seconds of this process over this attempt's loop (all its threads): on a shared
+        # machine, tokens per CPU-second moves far less with other jobs' load than tokens/s
+        "attempt_cpu_seconds": cpu_seconds,
+        "phase_seconds": {k: v[0] for k, v in phases.items()} if clock else None,
+        "phase_cpu_seconds": {k: v[1] for k, v in phases.items()} if clock else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "world_size": world_size,
@@ -423,6 +467,23 @@ def train(job_path: Path) -> dict:
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: the weights are what is kept
     return metrics
+
+
+class _PhaseClock:
+    """Adds the wall and CPU time since the last mark to a phase's totals (``[wall, cpu]``)."""
+
+    def __init__(self, totals: dict[str, list[float]]) -> None:
+        self.totals = totals
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, phase: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.totals[phase][0] += wall - self.wall
+        self.totals[phase][1] += cpu - self.cpu
+        self.wall, self.cpu = wall, cpu
 
 
 def _save_checkpoint(engine, folder: Path, state: dict, started: float, resumed_from: int,

@@ -19,6 +19,22 @@ def test_shipped_encoder_resolves_offline():
     assert resolve_encoder("some-org/some-model") == "some-org/some-model"  # a hub id, as given
 
 
+def test_class_weights_follow_the_label_order_and_are_checked():
+    from tasks.catalog import CandidateSpec, CatalogError, parse_candidate
+    from tasks.train_worker import class_weight_tensor
+
+    labels = ["hr", "it", "out_of_scope"]
+    assert class_weight_tensor(None, labels) is None
+    assert class_weight_tensor({"out_of_scope": 2.5}, labels).tolist() == [1.0, 1.0, 2.5]
+    with pytest.raises(ValueError, match=r"does not have: \['oos'\]"):
+        class_weight_tensor({"oos": 2.0}, labels)
+    with pytest.raises(ValueError, match="encoder family only"):
+        CandidateSpec(name="x", base_model="m", hyperparameters={"class_weights": {"hr": 2.0}})
+    with pytest.raises(CatalogError, match="class_weights"):
+        parse_candidate({"name": "x", "base_model": "m", "family": "encoder",
+                         "hyperparameters": {"class_weights": {"hr": 0}}})
+
+
 @pytest.mark.slow
 def test_encoder_router_trains_and_evaluates_like_a_causal_router(tmp_path):
     from safetensors.torch import load_file

@@ -27,6 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -87,10 +89,24 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=None,
                         help="passes over the sample (default: the catalog entry's)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one of the catalog entry's hyper-parameters (repeatable), "
+                             "e.g. --hp learning_rate=0.003")
+    parser.add_argument("--test-size", type=int, default=None,
+                        help="score a stratified sample of the test split (quick iterations); "
+                             "default: all of it")
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.hp:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--hp expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
 
-    from tasks.catalog import load_catalog
+    from pydantic import ValidationError
+
+    from tasks.catalog import Hyperparameters, load_catalog
     from tasks.encoder_router import evaluate_encoder
     from tasks.evaluate import EvaluateConfig
     from tasks.finetune import FinetuneConfig, finetune
@@ -98,6 +114,8 @@ def main() -> int:
     everything = examples()
     train = stratified([e for e in everything if e.split == "train"], args.train_size, args.seed)
     test = [e for e in everything if e.split == "test"]
+    if args.test_size:
+        test = stratified(test, min(args.test_size, len(test)), args.seed)
     home = Path(tempfile.mkdtemp(prefix="flywheel-quality-"))
     dataset = home / "dataset"
     dataset.mkdir()
@@ -110,9 +128,13 @@ def main() -> int:
           f"test: {len(test) - n_oos} in-scope + {n_oos} out-of-scope (CLINC150 test split)")
 
     spec = load_catalog()["minilm-router-lora"]
-    spec.hyperparameters.checkpoint_every = 0
+    hp = {**spec.hyperparameters.model_dump(exclude_unset=True), **overrides, "checkpoint_every": 0}
     if args.epochs:
-        spec.hyperparameters.epochs = args.epochs
+        hp["epochs"] = args.epochs
+    try:
+        spec.hyperparameters = Hyperparameters.model_validate(hp)
+    except ValidationError as exc:
+        parser.error(f"bad hyper-parameters: {exc}")
     print(f"candidate {spec.name}: {spec.hyperparameters.model_dump(exclude_none=True)}")
     started = time.perf_counter()
     trained = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
