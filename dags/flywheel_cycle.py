@@ -308,7 +308,9 @@ def flywheel_cycle():
 
         ti = get_current_context()["ti"]
         answer = ti.xcom_pull(task_ids="approve") or ti.xcom_pull(task_ids="auto_approve") or {}
-        approved_by = answer.get("approved_by") or str(answer.get("responded_by_user") or "")
+        user = answer.get("responded_by_user") or {}
+        approved_by = answer.get("approved_by") or (
+            user.get("name") or user.get("id") if isinstance(user, dict) else str(user))
         return promote_registered(registered, params["workload_id"], approved_by)
 
     @task(trigger_rule="none_failed")
