@@ -24,7 +24,8 @@ def write_dataset(folder: Path, n_train: int = 96, n_test: int = 33) -> Path:
         (folder / f"{name}.jsonl").write_text("".join(
             json.dumps({"id": f"{name}-{i}", "query": e.query, "expert": e.expert}) + "\n"
             for i, e in enumerate(rows)))
-    (folder / "manifest.json").write_text(json.dumps({"version": "vtest", "digest": "0" * 64}))
+    (folder / "manifest.json").write_text(json.dumps({"version": "vtest", "digest": "0" * 64,
+                                                      "workload_id": "router"}))
     return folder
 
 

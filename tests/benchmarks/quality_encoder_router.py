@@ -122,7 +122,7 @@ def main() -> int:
     write_split(dataset / "train.jsonl", train)
     write_split(dataset / "test.jsonl", test)
     (dataset / "manifest.json").write_text(json.dumps({"version": "clinc150-quality",
-                                                      "digest": "-"}))
+                                                      "digest": "-", "workload_id": "router"}))
     n_oos = sum(e.expert == FALLBACK_EXPERT for e in test)
     print(f"train: {len(train)} stratified points over {len({e.expert for e in train})} experts; "
           f"test: {len(test) - n_oos} in-scope + {n_oos} out-of-scope (CLINC150 test split)")
