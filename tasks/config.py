@@ -183,3 +183,21 @@ def local_environment(paths: Paths | None = None, project_root: Path | None = No
         return defaults
     own = {"FLYWHEEL_HOME", "AIRFLOW_HOME"}  # always this home's: state never mixes across homes
     return {k: v if k in own else os.environ.get(k, v) for k, v in defaults.items()}
+
+
+def utc_window(start, end):
+    """A time window ``(start, end)`` with naive datetimes read as UTC; ``end`` must be after
+    ``start`` when both are given (either may be None: an open end).
+
+    Raises:
+        ValueError: ``end <= start``.
+    """
+    from datetime import UTC
+
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    if end is not None and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    if start is not None and end is not None and end <= start:
+        raise ValueError("end must be after start")
+    return start, end

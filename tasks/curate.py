@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT, get_paths
+from tasks.config import EXPERTS, FALLBACK_EXPERT, get_paths, utc_window
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,12 +104,7 @@ class CurateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _window(self) -> CurateConfig:
-        if self.start is not None and self.start.tzinfo is None:
-            self.start = self.start.replace(tzinfo=UTC)
-        if self.end is not None and self.end.tzinfo is None:
-            self.end = self.end.replace(tzinfo=UTC)
-        if self.start is not None and self.end is not None and self.end <= self.start:
-            raise ValueError("end must be after start")
+        self.start, self.end = utc_window(self.start, self.end)
         return self
 
 

@@ -106,14 +106,9 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
-        from datetime import UTC
+        from tasks.config import utc_window
 
-        if self.start is not None and self.start.tzinfo is None:
-            self.start = self.start.replace(tzinfo=UTC)
-        if self.end is not None and self.end.tzinfo is None:
-            self.end = self.end.replace(tzinfo=UTC)
-        if self.start is not None and self.end is not None and self.end <= self.start:
-            raise ValueError("end must be after start")
+        self.start, self.end = utc_window(self.start, self.end)
         if self.backend == "openai" and not (self.endpoint_url and self.model):
             raise ValueError("backend 'openai' needs endpoint_url and model")
         return self
