@@ -505,7 +505,7 @@ def log_dataset_input(dataset_dir: str | os.PathLike[str], context: str = "train
             frame = pd.DataFrame(columns=["id", "query", "expert"])
         dataset = mlflow.data.from_pandas(
             frame, source=str(folder / f"{split}.jsonl"), targets="expert",
-            name=f"{manifest['workload_id']}-{manifest['version']}-{split}")
+            name=f"{manifest.get('workload_id', folder.parent.name)}-{manifest['version']}-{split}")
         mlflow.log_input(dataset, context=context,
                          tags={"flywheel.dataset_version": manifest["version"],
                                "flywheel.dataset_digest": manifest["digest"],
