@@ -116,7 +116,17 @@ def trigger_from_form(browser: Browser, stack: AirflowStack, conf: dict) -> None
         UI_TIMEOUT_S, "the dialog's enabled Trigger button (a param the form rejects "
                       "disables it)")
     browser.click(submit)
-    browser.wait_for_text("Dag Run Triggered", UI_TIMEOUT_S)
+    run_page = f"/dags/{DAG_ID}/runs/{urllib.parse.quote(RUN_ID)}"
+
+    def confirmed() -> bool:
+        # the UI confirms with a toast and then opens the new run's page; under load the toast
+        # can come and go between two polls, so landing on the run's page counts as well
+        return (browser.driver.current_url.split("?")[0].endswith(run_page)
+                or bool(browser.visible("//*[contains(text(), 'Dag Run Triggered')]")))
+
+    browser.wait(confirmed, UI_TIMEOUT_S, f"the UI to confirm the trigger (toast or {run_page})")
+    run = stack.run(DAG_ID, RUN_ID)  # and the server holds it, triggered by hand
+    assert run["run_type"] == "manual", run
     browser.shot("triggered")
 
 
@@ -140,7 +150,7 @@ def wait_for_approval_request(stack: AirflowStack, run_id: str, timeout: float) 
                          f"tasks: {_task_states(stack, run_id)}")
 
 
-def approve_in_ui(browser: Browser, stack: AirflowStack, subject: str) -> None:
+def approve_in_ui(browser: Browser, stack: AirflowStack, run_id: str, subject: str) -> None:
     """From the Required Actions list, open the approval and press Approve."""
     browser.open(f"{stack.url}/required_actions?response_received=false", "Required Action")
     link = browser.wait_for_text(subject, UI_TIMEOUT_S)
@@ -150,7 +160,17 @@ def approve_in_ui(browser: Browser, stack: AirflowStack, subject: str) -> None:
     browser.wait_for_text("It passed the gate", UI_TIMEOUT_S)
     browser.shot("approval-form")
     browser.click(browser.button("Approve"))
-    browser.wait_for_text("response successful", UI_TIMEOUT_S)
+
+    def answered() -> bool:
+        # a toast confirms; under load it can come and go between two polls, so the server
+        # holding the response counts as well
+        if browser.visible("//*[contains(text(), 'response successful')]"):
+            return True
+        done = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+                                "/hitlDetails?response_received=true").get("hitl_details", [])
+        return any(d["task_instance"]["task_id"] == "approve" for d in done)
+
+    browser.wait(answered, UI_TIMEOUT_S, "the UI to confirm the approval (toast or response)")
     browser.shot("approved")
 
 
@@ -244,7 +264,7 @@ def ui_cycle(browser: Browser, airflow_stack: AirflowStack, integration_home: Pa
     seconds["trigger"] = time.monotonic() - started
     request = wait_for_approval_request(airflow_stack, RUN_ID, TO_APPROVAL_S)
     seconds["to_approval"] = time.monotonic() - started
-    approve_in_ui(browser, airflow_stack, request["subject"])
+    approve_in_ui(browser, airflow_stack, RUN_ID, request["subject"])
     run = wait_for_run_end(airflow_stack, RUN_ID, AFTER_APPROVAL_S)
     seconds["run"] = time.monotonic() - started
     browser.open(f"{airflow_stack.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(RUN_ID)}",
