@@ -70,7 +70,9 @@ def _cycle_id(context) -> str:
     params={
         "workload_id": Param("router", type="string", minLength=1,
                              description="Which agent node's logs to learn from."),
-        "candidates": Param(DEFAULT_CANDIDATES, type="array",
+        # items typed: the trigger form shows a JSON field, so a whole entry reads as JSON
+        "candidates": Param(DEFAULT_CANDIDATES, type="array", minItems=1,
+                            items={"type": ["string", "object"]},
                             description="Candidate names from the catalog (or whole entries)."),
         "min_accuracy": Param(0.70, type="number", minimum=0, maximum=1,
                               description="Gate: minimum test accuracy."),
@@ -90,6 +92,14 @@ def _cycle_id(context) -> str:
         "min_speedup": Param(None, type=["null", "number"], exclusiveMinimum=0,
                              description="Gate: minimum teacher p95 / candidate p95; "
                                          "empty = not checked."),
+        "general_text_docs": Param(200, type="integer", minimum=0, maximum=100_000,
+                                   description="Forgetting check: general-text documents each "
+                                               "causal candidate and its base score (bits per "
+                                               "byte); 0 = off."),
+        "max_forgetting": Param(None, type=["null", "number"], minimum=0,
+                                description="Gate: maximum rise in bits per byte on general "
+                                            "text over the candidate's base; empty = reported, "
+                                            "not checked."),
         "tie_margin": Param(0.01, type="number", minimum=0, maximum=1,
                             description="Gate: accuracies this close tie; the cheapest wins."),
         "icl_examples": Param(4, type="integer", minimum=0, maximum=32,
@@ -240,7 +250,8 @@ def flywheel_cycle():
         return evaluate_candidate(trained, dataset["dataset_dir"], params["workload_id"],
                                   _cycle_id(get_current_context()), params["latency_queries"],
                                   icl_examples=params["icl_examples"],
-                                  price_per_device_hour=params["price_per_device_hour"])
+                                  price_per_device_hour=params["price_per_device_hour"],
+                                  general_text_docs=params["general_text_docs"])
 
     @task
     def evaluate_teacher(dataset: dict) -> dict:

@@ -206,7 +206,8 @@ def evaluate_encoder_candidate(trained: dict, dataset_dir: str, workload_id: str
     return {"candidate": trained["candidate"], "base_model": trained["base_model"],
             "family": "encoder", "mlflow_run_id": tuned.mlflow_run_id,
             "dataset_version": tuned.dataset_version,
-            "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json")}
+            "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
+            "forgetting_bpb": None}  # no language-model head: no general text to forget
 
 
 def main(argv: list[str] | None = None) -> int:

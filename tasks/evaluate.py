@@ -12,6 +12,10 @@ macro-F1 and the confusion matrix. With ``--icl-examples K`` the same two tasks 
 nearest train examples (MiniLM embeddings, cosine) solved before each prompt: the in-context
 baseline of a base model.
 
+With ``--general-text-docs N`` a regression task runs in the same call
+(``tasks/evaluation/flywheel_regression``): the bits per byte of N general-text documents, so a
+candidate that forgot what its base model knew shows it (``forgetting_bpb`` = candidate minus base).
+
 Latency and cost follow one protocol for every model (:mod:`tasks.serving` decodes for both):
 warm-up, then the first ``latency_queries`` test queries one at a time through ``generate`` with a
 streamer that stamps each token (time to first token and total, p50 and p95), then the same
@@ -37,6 +41,8 @@ ROUTING_TASK = "flywheel_routing"
 GEN_TASK = "flywheel_routing_gen"
 ICL_TASK = "flywheel_routing_icl"
 ICL_GEN_TASK = "flywheel_routing_icl_gen"
+GENERAL_TASK = "flywheel_general_text"
+REGRESSION_DIR = Path(__file__).resolve().parent / "evaluation" / "flywheel_regression"
 #: the predicted label of a generation that names no expert (served as the fallback expert)
 NO_EXPERT = "(none)"
 
@@ -55,6 +61,11 @@ class EvaluateConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test queries.")
     icl_examples: int = Field(0, ge=0, le=32, description=(
         "Solved train examples retrieved into each prompt (0: zero-shot or fine-tuned)."))
+    general_text_docs: int = Field(0, ge=0, le=100_000, description=(
+        "General-text documents scored for bits per byte, the forgetting check (0: off)."))
+    general_text_file: str | None = Field(None, description=(
+        "JSONL of {\"text\"} (or plain text, one document per line) for the forgetting check; "
+        "default: a fixed sample of CLINC150's Wikipedia sentences, the offline bases' corpus."))
     latency_queries: int = Field(40, ge=1, le=100000, description="Queries timed one at a time.")
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed queries before timing.")
     throughput_batch_size: int = Field(16, ge=1, le=4096, description=(
@@ -86,6 +97,9 @@ class EvaluateResult(BaseModel):
     confusion: dict[str, dict[str, int]]
     mc_accuracy: float | None = Field(None, description="Multiple choice by log-likelihood.")
     no_expert_rate: float | None = Field(None, description="Generations naming no expert.")
+    general_bits_per_byte: float | None = Field(None, description=(
+        "Bits per byte on the forgetting check's general text (lower is better; none: not run)."))
+    general_text_docs: int | None = None
     latency_p50_ms: float
     latency_p95_ms: float
     ttft_p50_ms: float
@@ -100,8 +114,9 @@ class EvaluateResult(BaseModel):
 
 
 def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None = None,
-                      icl: bool = False) -> Path:
-    """Run-local YAMLs that include the repo's tasks and point them at this test split.
+                      icl: bool = False, general_file: Path | None = None) -> Path:
+    """Run-local YAMLs that include the repo's tasks and point them at this test split (and, with
+    ``general_file``, the forgetting check at that file).
 
     Returns the folder to pass as lm-eval's ``include_path`` (it holds only these YAMLs).
     """
@@ -109,11 +124,55 @@ def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None 
 
     work_dir.mkdir(parents=True, exist_ok=True)
     test_file = (test_file or dataset_dir / "test.jsonl").resolve()
-    for task in (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK):
-        config = {"include": str(TASK_DIR / f"{task}.yaml"), "task": task,
-                  "dataset_kwargs": {"data_files": {"test": str(test_file)}}}
+    tasks = [(TASK_DIR, task, test_file)
+             for task in ((ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK))]
+    if general_file is not None:
+        tasks.append((REGRESSION_DIR, GENERAL_TASK, general_file.resolve()))
+    for folder, task, data in tasks:
+        config = {"include": str(folder / f"{task}.yaml"), "task": task,
+                  "dataset_kwargs": {"data_files": {"test": str(data)}}}
         (work_dir / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return work_dir
+
+
+def write_general_text(out: Path, docs: int, source: str | None = None, seed: int = 0) -> Path:
+    """The forgetting check's documents as JSON lines ``{"text"}``: the first ``docs`` of
+    ``source`` (JSONL with ``text``, or plain text one document per line), or by default a fixed,
+    seeded sample of CLINC150's Wikipedia sentences. Empty lines are skipped."""
+    import random
+
+    if source:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"general_text_file {source} does not exist")
+        texts = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{source}:{number}: expected a JSON object with a 'text' "
+                                     "string") from None
+                if not isinstance(text, str):
+                    raise ValueError(f"{source}:{number}: 'text' must be a string")
+            else:
+                text = line
+            texts.append(text.strip())
+            if len(texts) == docs:
+                break
+    else:
+        from tasks.clinc150 import wiki_sentences
+
+        pool = [t for t in wiki_sentences() if t.strip()]
+        texts = random.Random(seed).sample(pool, min(docs, len(pool)))
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError(f"no general text to score in {source or 'the CLINC150 sentences'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return out
 
 
 def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
@@ -146,24 +205,39 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_lm_eval(config: EvaluateConfig, task_dir: Path, tasks: tuple[str, ...] | None = None
-                ) -> dict[str, list[dict]]:
-    """Run the routing tasks through ``lm_eval.simple_evaluate``; returns each task's samples."""
+def run_lm_eval(config: EvaluateConfig, task_dir: Path, tasks: tuple[str, ...] | None = None,
+                metrics: dict | None = None) -> dict[str, list[dict]]:
+    """Run the tasks through ``lm_eval.simple_evaluate``; returns each task's samples.
+
+    The model is loaded once. Routing prompts are tokenised with the BOS token, exactly as
+    training and serving tokenise them; the forgetting check's documents without it, since lm-eval
+    puts the BOS token before each rolling window itself (with both, every document would start
+    by predicting a second BOS). ``metrics``, when given, receives each task's aggregated metrics
+    (lm-eval's ``results``).
+    """
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks = tasks or (ROUTING_TASK, GEN_TASK)
-    # add_bos_token: score the prompt exactly as training and serving tokenise it
-    model_args = {"pretrained": config.base_model_path, "dtype": "float32",
-                  "add_bos_token": True}
-    if config.adapter_dir:
-        model_args["peft"] = config.adapter_dir
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=list(tasks),
-        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        batch_size=config.batch_size, device="cpu", limit=config.limit, log_samples=True,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    return {task: sorted(results["samples"][task], key=lambda s: s["doc_id"]) for task in tasks}
+    model = HFLM(pretrained=config.base_model_path, peft=config.adapter_dir, dtype="float32",
+                 add_bos_token=True, batch_size=config.batch_size, device="cpu")
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    samples: dict[str, list[dict]] = {}
+    for group, add_bos in (([t for t in tasks if t != GENERAL_TASK], True),
+                           ([t for t in tasks if t == GENERAL_TASK], False)):
+        if not group:
+            continue
+        model.add_bos_token = add_bos
+        results = lm_eval.simple_evaluate(
+            model=model, tasks=group, task_manager=manager, log_samples=True,
+            limit=None if group == [GENERAL_TASK] else config.limit,
+            random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        if metrics is not None:
+            metrics.update(results["results"])
+        samples.update({task: sorted(results["samples"][task], key=lambda s: s["doc_id"])
+                        for task in group})
+    return samples
 
 
 def score_samples(samples: list[dict]) -> tuple[list[str], list[str]]:
@@ -308,8 +382,15 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     test_file = (write_icl_split(dataset_dir, work_dir / "test_icl.jsonl", config.icl_examples)
                  if icl else dataset_dir / "test.jsonl")
     mc_task, gen_task = (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK)
+    general_file = (write_general_text(work_dir / "general_text.jsonl", config.general_text_docs,
+                                       config.general_text_file)
+                    if config.general_text_docs else None)
+    tasks = (mc_task, gen_task) + ((GENERAL_TASK,) if general_file else ())
+    metrics: dict = {}
     samples = run_lm_eval(config, write_task_config(dataset_dir, work_dir / "lm_eval_task",
-                                                     test_file, icl), (mc_task, gen_task))
+                                                     test_file, icl, general_file), tasks,
+                          metrics)
+    general = metrics.get(GENERAL_TASK, {})
     gold, predicted = score_generations(samples[gen_task])
     mc_gold, mc_predicted = score_samples(samples[mc_task])
     accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted,
@@ -333,6 +414,8 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         n_test=len(gold), accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert,
         confusion=confusion, mc_accuracy=mc_accuracy,
         no_expert_rate=predicted.count(NO_EXPERT) / max(1, len(predicted)),
+        general_bits_per_byte=general.get("bits_per_byte,none"),
+        general_text_docs=len(samples[GENERAL_TASK]) if general_file else None,
         latency_hardware=hardware(), eval_seconds=time.perf_counter() - started,
         price_per_device_hour=config.price_per_device_hour,
         cost_per_1k_requests=cost_per_1k_requests(latency["throughput_qps"],
@@ -361,7 +444,8 @@ def _log_to_mlflow(config: EvaluateConfig, result: EvaluateResult, work_dir: Pat
         import mlflow
 
         optional = {k: getattr(result, k) for k in (
-            "mc_accuracy", "no_expert_rate", "throughput_qps", "cost_per_1k_requests")}
+            "mc_accuracy", "no_expert_rate", "throughput_qps", "cost_per_1k_requests",
+            "general_bits_per_byte")}
         mlflow.log_metrics({
             "test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1,
             "latency_p50_ms": result.latency_p50_ms, "latency_p95_ms": result.latency_p95_ms,
@@ -395,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
           f"queries; latency p50 {r.latency_p50_ms:.1f} ms, p95 {r.latency_p95_ms:.1f} ms, "
           f"{r.throughput_qps:.1f} queries/s at batch {r.throughput_batch_size}, "
           f"{r.cost_per_1k_requests:.5f} per 1,000 requests ({r.latency_hardware})")
+    if r.general_bits_per_byte is not None:
+        print(f"forgetting check: {r.general_bits_per_byte:.3f} bits per byte on "
+              f"{r.general_text_docs} general-text documents")
     return 0
 
 
@@ -456,12 +543,15 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
 def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
                        latency_queries: int = 40, home: str | None = None,
                        limit: int | None = None, icl_examples: int = 0,
-                       price_per_device_hour: float = 1.0) -> dict:
+                       price_per_device_hour: float = 1.0, general_text_docs: int = 0,
+                       general_text_file: str | None = None) -> dict:
     """Evaluate a fine-tuned candidate and, beside it, its base model zero-shot and in context.
 
-    Returns ``{"candidate", "base_model", "mlflow_run_id", "dataset_version", "finetuned",
-    "base", "base_icl"}`` (EvaluateResults as JSON-ready dicts, for XCom); ``base_icl`` is None
-    when ``icl_examples`` is 0.
+    Returns ``{"candidate", "base_model", "family", "mlflow_run_id", "dataset_version",
+    "finetuned", "base", "base_icl", "forgetting_bpb"}`` (EvaluateResults as JSON-ready dicts,
+    for XCom); ``base_icl`` is None when ``icl_examples`` is 0. With ``general_text_docs``, the
+    candidate and its base are scored on the same general text and ``forgetting_bpb`` is the
+    candidate's bits per byte minus the base's (positive: it forgot); otherwise None.
     """
     if trained.get("family") == "encoder":  # a classifier: no lm-eval, same result shape
         from tasks.encoder_router import evaluate_encoder_candidate
@@ -474,10 +564,15 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
     # full SFT writes a whole model (in adapter_dir), evaluated as a base model of its own
     weights = ({"base_model_path": trained["adapter_dir"], "adapter_dir": None}
                if trained.get("method") == "full" else {"adapter_dir": trained["adapter_dir"]})
+    general = dict(general_text_docs=general_text_docs, general_text_file=general_text_file)
     tuned = evaluate(EvaluateConfig(candidate=trained["candidate"],
                                     mlflow_run_id=trained.get("mlflow_run_id"),
-                                    **{**common, **weights}))
-    base = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}", **common))
+                                    **{**common, **weights, **general}))
+    base = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}",
+                                   **common, **general))
+    forgetting = None
+    if tuned.general_bits_per_byte is not None and base.general_bits_per_byte is not None:
+        forgetting = tuned.general_bits_per_byte - base.general_bits_per_byte
     base_icl = None
     if icl_examples:
         base_icl = evaluate(EvaluateConfig(candidate=f"base:{trained['base_model']}:icl",
@@ -486,7 +581,8 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
             "family": "causal_lm",
             "mlflow_run_id": tuned.mlflow_run_id, "dataset_version": tuned.dataset_version,
             "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-            "base_icl": base_icl.model_dump(mode="json") if base_icl else None}
+            "base_icl": base_icl.model_dump(mode="json") if base_icl else None,
+            "forgetting_bpb": forgetting}
 
 
 def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,

@@ -12,7 +12,10 @@ A candidate passes when every check holds:
 - ``max_drop_vs_teacher`` (optional): it is not more than this below the teacher on the same test
   set;
 - ``min_speedup`` (optional): the teacher's p95 latency (from its logs) divided by its p95 is at
-  least this.
+  least this;
+- ``max_forgetting`` (optional): its bits per byte on general text exceed its base model's by at
+  most this (the forgetting check of :mod:`tasks.evaluate`; encoder routers have no text to forget,
+  and the check says so and holds).
 
 A check whose reference is missing (no teacher accuracy for ``max_drop_vs_teacher``) fails: a gate
 that cannot compare does not wave a model through.
@@ -46,6 +49,9 @@ class GateThresholds(BaseModel):
         "none: not checked."))
     min_speedup: float | None = Field(None, gt=0, description=(
         "Minimum teacher p95 / candidate p95 (teacher from its logs); none: not checked."))
+    max_forgetting: float | None = Field(None, ge=0, description=(
+        "Maximum increase of bits per byte on general text over the candidate's base model "
+        "(the forgetting check); none: not checked."))
     tie_margin: float = Field(0.01, ge=0, le=1, description=(
         "Accuracies this close to the best count as equal; the cheapest of them wins."))
 
@@ -58,6 +64,9 @@ class CandidateScore(BaseModel):
     latency_p95_ms: float = Field(gt=0)
     cost_per_1k_requests: float | None = Field(None, ge=0)
     base_accuracy: float | None = None
+    family: str = Field("causal_lm", description="causal_lm or encoder.")
+    forgetting_bpb: float | None = Field(None, description=(
+        "Bits per byte on general text minus its base model's (none: not measured)."))
 
 
 class Reference(BaseModel):
@@ -131,6 +140,17 @@ def _check(s: CandidateScore, t: GateThresholds, champion: Reference | None,
             record("min_speedup", ok,
                    f"speed-up {speedup:.1f}x {'>=' if ok else '<'} min {t.min_speedup:.1f}x "
                    f"(teacher p95 {teacher.latency_p95_ms:.1f} ms, {teacher.source})")
+    if t.max_forgetting is not None:
+        if s.family == "encoder":
+            record("max_forgetting", True, "forgetting: n/a for an encoder router (no "
+                                           "language-model head)")
+        elif s.forgetting_bpb is None:
+            record("max_forgetting", False, "forgetting not measured (general_text_docs = 0?)")
+        else:
+            ok = s.forgetting_bpb <= t.max_forgetting + 1e-12
+            record("max_forgetting", ok,
+                   f"forgetting {s.forgetting_bpb:+.3f} bits/byte vs its base "
+                   f"{'<=' if ok else '>'} max {t.max_forgetting:.3f}")
     return Verdict(candidate=s.candidate, passed=all(checks.values()), checks=checks,
                    reasons=reasons)
 
@@ -212,7 +232,8 @@ def scores_of(evaluations: list[dict]) -> list[CandidateScore]:
             candidate=e["candidate"], accuracy=tuned["accuracy"],
             latency_p95_ms=tuned["latency_p95_ms"],
             cost_per_1k_requests=tuned.get("cost_per_1k_requests"),
-            base_accuracy=(e.get("base") or {}).get("accuracy")))
+            base_accuracy=(e.get("base") or {}).get("accuracy"),
+            family=e.get("family") or "causal_lm", forgetting_bpb=e.get("forgetting_bpb")))
     return scores
 
 

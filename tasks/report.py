@@ -26,10 +26,11 @@ def _acc(value: float | None) -> str:
 def _model_row(label: str, r: dict, gate: str = "-") -> tuple:
     cost = r.get("cost_per_1k_requests")
     qps = r.get("throughput_qps")
+    bpb = r.get("general_bits_per_byte")
     return (label, r.get("prompting", "-"), _acc(r["accuracy"]), _acc(r.get("mc_accuracy")),
             _acc(r.get("macro_f1")), _ms(r.get("latency_p50_ms")), _ms(r.get("latency_p95_ms")),
             _ms(r.get("ttft_p50_ms")), "-" if qps is None else f"{qps:,.1f}",
-            "-" if cost is None else f"{cost:.5f}", gate)
+            "-" if cost is None else f"{cost:.5f}", "-" if bpb is None else f"{bpb:.3f}", gate)
 
 
 def champion_after(champion: dict | None, promoted: dict | None, evaluations: list[dict],
@@ -103,7 +104,7 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
         f" (gold: {oracle:.3f}, simulation oracle)" if oracle is not None else "")
     model_rows = [(f"teacher {teacher.get('model') or ''} (from its logs)", "logged",
                    teacher_acc, "-", "-", _ms(teacher.get("latency_p50_ms")),
-                   _ms(teacher.get("latency_p95_ms")), "-", "-", "-", "-")]
+                   _ms(teacher.get("latency_p95_ms")), "-", "-", "-", "-", "-")]
     for e in evaluations:
         if e.get("base"):
             model_rows.append(_model_row(e["base"]["candidate"], e["base"]))
@@ -125,13 +126,17 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
         "", f"Dataset version {dataset['version']}.", "",
         f"## Models on the frozen test split ({dataset['n_test']} queries)", "",
         tabulate(model_rows, headers=["model", "prompting", "accuracy", "mc acc", "macro-F1",
-                                      "p50 ms", "p95 ms", "TTFT p50", "q/s", "cost/1k", "gate"],
+                                      "p50 ms", "p95 ms", "TTFT p50", "q/s", "cost/1k",
+                                      "bits/byte", "gate"],
                  tablefmt="github"), "",
         "accuracy: exact match of the generated expert (what the agent gets); mc acc: multiple "
         "choice by log-likelihood. Latency at batch 1 after warm-up; q/s at batch "
         f"{first.get('throughput_batch_size', '-')}; cost per 1,000 requests at "
         f"{price if price is not None else '-'} per device-hour from that throughput. "
-        f"{MODEL_NOTE} Hardware: {hardware}. The teacher's figures come from its logs.", "",
+        f"{MODEL_NOTE} Hardware: {hardware}. The teacher's figures come from its logs. "
+        "bits/byte: the forgetting check, general text scored by each causal model and its base "
+        f"({first.get('general_text_docs') or 0} documents; lower is better, a rise over the "
+        "base is what fine-tuning made it forget).", "",
         "## Gate", "",
     ]
     for v in decision["verdicts"]:

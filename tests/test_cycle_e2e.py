@@ -32,7 +32,8 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
     conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
             "window_days": 3, "latency_queries": 5, "max_train_steps": 15,
-            "icl_examples": 2, "auto_approve": True}
+            "icl_examples": 2, "auto_approve": True, "general_text_docs": 20,
+            "max_forgetting": 100.0}
     run = dag.test(run_conf=conf)
     assert run.state == DagRunState.SUCCESS
 
@@ -61,6 +62,12 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     evaluation = report["evaluations"][0]
     assert evaluation["base_icl"]["prompting"] == "in-context (k=2)"
     assert evaluation["finetuned"]["cost_per_1k_requests"] > 0
+    # the forgetting check: candidate and base on the same general text, and the gate read it
+    assert evaluation["finetuned"]["general_text_docs"] == 20
+    assert evaluation["forgetting_bpb"] == pytest.approx(
+        evaluation["finetuned"]["general_bits_per_byte"]
+        - evaluation["base"]["general_bits_per_byte"])
+    assert report["decision"]["verdicts"][0]["checks"]["max_forgetting"] is True
     assert report["champion_before"]["version"] is None  # first cycle: nothing to re-evaluate
     ingested, validated = report["ingested"], report["validated"]
     # nothing is lost: every line read is stored, a known duplicate, or quarantined with a reason

@@ -36,6 +36,19 @@ def test_cycle_schedule_and_defaults(dagbag):
             "window_days"} <= set(dag.params.keys())
 
 
+def test_candidates_param_takes_names_and_whole_entries(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = dagbag.dags["flywheel_cycle"].params.get_param("candidates")
+    entry = {"name": "mine", "base_model": "/models/x", "method": "lora"}
+    assert param.resolve(["llama-s-lora", entry]) == ["llama-s-lora", entry]
+    for bad in ([], ["llama-s-lora", 3], "llama-s-lora"):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+    # typed items: Airflow's trigger form shows a JSON field, not a textarea of "[object Object]"
+    assert param.schema["items"]["type"] == ["string", "object"]
+
+
 def test_cycle_edges(dagbag):
     dag = dagbag.dags["flywheel_cycle"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}

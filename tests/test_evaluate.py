@@ -13,6 +13,7 @@ from tasks.evaluate import (
     cost_per_1k_requests,
     evaluate,
     score_generations,
+    write_general_text,
     write_icl_split,
     write_task_config,
 )
@@ -139,3 +140,55 @@ def test_in_context_baseline_runs_through_lm_eval(tmp_path, xs_base_model):
                                      latency_queries=2, latency_warmup=0, track=False))
     assert result.prompting == "in-context (k=2)" and result.n_test == 6
     assert result.latency_p95_ms > 0 and result.throughput_qps > 0
+
+
+def test_general_text_comes_from_a_file_or_the_shipped_sentences(tmp_path):
+    plain = tmp_path / "general.txt"
+    plain.write_text("first document\n\nsecond document\nthird\n")
+    out = write_general_text(tmp_path / "a.jsonl", 2, str(plain))
+    assert [json.loads(x)["text"] for x in out.read_text().splitlines()] == [
+        "first document", "second document"]
+    shipped = write_general_text(tmp_path / "b.jsonl", 5)
+    again = write_general_text(tmp_path / "c.jsonl", 5)
+    assert shipped.read_text() == again.read_text() and len(shipped.read_text().splitlines()) == 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: expected a JSON object with a 'text'"):
+        write_general_text(tmp_path / "d.jsonl", 5, str(bad))
+    with pytest.raises(ValueError, match="does not exist"):
+        write_general_text(tmp_path / "e.jsonl", 5, str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="no general text"):
+        write_general_text(tmp_path / "f.jsonl", 5, str(tmp_path / "empty.txt"))
+
+
+@pytest.mark.slow
+def test_forgetting_check_scores_general_text_in_bits_per_byte(tmp_path, xs_base_model):
+    """lm-eval's rolling log-likelihood, checked against the same sum done by hand."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["The river flows to the sea.", "Paris is the capital of France.",
+             "A bank holds money for its customers."]
+    source = tmp_path / "general.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    dataset = write_dataset(tmp_path / "d", n_train=4, n_test=4)
+    result = evaluate(EvaluateConfig(candidate="base:xs", base_model_path=str(xs_base_model),
+                                     dataset_dir=str(dataset), home=str(tmp_path),
+                                     general_text_docs=10, general_text_file=str(source),
+                                     latency_queries=1, latency_warmup=0, track=False))
+    assert result.general_text_docs == 3
+
+    tokenizer = AutoTokenizer.from_pretrained(xs_base_model)
+    model = AutoModelForCausalLM.from_pretrained(xs_base_model, dtype=torch.float32).eval()
+    nll = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False).input_ids
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+            nll -= logits.log_softmax(-1)[torch.arange(len(ids) - 1),
+                                          torch.tensor(ids[1:])].sum().item()
+    expected = nll / sum(len(t.encode()) for t in texts) / math.log(2)
+    assert result.general_bits_per_byte == pytest.approx(expected, rel=1e-3)

@@ -92,6 +92,26 @@ def test_a_check_without_its_reference_fails():
     assert "no teacher accuracy to compare with" in v["big"].reasons
 
 
+def test_forgetting_check_bounds_the_rise_over_the_base():
+    t = GateThresholds(min_accuracy=0.5, max_p95_latency_ms=10000, max_forgetting=0.2)
+    candidates = [
+        CandidateScore(candidate="kept", accuracy=0.9, latency_p95_ms=50, forgetting_bpb=0.05),
+        CandidateScore(candidate="forgot", accuracy=0.95, latency_p95_ms=50, forgetting_bpb=0.6),
+        CandidateScore(candidate="unmeasured", accuracy=0.95, latency_p95_ms=50),
+        CandidateScore(candidate="encoder", accuracy=0.8, latency_p95_ms=5, family="encoder")]
+    result = decide(candidates, t)
+    v = verdicts(result)
+    assert v["kept"].passed and "forgetting +0.050 bits/byte vs its base <= max 0.200" in \
+        v["kept"].reasons
+    assert not v["forgot"].passed and v["forgot"].checks["max_forgetting"] is False
+    assert "forgetting +0.600 bits/byte vs its base > max 0.200" in v["forgot"].reasons
+    assert v["unmeasured"].checks["max_forgetting"] is False  # no figure, no pass
+    assert v["encoder"].checks["max_forgetting"] and "n/a" in v["encoder"].reasons[-1]
+    assert result.winner == "kept"  # the more accurate "forgot" is out
+    # unset, the figure is reported but decides nothing
+    assert verdicts(decide(candidates, GateThresholds(min_accuracy=0.5)))["forgot"].passed
+
+
 def test_nothing_passes_means_no_winner():
     result = decide(scores(), GateThresholds(min_accuracy=0.99))
     assert result.winner is None and not any(v.passed for v in result.verdicts)
