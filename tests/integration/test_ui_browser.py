@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -99,6 +100,10 @@ def trigger_from_form(browser: Browser, stack: AirflowStack, conf: dict) -> None
         return field.get_attribute("value") == str(conf["max_train_steps"])
 
     browser.wait(form_took_json, UI_TIMEOUT_S, "the form to show the pasted JSON's values")
+    # the candidates param is typed (items: string or object), so the form shows an entry as JSON
+    shown = dialog.text.replace("\xa0", " ")
+    assert "[object Object]" not in shown, "the candidates field shows [object Object]"
+    assert re.search(rf'"name":\s*"{re.escape(conf["candidates"][0]["name"])}"', shown), shown
     for name, value in THRESHOLDS.items():
         field = browser.wait(lambda n=name: next(iter(browser.visible(
             f".//input[@name='element_{n}']", dialog)), None), UI_TIMEOUT_S, f"field {name}")
