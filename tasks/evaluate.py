@@ -12,7 +12,7 @@ macro-F1 and the confusion matrix. With ``--icl-examples K`` the same two tasks 
 nearest train examples (MiniLM embeddings, cosine) solved before each prompt: the in-context
 baseline of a base model.
 
-With ``--general-text-docs N`` a regression task runs in the same call
+With ``--general-text-docs N`` a regression task runs on the same loaded model right after
 (``tasks/evaluation/flywheel_regression``): the bits per byte of N general-text documents, so a
 candidate that forgot what its base model knew shows it (``forgetting_bpb`` = candidate minus base).
 
