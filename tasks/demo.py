@@ -85,40 +85,41 @@ def _run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: boo
         return process.wait()
 
 
+def _move_dated(source: Path, target: Path, moves) -> list[str]:
+    """Move the JSONL files of ``source`` whose name holds a date for which ``moves(date)`` is
+    true into ``target``; returns their names."""
+    target.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for path in sorted(source.glob("*.jsonl")):
+        found = re.search(r"(\d{4}-\d{2}-\d{2})", path.name)
+        if found and moves(dt.date.fromisoformat(found.group(1))):
+            path.rename(target / path.name)
+            moved.append(path.name)
+    return moved
+
+
 def _hold_back(paths, first_day: dt.date, days: int) -> Path:
     """Move landing files dated after the first ``days`` days to a holding folder."""
     held = paths.simulator / "held"
-    held.mkdir(parents=True, exist_ok=True)
     cutoff = first_day + dt.timedelta(days=days - 1)
-    for path in sorted(paths.landing.glob("*.jsonl")):
-        day = _file_date(path)
-        if day is not None and day > cutoff:
-            path.rename(held / path.name)
+    _move_dated(paths.landing, held, lambda day: day > cutoff)
     return held
-
-
-def _file_date(path: Path) -> dt.date | None:
-    found = re.search(r"(\d{4}-\d{2}-\d{2})", path.name)
-    return dt.date.fromisoformat(found.group(1)) if found else None
 
 
 def _release(paths, held: Path, until: dt.date) -> list[str]:
     """Move held files dated up to ``until`` back into the landing folder."""
-    released = []
-    for path in sorted(held.glob("*.jsonl")):
-        day = _file_date(path)
-        if day is not None and day <= until:
-            path.rename(paths.landing / path.name)
-            released.append(path.name)
-    return released
+    return _move_dated(held, paths.landing, lambda day: day <= until)
 
 
 def _agent_turn(config: DemoConfig, paths, cycle: int) -> dict:
     """The agent routes fresh queries with the champion; simulated users rate some answers."""
+    import statistics
+
     import numpy as np
 
     from tasks.agent import route_and_log
     from tasks.clinc150 import examples
+    from tasks.ingest import write_bytes_atomic
     from tasks.simulate import SimulateConfig
 
     users = SimulateConfig()  # the same rating behaviour the teacher's users have
@@ -138,14 +139,11 @@ def _agent_turn(config: DemoConfig, paths, cycle: int) -> dict:
         events.append({"kind": "feedback", "id": routed.id, "source": "user",
                        "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
                        "rating": -1 if rng.random() < p_negative else 1})
-    feedback = paths.landing / f"router-agent-feedback-cycle{cycle}.jsonl"
-    tmp = feedback.with_name("." + feedback.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
-    os.replace(tmp, feedback)
-    latencies = sorted(r.latency_ms for r in result.routed)
+    write_bytes_atomic(paths.landing / f"router-agent-feedback-cycle{cycle}.jsonl",
+                       "".join(json.dumps(e) + "\n" for e in events).encode())
     return {"model": result.model, "queries": len(chosen), "ratings": len(events),
             "oracle_accuracy": correct / max(1, len(chosen)),
-            "p50_ms": latencies[len(latencies) // 2]}
+            "p50_ms": statistics.median(r.latency_ms for r in result.routed)}
 
 
 def _table(rows: list[dict]) -> str:

@@ -30,14 +30,19 @@ from tests.integration.servers import (
 DAG_ID = "flywheel_cycle"
 
 
+def missing_prerequisite(message: str) -> None:
+    """A system package the tier needs is absent: fail in CI (``.ci/run`` installs it), skip on
+    a developer's machine."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Postgres:
     if postgres_bindir() is None:
-        message = ("PostgreSQL server binaries not found: `apt-get install postgresql` "
-                   "(.ci/run does) or set FLYWHEEL_PG_BINDIR")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_prerequisite("PostgreSQL server binaries not found: `apt-get install postgresql` "
+                             "(.ci/run does) or set FLYWHEEL_PG_BINDIR")
     server = start_postgres(databases=("airflow", "mlflow"))
     yield server
     server.stop()

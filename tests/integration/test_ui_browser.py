@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.browser import Browser, chromium_paths
-from tests.integration.conftest import DAG_ID
+from tests.integration.conftest import DAG_ID, missing_prerequisite
 from tests.integration.servers import AirflowStack, MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -228,11 +228,8 @@ def champion_in_mlflow_ui(browser: Browser, mlflow: MlflowServer, model: str, ve
 @pytest.fixture(scope="module")
 def browser(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Browser:
     if chromium_paths() is None:
-        message = ("Chromium not found: `apt-get install chromium chromium-driver` (.ci/run does) "
-                   "or set FLYWHEEL_CHROMIUM and FLYWHEEL_CHROMEDRIVER")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_prerequisite("Chromium not found: `apt-get install chromium chromium-driver` "
+                             "(.ci/run does) or set FLYWHEEL_CHROMIUM and FLYWHEEL_CHROMEDRIVER")
     artifacts = tmp_path_factory.mktemp("ui-browser")
     session = Browser(artifacts)
     yield session
