@@ -411,7 +411,10 @@ class AirflowStack:
             ti = detail.get("task_instance", {})
             task_id, map_index = ti.get("task_id"), ti.get("map_index", -1)
             options = detail.get("options") or []
-            if not options:
+            # answer once the task has deferred, as a person in the UI would: a response that
+            # lands while the task is still deferring races the executor's report of that run
+            # (Airflow then sees a queued instance reported successful and marks it failed)
+            if not options or ti.get("state") != "deferred":
                 continue
             params = {k: v.get("value") for k, v in (detail.get("params") or {}).items()}
             self.api("PATCH", f"dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/"

@@ -147,7 +147,8 @@ def wait_for_approval_request(stack: AirflowStack, run_id: str, timeout: float) 
                                  f" tasks: {_task_states(stack, run_id)}")
         pending = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{quoted}/hitlDetails"
                                    "?response_received=false").get("hitl_details", [])
-        approval = [d for d in pending if d["task_instance"]["task_id"] == "approve"]
+        approval = [d for d in pending if d["task_instance"]["task_id"] == "approve"
+                    and d["task_instance"].get("state") == "deferred"]  # see approve_pending
         if approval:
             return approval[0]
         time.sleep(5)
