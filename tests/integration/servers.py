@@ -411,10 +411,10 @@ class AirflowStack:
             ti = detail.get("task_instance", {})
             task_id, map_index = ti.get("task_id"), ti.get("map_index", -1)
             options = detail.get("options") or []
-            # answer once the task has deferred, as a person in the UI would: a response that
-            # lands while the task is still deferring races the executor's report of that run
+            # answer once the task waits for input, as a person in the UI would: a response
+            # that lands while the task is still pausing races the executor's report of that run
             # (Airflow then sees a queued instance reported successful and marks it failed)
-            if not options or ti.get("state") != "deferred":
+            if not options or ti.get("state") not in ANSWERABLE_STATES:
                 continue
             params = {k: v.get("value") for k, v in (detail.get("params") or {}).items()}
             self.api("PATCH", f"dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/"
@@ -441,6 +441,11 @@ class AirflowStack:
                   for t in self.task_instances(dag_id, run_id)}
         raise ServerError(f"run {run_id} not finished after {timeout:.0f}s; tasks: {states}\n"
                           + "\n".join(s.log_tail(20) for s in self.services))
+
+
+#: Task instance states in which a human-in-the-loop request may be answered (Airflow 3.2+ pauses
+#: the task as ``awaiting_input``; earlier releases defer it).
+ANSWERABLE_STATES = frozenset({"awaiting_input", "deferred"})
 
 
 def airflow_environment(base: dict[str, str], database_url: str, port: int,

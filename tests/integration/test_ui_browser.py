@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.browser import Browser, chromium_paths
 from tests.integration.conftest import DAG_ID, missing_prerequisite
-from tests.integration.servers import AirflowStack, MlflowServer
+from tests.integration.servers import ANSWERABLE_STATES, AirflowStack, MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def wait_for_approval_request(stack: AirflowStack, run_id: str, timeout: float) 
         pending = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{quoted}/hitlDetails"
                                    "?response_received=false").get("hitl_details", [])
         approval = [d for d in pending if d["task_instance"]["task_id"] == "approve"
-                    and d["task_instance"].get("state") == "deferred"]  # see approve_pending
+                    and d["task_instance"].get("state") in ANSWERABLE_STATES]
         if approval:
             return approval[0]
         time.sleep(5)
