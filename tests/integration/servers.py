@@ -443,8 +443,9 @@ class AirflowStack:
                           + "\n".join(s.log_tail(20) for s in self.services))
 
 
-#: Task instance states in which a human-in-the-loop request may be answered (Airflow 3.2+ pauses
-#: the task as ``awaiting_input``; earlier releases defer it).
+#: Task instance states in which a human-in-the-loop request may be answered: the pinned Airflow
+#: (3.3.2) pauses the task as ``awaiting_input``; ``deferred``, a deferrable operator waiting on
+#: its trigger, is accepted too.
 ANSWERABLE_STATES = frozenset({"awaiting_input", "deferred"})
 
 
