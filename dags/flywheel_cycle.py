@@ -6,13 +6,14 @@ a smaller fine-tuned router model in the MLflow registry out.
 
 ingest landing files → validate (great-expectations; bad rows quarantined with reasons) → attribute
 the badly rated answers (a judge flags routing errors; queries indexed in Qdrant) → SME review
-(experts confirm or correct, in the UI's *Required actions* when `sme_review` is `ui`; a simulated
-SME from the simulator's gold labels in the demo) → curate a versioned ground truth (frozen test
-split, semantic de-dup, no train/test leakage) → fine-tune one LoRA adapter per candidate through
-DeepSpeed → evaluate each with lm-eval and measured latency, beside its base model and the teacher
-→ gate on accuracy and latency (vs the champion re-evaluated on the same test set and the teacher)
-→ register the winner as alias `challenger` → approval (a reviewer, or the `auto_approve` param)
-→ promote: alias `champion` moves, the old one is kept as `previous-champion` → report.
+(experts confirm or correct, and label a random sample of the teacher's traffic that grades it, in
+the UI's *Required actions* when `sme_review` is `ui`; a simulated SME from the simulator's gold
+labels in the demo) → curate a versioned ground truth (frozen test split, semantic de-dup, no
+train/test leakage) → fine-tune one LoRA adapter per candidate through DeepSpeed → evaluate each
+with lm-eval and measured latency, beside its base model and the teacher → gate on accuracy and
+latency (vs the champion re-evaluated on the same test set and the teacher) → register the winner as
+alias `challenger` → approval (a reviewer, or the `auto_approve` param) → promote: alias `champion`
+moves, the old one is kept as `previous-champion` → report.
 
 Runs nightly at 02:00 UTC; trigger it from the UI to change candidates, thresholds or the window.
 Every task is a thin call into the `tasks` package, which runs the same stages from the `flywheel`
@@ -46,8 +47,9 @@ The oldest {{ a.preview | length }}:
 {% for i in a.preview %}| {{ i.record_id }} | {{ i.reason }} | {{ i.query | replace('|', '/') }} \
 | {{ i.route }} | {{ i.judge_expert or '-' }} | {{ i.judge_confidence or '-' }} |
 {% endfor %}
-Accept the judge's labels (typed lines override them), apply only typed lines, or decide later;
-the full queue is in `flywheel review export`.
+Accept the judge's labels (typed lines override them), apply only typed lines, or decide later.
+A `traffic_audit` item is a random sample of the teacher's traffic that grades the teacher: it
+needs a typed label (accepting does not label it). The full queue is in `flywheel review export`.
 """
 
 
@@ -78,17 +80,35 @@ def _cycle_id(context) -> str:
                               description="Gate: minimum test accuracy."),
         "max_p95_latency_ms": Param(1000.0, type="number", exclusiveMinimum=0,
                                     description="Gate: maximum p95 latency in milliseconds."),
-        "max_accuracy_drop": Param(0.02, type="number", minimum=0, maximum=1,
-                                   description="Gate: allowed drop below the champion."),
+        "max_accuracy_drop": Param(0.0, type="number", minimum=0, maximum=1,
+                                   description="Gate: how far below the champion (same test "
+                                               "queries, point estimate) a challenger may be "
+                                               "and still count as equal; it must then be "
+                                               "cheaper. Otherwise only a significantly better "
+                                               "one passes; a significantly worse one never."),
+        "alpha": Param(0.05, type="number", exclusiveMinimum=0, maximum=0.5,
+                       description="Gate: significance level of the paired tests (McNemar exact "
+                                   "on the queries where challenger and champion disagree); "
+                                   "intervals are at 1 - alpha."),
+        "min_paired_queries": Param(100, type="integer", minimum=1,
+                                    description="Gate: below this many test queries scored by "
+                                                "both, a challenger cannot be shown better than "
+                                                "the champion (not enough evidence)."),
         "window_days": Param(7, type="integer", minimum=1, maximum=3650,
                              description="Use records from the last N days of the run's window."),
         "latency_queries": Param(40, type="integer", minimum=1,
                                  description="Test queries timed one at a time per model."),
         "max_train_steps": Param(None, type=["null", "integer"], minimum=1,
                                  description="Cap optimizer steps (quick runs); empty = no cap."),
-        "max_drop_vs_teacher": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                     description="Gate: allowed drop below the teacher; "
-                                                 "empty = not checked."),
+        "max_drop_vs_teacher": Param(0.03, type=["null", "number"], minimum=0, maximum=1,
+                                     description="Gate: allowed drop of the candidate's test "
+                                                 "accuracy below the teacher's on its traffic "
+                                                 "audit (paired on the traffic-audit test "
+                                                 "queries where enough); empty = not checked."),
+        "min_teacher_evidence": Param(30, type="integer", minimum=1,
+                                      description="Gate: traffic-audit records the teacher must "
+                                                  "be graded on; fewer: the teacher check fails "
+                                                  "(not enough evidence)."),
         "min_speedup": Param(None, type=["null", "number"], exclusiveMinimum=0,
                              description="Gate: minimum teacher p95 / candidate p95; "
                                          "empty = not checked."),
@@ -123,10 +143,25 @@ def _cycle_id(context) -> str:
                             description="Who reviews the judge's flags: a simulated SME (demo), "
                                         "experts in the UI (waits up to 12 h), or nobody."),
         "sme_capacity": Param(200, type="integer", minimum=0,
-                              description="Items the simulated SME answers per cycle."),
+                              description="Flagged, audit and novel items the simulated SME "
+                                          "answers per cycle."),
+        "traffic_audit_size": Param(40, type="integer", minimum=0, maximum=100_000,
+                                    description="Review: records of the window the teacher "
+                                                "routed, sampled at random whatever their "
+                                                "feedback and queued for experts each cycle "
+                                                "(beside sme_capacity); the teacher is graded "
+                                                "on them alone. 0 = off."),
         "min_judge_agreement": Param(0.7, type="number", minimum=0, maximum=1,
                                      description="Judge/SME agreement below which the "
                                                  "calibration alarm is raised."),
+        "teacher_labels": Param("off", enum=["off", "train"],
+                                description="Curation: 'train' adds the teacher's own routes of "
+                                            "unrated records to the training split (thumbs-down "
+                                            "and expert labels override; the test split stays "
+                                            "expert-graded); 'off': curated labels only."),
+        "max_teacher_labelled": Param(None, type=["null", "integer"], minimum=1,
+                                      description="Curation: at most this many teacher-labelled "
+                                                  "training rows; empty = no cap."),
         "near_duplicate_threshold": Param(0.95, type="number", exclusiveMinimum=0, maximum=1,
                                           description="Cosine at or above which queries are "
                                                       "near-duplicates (de-dup, leakage)."),
@@ -187,11 +222,15 @@ def flywheel_cycle():
         from tasks.review import ReviewConfig
         from tasks.review import review as run
 
+        context = get_current_context()
         answer = None
         if params["sme_review"] == "ui":
-            answer = get_current_context()["ti"].xcom_pull(task_ids="sme_review_ui")
+            answer = context["ti"].xcom_pull(task_ids="sme_review_ui")
+        end = context.get("data_interval_end") or pendulum.now("UTC")
         config = ReviewConfig(workload_id=params["workload_id"], mode=params["sme_review"],
+                              start=end - timedelta(days=params["window_days"]), end=end,
                               sme_capacity=params["sme_capacity"],
+                              traffic_audit_size=params["traffic_audit_size"],
                               min_agreement=params["min_judge_agreement"],
                               ui_response=answer,
                               ui_items=[item["record_id"] for item in attributed["preview"]])
@@ -210,14 +249,17 @@ def flywheel_cycle():
         config = CurateConfig(workload_id=params["workload_id"],
                               start=end - timedelta(days=params["window_days"]), end=end,
                               near_duplicate_threshold=params["near_duplicate_threshold"],
-                              min_judge_agreement=params["min_judge_agreement"])
+                              min_judge_agreement=params["min_judge_agreement"],
+                              teacher_labels=params["teacher_labels"],
+                              max_teacher_labelled=params["max_teacher_labelled"])
         return run(config).model_dump(mode="json")
 
     @task
     def plan_candidates(params: dict | None = None) -> list[dict]:
-        from tasks.catalog import select_candidates
+        from tasks.catalog import check_base_models, select_candidates
 
         specs = select_candidates(params["candidates"])
+        check_base_models(specs)  # a missing or unloadable base fails here, named, before training
         if params.get("max_train_steps"):
             for spec in specs:
                 spec.hyperparameters.max_steps = params["max_train_steps"]
@@ -254,10 +296,11 @@ def flywheel_cycle():
                                   general_text_docs=params["general_text_docs"])
 
     @task
-    def evaluate_teacher(dataset: dict) -> dict:
+    def evaluate_teacher(dataset: dict, params: dict | None = None) -> dict:
         from tasks.evaluate import teacher_baseline
 
-        return teacher_baseline(dataset["dataset_dir"]).model_dump(mode="json")
+        return teacher_baseline(dataset["dataset_dir"], workload_id=params["workload_id"]
+                                ).model_dump(mode="json")
 
     @task(max_active_tis_per_dagrun=1)
     def evaluate_champion(dataset: dict, params: dict | None = None) -> dict:

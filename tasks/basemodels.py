@@ -650,7 +650,8 @@ def resolve_base_model(ref: str, home: str | os.PathLike[str] | None = None) -> 
     """Turn a model reference from a config into something ``from_pretrained`` accepts.
 
     Args:
-        ref: a built-in recipe name (built on demand), a local model folder, or a hub id.
+        ref: a built-in recipe name (built on demand), a packaged real model's name
+            (:mod:`tasks.pretrained`, converted on first use), a local model folder, or a hub id.
         home: flywheel home for built-in recipes.
 
     Returns:
@@ -659,6 +660,10 @@ def resolve_base_model(ref: str, home: str | os.PathLike[str] | None = None) -> 
     """
     if ref in RECIPES:
         return ensure_base_model(ref, home)
+    from tasks.pretrained import PACKAGED_MODELS, ensure_packaged_model
+
+    if ref in PACKAGED_MODELS:
+        return ensure_packaged_model(ref, home)
     local = Path(ref).expanduser()
     if local.is_dir():
         return local.resolve()

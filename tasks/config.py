@@ -201,3 +201,7 @@ def utc_window(start, end):
     if start is not None and end is not None and end <= start:
         raise ValueError("end must be after start")
     return start, end
+
+
+STUDENT_PREFIX = "flywheel-"
+"""Logged model names the flywheel's own routers carry (:mod:`tasks.agent`): never the teacher."""

@@ -9,6 +9,17 @@ decision (:mod:`tasks.review`: a confirmed routing error, a route the judge wron
 query labelled) replaces it whatever the rating, and ``discard`` removes the record. The judge
 alone never labels anything (:mod:`tasks.judge` only proposes).
 
+Teacher labels (``teacher_labels="train"``; off by default): the ~90% of records nobody rated
+carry the production teacher's own route, right most of the time. With the setting on, each
+unrated, undecided record the teacher routed (:func:`teacher_labelled`: never a model named
+``flywheel-...``, the flywheel's own students) joins *train* with that route as its label
+(``label_source="teacher"``), at most ``max_teacher_labelled`` of them. A thumbs-down keeps a
+record out unless an expert labels it; an expert's or a thumbs-up label of the same query wins
+over the teacher's; the test set stays curated (the teacher would grade itself). Teacher-labelled
+examples go through the same exact and semantic de-duplication and leakage check, ranked after
+curated ones, and their labels are not written to the vector index (the judge and in-context
+examples read labels there).
+
 Cleaning, in order: exact de-duplication on the normalised query (NFKC, case-folded, whitespace
 collapsed; an expert's label wins in its group, else the most frequent one); out-of-scope queries
 kept as their own class (``out_of_scope="label"``) or dropped; *leakage*: a new example whose
@@ -27,8 +38,9 @@ examples never seen before are split, stratified by expert
 train).
 
 A version is content-addressed and immutable: ``datasets/<workload>/<version>/`` holds
-``train.jsonl`` and ``test.jsonl`` (lines ``{"id", "query", "expert"}`` sorted by id) and
-``manifest.json`` (counts, the funnel, and the lineage: label sources, every expert decision used,
+``train.jsonl`` and ``test.jsonl`` (lines ``{"id", "query", "expert", "label_source"}`` sorted by
+id; the source is ``sme``, ``feedback`` or ``teacher``) and ``manifest.json`` (counts, the funnel,
+and the lineage: label sources per split, every expert decision used,
 the judges, their calibration, the encoder and thresholds, the parent version);
 ``version = "v" + sha256(train + test)[:12]``, so the same data gives the same version and a rerun
 changes nothing. ``datasets/<workload>/latest.json`` points at the newest one. Stages that train
@@ -36,7 +48,8 @@ or evaluate on a version record it in MLflow with :func:`log_dataset_input`.
 
 The funnel every cycle reports (``CurateResult.funnel``): records in the window -> with feedback
 -> negative -> judged -> flagged by the judge as routing errors -> confirmed by experts -> labelled
--> ground truth -> train / test, with the judge's calibration against the experts and the number of
+-> ground truth -> train (by label source: ``train_sme``, ``train_feedback``,
+``teacher_labelled``) / test, with the judge's calibration against the experts and the number of
 novel queries (unlabelled, far from every labelled one).
 """
 
@@ -55,10 +68,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT, get_paths, utc_window
+from tasks.config import EXPERTS, FALLBACK_EXPERT, STUDENT_PREFIX, get_paths, utc_window
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+
+#: Which label wins in an exact-duplicate group: an expert's, then a thumbs-up, then the teacher's.
+SOURCE_RANK = {"sme": 0, "feedback": 1, "teacher": 2}
 
 
 class NotEnoughData(RuntimeError):
@@ -101,10 +119,30 @@ class CurateConfig(BaseModel):
                                                    "funnel raises the calibration alarm")
     qdrant_url: str | None = Field(None, description="Qdrant server (default "
                                                      "$FLYWHEEL_QDRANT_URL; none: local mode)")
+    teacher_labels: Literal["off", "train"] = Field(
+        "off", description="Unrated records the production teacher routed: leave them out "
+                           "('off', curated labels only) or add them to train with the "
+                           "teacher's route as the label ('train'; never to test, never a "
+                           "thumbs-down or an expert-decided record, never a flywheel model's)")
+    max_teacher_labelled: int | None = Field(
+        None, ge=0, le=10_000_000,
+        description="With teacher_labels='train': at most this many teacher-labelled train "
+                    "examples (those already in train first, then a seeded sample of new "
+                    "ones); none: all of them")
+    teacher_model: str | None = Field(
+        None, min_length=1, max_length=500,
+        description="The logged model whose routes are teacher labels (default: every model "
+                    f"not named {STUDENT_PREFIX}..., the flywheel's own served routers)")
 
     @model_validator(mode="after")
     def _window(self) -> CurateConfig:
         self.start, self.end = utc_window(self.start, self.end)
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_cap(self) -> CurateConfig:
+        if self.max_teacher_labelled is not None and self.teacher_labels == "off":
+            raise ValueError("max_teacher_labelled needs teacher_labels='train'")
         return self
 
 
@@ -124,7 +162,8 @@ class CurateResult(BaseModel):
         description="split ('train'/'test') -> expert -> examples")
     funnel: dict[str, int | float | None] = Field(
         description="records_in_window, with_feedback, positive, negative, judged, "
-                    "judge_flagged, sme_confirmed, labelled, ground_truth, train, test, "
+                    "judge_flagged, sme_confirmed, labelled, teacher_eligible, ground_truth, "
+                    "train (= train_sme + train_feedback + teacher_labelled), test, "
                     "judge calibration, novel, ...")
 
 
@@ -151,15 +190,16 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _jsonl(frame: pd.DataFrame) -> bytes:
     rows = frame.sort_values("id", kind="mergesort")
-    return "".join(json.dumps({"id": r.id, "query": r.query, "expert": r.expert},
-                              ensure_ascii=False) + "\n"
+    return "".join(json.dumps({"id": r.id, "query": r.query, "expert": r.expert,
+                               "label_source": r.label_source}, ensure_ascii=False) + "\n"
                    for r in rows.itertuples(index=False)).encode("utf-8")
 
 
 def _dedup(labelled: pd.DataFrame, prefer: set[str]) -> pd.DataFrame:
     """One example per normalised query: an id assigned before if any, else the earliest record;
     its label is the group's most frequent label, counting only experts' labels when the group
-    has any (ties: the representative's)."""
+    has any (ties: the representative's). Teacher-labelled records count only in a group without
+    a curated label: a thumbs-up or an expert overrides the teacher."""
     import pandas as pd
 
     columns = ["id", "query", "expert", "norm", "timestamp", "label_source"]
@@ -169,13 +209,16 @@ def _dedup(labelled: pd.DataFrame, prefer: set[str]) -> pd.DataFrame:
         ["_known", "timestamp", "id"], kind="mergesort")
     rows = []
     for _, group in ordered.groupby("norm", sort=False):
+        curated = group[group["label_source"] != "teacher"]
+        if len(curated):
+            group = curated
         first = group.iloc[0]
         voters = group[group["label_source"] == "sme"]
         votes = Counter((voters if len(voters) else group)["label"])
         top = max(votes.values())
         expert = first["label"] if votes.get(first["label"], 0) == top else min(
             label for label, n in votes.items() if n == top)
-        source = "sme" if len(voters) else "feedback"
+        source = min(group["label_source"], key=SOURCE_RANK.__getitem__)
         rows.append({"id": first["id"], "query": first["query"], "expert": expert,
                      "norm": first["norm"], "timestamp": first["timestamp"],
                      "label_source": source})
@@ -211,6 +254,43 @@ def _near_duplicates(index: Any, ids: list[str], within: list[str], threshold: f
     hits = index.search(index.vectors(ids), k, within=within, exclude=ids)
     return {rid: [h.record_id for h in found if h.score >= threshold]
             for rid, found in zip(ids, hits, strict=True)}
+
+
+def teacher_labelled(window: pd.DataFrame, decisions: dict[str, dict[str, Any]],
+                     experts: list[str], teacher_model: str | None = None) -> pd.DataFrame:
+    """The records of ``window`` whose label can only be the teacher's own route.
+
+    A record qualifies when nobody rated it (a thumbs-up already makes it a curated example; a
+    thumbs-down says the route may be wrong, and only an expert's label can save it), no expert
+    decided it (an expert's label or ``discard`` wins), its route is one of ``experts`` and the
+    production teacher routed it: ``teacher_model`` if given, else any model not named
+    ``flywheel-...`` (the flywheel's students must not learn from each other's answers).
+
+    Returns:
+        The qualifying rows of ``window`` with ``label`` (the route) and
+        ``label_source="teacher"``.
+    """
+    model = window["model"].astype(str)
+    by_teacher = (model == teacher_model) if teacher_model else ~model.str.startswith(
+        STUDENT_PREFIX)
+    chosen = window[window["rating"].isna() & ~window["id"].isin(list(decisions))
+                    & window["route"].isin(experts) & by_teacher]
+    return chosen.assign(label=chosen["route"], label_source="teacher")
+
+
+def _cap_teacher(examples: pd.DataFrame, cap: int | None, seed: int
+                 ) -> tuple[pd.DataFrame, int]:
+    """At most ``cap`` teacher-labelled examples: those already in train, then a seeded sample of
+    the new ones; returns the examples kept and how many teacher-labelled ones were dropped."""
+    import pandas as pd
+
+    teacher = examples[examples["_teacher"]]
+    if cap is None or len(teacher) <= cap:
+        return examples, 0
+    new = teacher[~teacher["_sticky"]].sort_values("id", kind="mergesort").sample(
+        frac=1.0, random_state=seed)
+    kept = pd.concat([teacher[teacher["_sticky"]], new]).head(cap)
+    return examples[~examples["_teacher"] | examples["id"].isin(kept["id"])], len(teacher) - cap
 
 
 def _review_funnel(config: CurateConfig, window: pd.DataFrame) -> tuple[dict[str, Any],
@@ -307,6 +387,12 @@ def curate(config: CurateConfig) -> CurateResult:
             # queries labelled with more than one expert: the experts', else the majority, wins
             "label_conflicts": int((labelled.groupby("norm")["label"].nunique() > 1).sum()),
         }
+        from_teacher = teacher_labelled(window, decisions, experts, config.teacher_model)
+        funnel["teacher_eligible"] = len(from_teacher)
+        pool = labelled
+        if config.teacher_labels == "train" and len(from_teacher):
+            pool = pd.concat([labelled, from_teacher.assign(
+                norm=from_teacher["query"].map(normalise))], ignore_index=True)
 
         test_ids, test_queries = _read_assigned(root / "test_ids.json")
         train_ids, train_queries = _read_assigned(root / "train_ids.json")
@@ -316,18 +402,20 @@ def curate(config: CurateConfig) -> CurateResult:
         frozen = labelled_all[labelled_all["id"].isin(test_ids)
                               & labelled_all["label"].isin(keep)].assign(
             expert=lambda f: f["label"])
-        frozen = frozen.drop_duplicates("norm")[["id", "query", "expert", "norm"]]
+        frozen = frozen.drop_duplicates("norm")[["id", "query", "expert", "norm", "label_source"]]
 
-        candidates = labelled[~labelled["id"].isin(test_ids)
-                              & ~labelled["norm"].isin(test_queries)]
+        candidates = pool[~pool["id"].isin(test_ids) & ~pool["norm"].isin(test_queries)]
         examples = _dedup(candidates, prefer=train_ids)
         out_of_scope = examples["expert"] == FALLBACK_EXPERT
         funnel["out_of_scope"] = int(out_of_scope.sum())
         if config.out_of_scope == "drop":
             examples = examples[~out_of_scope]
         sticky = examples["id"].isin(train_ids) | examples["norm"].isin(train_queries)
-        examples = examples.assign(_sticky=sticky).sort_values(
-            ["_sticky", "timestamp", "id"], ascending=[False, True, True], kind="mergesort")
+        # curated examples first, so that a near-duplicate teacher-labelled one is the one dropped
+        examples = examples.assign(_sticky=sticky, _teacher=examples["label_source"] == "teacher"
+                                   ).sort_values(["_teacher", "_sticky", "timestamp", "id"],
+                                                 ascending=[True, False, True, True],
+                                                 kind="mergesort")
 
         with open_index(config.workload_id, home=config.home, url=config.qdrant_url) as index:
             needed = pd.concat([store[store["id"].isin(examples["id"])],
@@ -342,16 +430,20 @@ def curate(config: CurateConfig) -> CurateResult:
             ordered = examples["id"].tolist()
             near = _near_duplicates(index, ordered, ordered, thr)
             kept: set[str] = set()
-            for rid, is_sticky in zip(ordered, examples["_sticky"], strict=True):
-                if is_sticky or not any(other in kept for other in near.get(rid, [])):
+            for rid, stays in zip(ordered, examples["_sticky"] & ~examples["_teacher"],
+                                  strict=True):
+                if stays or not any(other in kept for other in near.get(rid, [])):
                     kept.add(rid)
             funnel["semantic_duplicates"] = len(ordered) - len(kept)
             examples = examples[examples["id"].isin(kept)]
+            examples, teacher_capped = _cap_teacher(examples, config.max_teacher_labelled,
+                                                    config.seed)
 
-            sticky = examples["_sticky"]
-            fresh_train, fresh_test = _split(examples[~sticky], config.test_fraction,
-                                             config.seed)
-            train = pd.concat([examples[sticky], fresh_train])
+            # only curated examples are split: teacher-labelled ones go to train
+            sticky, by_teacher = examples["_sticky"], examples["_teacher"]
+            fresh_train, fresh_test = _split(examples[~sticky & ~by_teacher],
+                                             config.test_fraction, config.seed)
+            train = pd.concat([examples[sticky], fresh_train, examples[~sticky & by_teacher]])
             capped = 0
             if config.max_per_expert is not None:
                 train = train.assign(_order=range(len(train)))
@@ -370,13 +462,18 @@ def curate(config: CurateConfig) -> CurateResult:
 
             funnel["novel"] = _count_novel(index, window["id"].tolist(),
                                            set(labelled_all["id"]), config.novelty_threshold)
-            train = train[["id", "query", "expert", "norm"]]
-            test = test[["id", "query", "expert", "norm"]]
+            columns = ["id", "query", "expert", "norm", "label_source"]
+            train, test = train[columns], test[columns]
+            train_sources = Counter(train["label_source"])
             funnel.update({
                 "ground_truth": len(train) + len(test),
                 # frozen test examples whose label was withdrawn
                 "test_retracted": len(test_ids) - len(frozen),
                 "train": len(train),
+                "train_sme": train_sources["sme"],
+                "train_feedback": train_sources["feedback"],
+                "teacher_labelled": train_sources["teacher"],
+                "teacher_capped": teacher_capped,
                 "test": len(test),
             })
             funnel.update({k: review_counts[k] for k in (
@@ -386,9 +483,12 @@ def curate(config: CurateConfig) -> CurateResult:
                 raise NotEnoughData(
                     f"curate {config.workload_id}: {len(train) + len(test)} examples, fewer "
                     f"than min_examples={config.min_examples}; funnel: {json.dumps(funnel)}")
+            # a teacher label stays out of the index: the judge and in-context examples read
+            # labels from there, and the teacher must not vouch for itself
             index.update_payloads({
-                **{r: {"label": e, "split": "train"} for r, e in zip(
-                    train["id"], train["expert"], strict=True)},
+                **{r: {"label": e, "split": "train"} if s != "teacher" else {"split": "train"}
+                   for r, e, s in zip(train["id"], train["expert"], train["label_source"],
+                                      strict=True)},
                 **{r: {"label": e, "split": "test"} for r, e in zip(
                     test["id"], test["expert"], strict=True)}})
 
@@ -404,7 +504,8 @@ def curate(config: CurateConfig) -> CurateResult:
         latest_path = root / "latest.json"
         parent = json.loads(latest_path.read_text())["version"] if latest_path.exists() else None
         in_version = set(train["id"]) | set(test["id"])
-        source_of = dict(zip(labelled_all["id"], labelled_all["label_source"], strict=True))
+        sources = {name: dict(sorted(Counter(frame["label_source"]).items()))
+                   for name, frame in (("train", train), ("test", test))}
         created = not (dataset_dir / "manifest.json").exists()
         if created:
             manifest = {
@@ -418,8 +519,12 @@ def curate(config: CurateConfig) -> CurateResult:
                 "funnel": funnel, "files": ["train.jsonl", "test.jsonl"],
                 "lineage": {
                     "parent_version": parent if parent != version else None,
-                    "label_sources": dict(sorted(Counter(
-                        source_of[r] for r in in_version).items())),
+                    "label_sources": dict(sorted((Counter(sources["train"])
+                                                  + Counter(sources["test"])).items())),
+                    "label_sources_by_split": sources,
+                    "teacher_labels": config.teacher_labels,
+                    "max_teacher_labelled": config.max_teacher_labelled,
+                    "teacher_model": config.teacher_model or f"not {STUDENT_PREFIX}*",
                     "sme_decisions": {r: d for r, d in review_lineage["decisions"].items()
                                       if r in in_version},
                     "judges": review_lineage["judges"],

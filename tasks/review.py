@@ -1,8 +1,10 @@
-"""SME review: subject-matter experts confirm or correct what the judge flagged.
+"""SME review: subject-matter experts confirm or correct what the judge flagged, and label a
+random sample of the teacher's traffic.
 
 Run it::
 
     flywheel review --mode simulated --workload-id router        # the stage (default action: run)
+    flywheel review --start 2026-11-20 --end 2026-11-27 --traffic-audit-size 40
     flywheel review export --out review.csv                        # pending items, for experts
     flywheel review import review.csv --reviewer alice             # their answers back in
     flywheel review status
@@ -13,12 +15,23 @@ ever lost and a rerun is harmless:
 * ``judgements.jsonl``: the judge's verdict per badly rated record (:mod:`tasks.judge`).
 * ``queue.jsonl``: what experts are asked about, one item per record, with its reason:
   ``judge_flagged`` (the judge says the route was wrong), ``audit`` (a random share of the records
-  the judge cleared, so its agreement with experts can be measured both ways) or ``novel`` (far
-  from every labelled query).
+  the judge cleared, so its agreement with experts can be measured both ways), ``novel`` (far
+  from every labelled query) or ``traffic_audit`` (below).
+* ``traffic_audit.jsonl``: the traffic audit, one line per sampled record.
 * ``decisions.jsonl``: experts' answers: the expert the query should have gone to, or ``discard``
   (unusable). The latest answer per record wins, and an expert's answer always overrides the judge
   and the user's thumbs.
 * ``calibration.jsonl``: the judge measured against the experts, one line per review run.
+
+The first three reasons are all chosen by the teacher's failure signals (a thumbs-down, novelty),
+so the teacher's accuracy on them is low by construction. The *traffic audit* is what grades the
+teacher (:func:`tasks.evaluate.teacher_baseline`): each review run draws a seeded random sample of
+``traffic_audit_size`` records of the window that the production teacher routed, whatever their
+feedback (:func:`draw_traffic_audit`). It has its own budget beside ``sme_capacity``: experts are
+asked about up to ``sme_capacity`` items of the other reasons and ``traffic_audit_size`` traffic
+audit items per cycle, so a backlog of flagged records never starves the unbiased sample (nor the
+other way round). A traffic-audit item needs an expert's own label: the UI's "accept the judge's
+labels" does not apply to it (the judge would vouch for the teacher).
 
 Reviews are never waited for: a cycle uses what is decided when it curates, and answers that come
 in later count in the next cycle. Three ways in: the Airflow UI (a human-in-the-loop task of the
@@ -37,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.config import EXPERTS, get_paths
 from tasks.locks import file_lock
@@ -48,7 +61,8 @@ if TYPE_CHECKING:
 DISCARD = "discard"
 SIMULATED_SOURCE = "simulated-sme"
 SIMULATED_REVIEWER = "simulated-sme (simulation oracle: simulator gold labels)"
-REASONS = ("judge_flagged", "audit", "novel")
+TRAFFIC_AUDIT = "traffic_audit"
+REASONS = ("judge_flagged", "audit", "novel", TRAFFIC_AUDIT)
 #: Columns of an export; experts fill ``label`` (an expert or ``discard``) and may add a ``note``.
 EXPORT_COLUMNS = ("record_id", "reason", "query", "route", "judge_expert", "judge_confidence",
                   "judge_rationale", "label", "note")
@@ -124,6 +138,14 @@ class ReviewStore:
             latest[row["record_id"]] = row
         return latest
 
+    def traffic_audit(self) -> dict[str, dict[str, Any]]:
+        """Record id -> its traffic-audit draw (the first): the random sample of the teacher's
+        traffic, including drawn records that were already queued for another reason."""
+        drawn: dict[str, dict[str, Any]] = {}
+        for row in self.read("traffic_audit"):
+            drawn.setdefault(row["record_id"], row)
+        return drawn
+
     def pending(self) -> list[dict[str, Any]]:
         """Queue items without a decision, oldest first."""
         decided = self.decisions()
@@ -175,6 +197,80 @@ def confirmed_labels(window: pd.DataFrame, decisions: dict[str, dict[str, Any]],
             labels[rid] = (decision["label"], "sme")
     return pd.DataFrame([(rid, lab, src) for rid, (lab, src) in labels.items()],
                         columns=["id", "label", "label_source"])
+
+
+# ------------------------------------------------------------------------------------ traffic audit
+
+
+def teacher_mask(records: pd.DataFrame, teacher_model: str | None = None) -> pd.Series:
+    """Which logged records the production teacher routed: ``teacher_model``'s where given, else
+    every model not named ``flywheel-...`` (the flywheel's own students, logged by
+    :mod:`tasks.agent`; the same rule as :func:`tasks.curate.teacher_labelled`)."""
+    from tasks.config import STUDENT_PREFIX
+
+    model = records["model"].astype(str)
+    return (model == teacher_model) if teacher_model else ~model.str.startswith(STUDENT_PREFIX)
+
+
+def draw_traffic_audit(store: ReviewStore, window: pd.DataFrame, size: int, seed: int,
+                       teacher_model: str | None = None
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Draw a window's traffic audit: ``size`` of the teacher's records at random, whatever their
+    feedback.
+
+    The frame is every record of ``window`` the production teacher routed (:func:`teacher_mask`)
+    that no earlier traffic audit drew. Records already queued for another reason, or decided,
+    stay in the frame: leaving them out would leave out exactly those that negative feedback
+    singled out, and the sample would overrate the teacher. Such a record joins the sample (its
+    decision grades the teacher) but is never queued again; the others are queued with reason
+    ``traffic_audit``. The draw is seeded by ``seed`` and the window's records, and a window is
+    drawn once: a rerun over the same records (a retried task) draws nothing more. A fixed number
+    per window gives every record about the same chance while traffic is steady; a window of
+    heavy traffic is sampled more thinly (the estimate is not weighted by volume).
+
+    Returns:
+        The sample's rows (for ``traffic_audit.jsonl``) and the new queue items, oldest first;
+        both empty when ``size`` is 0.
+    """
+    import zlib
+
+    import numpy as np
+
+    if not size or window.empty:
+        return [], []
+    key = (f"{window['timestamp'].min().isoformat()}/{window['timestamp'].max().isoformat()}"
+           f"/{len(window)}")
+    drawn = store.traffic_audit()
+    if any(row.get("window") == key for row in drawn.values()):
+        return [], []
+    frame = window[teacher_mask(window, teacher_model) & ~window["id"].isin(list(drawn))]
+    frame = frame.sort_values("id", kind="mergesort")
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    picked = frame.iloc[np.sort(rng.choice(len(frame), size=min(size, len(frame)),
+                                           replace=False))]
+    picked = picked.sort_values(["timestamp", "id"], kind="mergesort")
+    queue, decided, at = store.queue(), store.decisions(), now_iso()
+    sample, items = [], []
+    for row in picked.itertuples(index=False):
+        already = (f"queued:{queue[row.id]['reason']}" if row.id in queue
+                   else "decided" if row.id in decided else None)
+        sample.append({"record_id": row.id, "window": key, "seed": seed, "drawn_at": at,
+                       "model": str(row.model), "already": already})
+        if already is None:
+            items.append({
+                "record_id": row.id, "reason": TRAFFIC_AUDIT, "query": row.query,
+                "route": row.route, "model": str(row.model),
+                "timestamp": row.timestamp.isoformat(),
+                "rating": None if _missing(row.rating) else int(row.rating),
+                "comment": None if _missing(row.feedback_comment) else str(row.feedback_comment),
+                "judge": None, "enqueued_at": at})
+    return sample, items
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
 
 
 # ------------------------------------------------------------------------------------ calibration
@@ -262,13 +358,29 @@ class ReviewConfig(BaseModel):
                                  "the simulator's gold labels; demo only), 'ui' (apply the "
                                  "Airflow UI task's answer), 'skip' (nobody; use what is "
                                  "decided already)")
+    start: datetime | None = Field(None, description="Window start, inclusive (UTC if naive): "
+                                                     "where the traffic audit samples")
+    end: datetime | None = Field(None, description="Window end, exclusive (UTC if naive)")
     sme_capacity: int = Field(200, ge=0, le=1_000_000,
-                              description="Items the simulated SME answers per cycle, oldest "
-                                          "first; the rest wait for the next cycle")
+                              description="Items of the judge_flagged, audit and novel reasons "
+                                          "the simulated SME answers per cycle, oldest first; "
+                                          "the rest wait for the next cycle (the traffic audit "
+                                          "has its own budget, traffic_audit_size)")
+    traffic_audit_size: int = Field(
+        40, ge=0, le=100_000,
+        description="Records of the window the production teacher routed, sampled at random "
+                    "whatever their feedback and queued for experts per run (reason "
+                    "traffic_audit), beside sme_capacity; the teacher's accuracy is graded on "
+                    "them alone. The simulated SME answers up to this many of them per cycle. "
+                    "0: no traffic audit")
+    teacher_model: str | None = Field(
+        None, description="The logged model whose records are the teacher's traffic (default: "
+                          "every model not named flywheel-..., the flywheel's own routers)")
     sme_error_rate: float = Field(0.0, ge=0.0, le=0.5,
                                   description="Share of the simulated SME's answers that are "
                                               "wrong (a random other expert)")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the simulated SME's mistakes")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the traffic audit's sample "
+                                                         "and of the simulated SME's mistakes")
     min_agreement: float = Field(0.7, ge=0.0, le=1.0,
                                  description="Judge/SME agreement below which the judge's "
                                              "calibration is reported as an alarm")
@@ -280,6 +392,13 @@ class ReviewConfig(BaseModel):
     ui_items: list[str] = Field([], max_length=10_000,
                                 description="Record ids the UI task showed, for mode 'ui'")
 
+    @model_validator(mode="after")
+    def _window(self) -> ReviewConfig:
+        from tasks.config import utc_window
+
+        self.start, self.end = utc_window(self.start, self.end)
+        return self
+
 
 class ReviewResult(BaseModel):
     """What one review run did (a small XCom value)."""
@@ -290,12 +409,26 @@ class ReviewResult(BaseModel):
     source: str | None = Field(None, description="Who answered: sme, airflow-ui, simulated-sme")
     pending: int = Field(ge=0, description="Queue items still waiting for an expert")
     decided_total: int = Field(ge=0, description="Records with a decision, all time")
+    traffic_audit_drawn: int = Field(0, ge=0, description=(
+        "Records this run drew into the traffic audit (those already queued or decided join "
+        "the sample without being queued again)"))
+    traffic_audit_queued: int = Field(0, ge=0, description="Of those, newly queued for experts")
     calibration: dict[str, Any]
 
 
+def _truth_path(store: ReviewStore) -> Path:
+    truth_path = store.paths.simulator / f"truth-{store.workload_id}.parquet"
+    if not truth_path.exists():
+        raise ReviewError(f"simulated review needs the simulator's gold labels at {truth_path}; "
+                          "use --mode skip or ui when the logs come from a real agent")
+    return truth_path
+
+
 def simulate_sme(store: ReviewStore, capacity: int, error_rate: float, seed: int,
-                 experts: list[str]) -> list[dict[str, Any]]:
-    """Answer up to ``capacity`` pending items from the simulator's gold labels.
+                 experts: list[str], audit_capacity: int = 0) -> list[dict[str, Any]]:
+    """Answer pending items from the simulator's gold labels: up to ``capacity`` of the
+    judge_flagged, audit and novel ones and up to ``audit_capacity`` traffic-audit ones, each
+    oldest first.
 
     A stand-in for people, for the demo and tests: it reads ``simulator/truth-<workload>.parquet``,
     which the pipeline itself never reads. Every decision says so (``source="simulated-sme"``).
@@ -303,15 +436,16 @@ def simulate_sme(store: ReviewStore, capacity: int, error_rate: float, seed: int
     import numpy as np
     import pandas as pd
 
-    truth_path = store.paths.simulator / f"truth-{store.workload_id}.parquet"
-    if not truth_path.exists():
-        raise ReviewError(f"simulated review needs the simulator's gold labels at {truth_path}; "
-                          "use --mode skip or ui when the logs come from a real agent")
-    gold = pd.read_parquet(truth_path, columns=["id", "gold_expert"]).drop_duplicates("id")
+    gold = pd.read_parquet(_truth_path(store), columns=["id", "gold_expert"]
+                           ).drop_duplicates("id")
     gold_of = dict(zip(gold["id"], gold["gold_expert"], strict=True))
     rng = np.random.default_rng([seed, len(store.decisions())])
+    pending = store.pending()
+    chosen = {i["record_id"] for i in (
+        [i for i in pending if i["reason"] != TRAFFIC_AUDIT][:capacity]
+        + [i for i in pending if i["reason"] == TRAFFIC_AUDIT][:audit_capacity])}
     decisions = []
-    for item in store.pending()[:capacity]:
+    for item in (i for i in pending if i["record_id"] in chosen):
         label = gold_of.get(item["record_id"])
         if label is None:
             continue  # not a simulated record: a simulated expert cannot know
@@ -350,9 +484,10 @@ def apply_ui_response(store: ReviewStore, response: dict[str, Any] | None, shown
     """Decisions from the Airflow UI task's answer (None or "Decide later": none).
 
     "Accept the judge's labels" confirms the judge on every item shown (its suggested expert
-    where it flagged a routing error, the teacher's route where it cleared one; novel items need
-    a typed label). Typed lines ``<record id> <expert|discard>`` override it for their records,
-    and are all that "Apply only the labels typed below" applies.
+    where it flagged a routing error, the teacher's route where it cleared one; novel and
+    traffic-audit items need a typed label: a traffic-audit answer grades the teacher, so it must
+    be an expert's own). Typed lines ``<record id> <expert|discard>`` override it for their
+    records, and are all that "Apply only the labels typed below" applies.
     """
     if not response:
         return []
@@ -372,6 +507,8 @@ def apply_ui_response(store: ReviewStore, response: dict[str, Any] | None, shown
     labels: dict[str, str] = {}
     if UI_ACCEPT in chosen:
         for rid in shown:
+            if queue.get(rid, {}).get("reason") == TRAFFIC_AUDIT:
+                continue
             verdict = judged.get(rid) or {}
             if verdict.get("routing_error") is True and verdict.get("expert") in experts:
                 labels[rid] = verdict["expert"]
@@ -382,13 +519,27 @@ def apply_ui_response(store: ReviewStore, response: dict[str, Any] | None, shown
 
 
 def review(config: ReviewConfig) -> ReviewResult:
-    """Collect this cycle's expert answers and measure the judge against them."""
+    """Draw this window's traffic audit, collect this cycle's expert answers and measure the judge
+    against them."""
+    from tasks.validate import load_store
+
     store = ReviewStore(config.home, config.workload_id)
     source = None
+    sample: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
     with store.lock():
         if config.mode == "simulated":
+            _truth_path(store)  # fail before anything is written
+        if config.traffic_audit_size:
+            window = load_store(config.home, workload_id=config.workload_id, start=config.start,
+                                end=config.end)
+            sample, items = draw_traffic_audit(store, window, config.traffic_audit_size,
+                                               config.seed, config.teacher_model)
+            store.append("traffic_audit", sample)
+            store.append("queue", items)
+        if config.mode == "simulated":
             decisions = simulate_sme(store, config.sme_capacity, config.sme_error_rate,
-                                     config.seed, config.experts)
+                                     config.seed, config.experts, config.traffic_audit_size)
             source = SIMULATED_SOURCE
         elif config.mode == "ui":
             decisions = apply_ui_response(store, config.ui_response, config.ui_items,
@@ -403,7 +554,9 @@ def review(config: ReviewConfig) -> ReviewResult:
         pending = len(store.pending())
         total = len(store.decisions())
     return ReviewResult(workload_id=config.workload_id, mode=config.mode, decided=len(decisions),
-                        source=source, pending=pending, decided_total=total, calibration=cal)
+                        source=source, pending=pending, decided_total=total,
+                        traffic_audit_drawn=len(sample), traffic_audit_queued=len(items),
+                        calibration=cal)
 
 
 # ------------------------------------------------------------------------------------ files
@@ -569,15 +722,17 @@ def main(argv: list[str] | None = None) -> int:
             queue = store.queue()
             reasons = {r: sum(i["reason"] == r for i in queue.values()) for r in REASONS}
             print(f"review {st.workload_id}: {len(queue)} queued {reasons}, "
-                  f"{len(store.decisions())} decided, {len(store.pending())} pending")
+                  f"{len(store.decisions())} decided, {len(store.pending())} pending; "
+                  f"traffic audit sample {len(store.traffic_audit())} record(s)")
             announce_calibration(calibration(store, min_agreement=st.min_agreement))
         else:
             config = parse_config(ReviewConfig, argv, prog="flywheel review",
                                   description=__doc__.split("\n\n")[0] if __doc__ else None)
             result = review(config)
-            print(f"review {result.workload_id} ({result.mode}): {result.decided} decided now "
-                  f"by {result.source or 'nobody'}, {result.decided_total} in all, "
-                  f"{result.pending} pending")
+            print(f"review {result.workload_id} ({result.mode}): traffic audit drew "
+                  f"{result.traffic_audit_drawn} record(s) ({result.traffic_audit_queued} newly "
+                  f"queued); {result.decided} decided now by {result.source or 'nobody'}, "
+                  f"{result.decided_total} in all, {result.pending} pending")
             announce_calibration(result.calibration)
     except ReviewError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -70,13 +70,25 @@ class Router:
             for e in self.experts) + 1
         self.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
 
+    def prompt_text(self, query: str) -> str:
+        """The prompt this router completes for ``query`` (chat template or plain)."""
+        from tasks.prompts import render_prompt
+
+        return render_prompt(query, self.experts, self.tokenizer)
+
+    def _encode(self, prompts: list[str]) -> dict:
+        """Whole prompts as model inputs, special tokens as training wrote them: the plain
+        prompt after BOS, a chat rendering with the template's own tokens only."""
+        from tasks.prompts import uses_chat_template
+
+        return self.tokenizer(prompts, return_tensors="pt", padding=len(prompts) > 1,
+                              add_special_tokens=not uses_chat_template(self.tokenizer))
+
     def generate(self, query: str, streamer: Any = None, prompt: str | None = None) -> str:
         """The raw completion (greedy) of the prompt for ``query``, or of ``prompt`` as given."""
         import torch
 
-        from tasks.prompts import format_prompt
-
-        inputs = self.tokenizer(prompt or format_prompt(query), return_tensors="pt")
+        inputs = self._encode([prompt or self.prompt_text(query)])
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False, streamer=streamer,
@@ -97,7 +109,7 @@ class Router:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        inputs = self._encode(prompts)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False, pad_token_id=self.pad_token_id)

@@ -19,10 +19,10 @@ EXPERTS = ("banking", "travel", "home", "utility", "work")
 
 
 def record(rid: str, query: str, expert: str, rating: int | None, day: int = 20,
-           minute: int = 0) -> dict[str, Any]:
+           minute: int = 0, model: str = "teacher-70b") -> dict[str, Any]:
     rec: dict[str, Any] = {
         "id": rid, "timestamp": f"2026-11-{day:02d}T09:{minute % 60:02d}:00Z",
-        "workload_id": "router", "client_id": "hr-portal", "model": "teacher-70b",
+        "workload_id": "router", "client_id": "hr-portal", "model": model,
         "request": make_request(query), "response": make_response(expert, f"call-{rid}"),
         "latency_ms": 1500.0,
     }
@@ -104,10 +104,13 @@ def test_positive_labels_dedup_and_stratified_split(tmp_path: Path) -> None:
     assert not {"neg-1", "neg-2", "unrated"} & {row["id"] for row in everything}
     assert len({normalise(row["query"]) for row in everything}) == 53
     assert [r for r in everything if r["id"].startswith("dup")] == [
-        {"id": "dup-a", "query": "How do I  RESET my password?", "expert": "work"}]
+        {"id": "dup-a", "query": "How do I  RESET my password?", "expert": "work",
+         "label_source": "feedback"}]
     votes = [r for r in everything if r["id"].startswith("vote")]
     assert [(r["id"], r["expert"]) for r in votes] == [("vote-1", "home")]  # majority label
-    assert {"id": "rare", "query": "who are you", "expert": "meta"} in train
+    assert {"id": "rare", "query": "who are you", "expert": "meta",
+            "label_source": "feedback"} in train
+    assert result.funnel["teacher_eligible"] == 1 and result.funnel["teacher_labelled"] == 0
     # Stratified: each expert gives ~40% of its examples to the test set.
     for expert in EXPERTS:
         n_test = result.label_counts["test"][expert]
@@ -194,17 +197,18 @@ def test_test_set_frozen_across_three_versions(tmp_path: Path) -> None:
     assert versions[2].funnel["leakage_pairs"] == 0
 
 
-def test_no_near_duplicate_of_a_test_query_enters_train(tmp_path: Path) -> None:
+def near_twin(query: str) -> str:
+    """The closest of a few harmless rewordings (never the same normalised text)."""
     from tasks.embeddings import embed_queries
 
-    def near_twin(query: str) -> str:
-        """The closest of a few harmless rewordings (never the same normalised text)."""
-        variants = [query + "?", query + " please", "hey, " + query, query + " asap"]
-        vectors = embed_queries([query, *variants])
-        scores = vectors[1:] @ vectors[0]
-        assert scores.max() >= 0.9
-        return variants[int(scores.argmax())]
+    variants = [query + "?", query + " please", "hey, " + query, query + " asap"]
+    vectors = embed_queries([query, *variants])
+    scores = vectors[1:] @ vectors[0]
+    assert scores.max() >= 0.9
+    return variants[int(scores.argmax())]
 
+
+def test_no_near_duplicate_of_a_test_query_enters_train(tmp_path: Path) -> None:
     load(tmp_path, "b1", positives(20, 10))
     v1 = run(tmp_path, near_duplicate_threshold=0.9)
     test_row = sorted(read(v1.test_path), key=lambda r: r["id"])[0]
@@ -265,3 +269,104 @@ def test_dataset_version_logged_as_mlflow_input(tmp_path: Path) -> None:
     tags = {t.key: t.value for i in inputs for t in i.tags}
     assert tags["flywheel.dataset_version"] == result.version
     assert tags["mlflow.data.context"] == "training"
+
+
+def teacher_traffic(day: int = 20) -> list[dict[str, Any]]:
+    """Unrated teacher routes (intents 6-8 of each expert: never near the rated ones) and the
+    records whose teacher route must not be used."""
+    items = [record(f"t-{expert}-{k}", clinc_query(expert, k, 0), expert, None, day=day,
+                    minute=30 + k) for expert in EXPERTS for k in range(6, 9)]
+    items += [
+        # a thumbs-down without an expert label, and one an expert corrected
+        record("neg-plain", clinc_query("banking", 9, 0), "travel", -1, day=day),
+        record("neg-fixed", clinc_query("home", 9, 0), "work", -1, day=day),
+        # unrated, but an expert relabelled it / discarded it
+        record("sme-fixed", clinc_query("utility", 9, 0), "banking", None, day=day),
+        record("sme-discarded", clinc_query("work", 9, 0), "work", None, day=day),
+        # the flywheel's own student served it
+        record("student", clinc_query("travel", 9, 0), "travel", None, day=day,
+               model="flywheel-router/v3"),
+        # the same query as a thumbs-up example, routed differently: the thumbs-up wins
+        record("t-copy", clinc_query("banking", 0, day).upper(), "home", None, day=day),
+    ]
+    return items
+
+
+def test_teacher_labels_join_train_only_when_asked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.review import ReviewStore, make_decision
+
+    load(tmp_path, "b1", positives(20, 6) + teacher_traffic())
+    ReviewStore(str(tmp_path), "router").append("decisions", [
+        make_decision("neg-fixed", "home", "alice", "sme"),
+        make_decision("sme-fixed", "utility", "alice", "sme"),
+        make_decision("sme-discarded", "discard", "alice", "sme")])
+    teacher_ids = {f"t-{expert}-{k}" for expert in EXPERTS for k in range(6, 9)}
+
+    off = run(tmp_path)
+    assert not (ids(off.train_path) | ids(off.test_path)) & (teacher_ids | {"t-copy"})
+    assert off.funnel["teacher_eligible"] == len(teacher_ids) + 1  # + t-copy
+    assert off.funnel["teacher_labelled"] == 0
+
+    on = run(tmp_path, teacher_labels="train")
+    train, test = read(on.train_path), read(on.test_path)
+    by_id = {row["id"]: row for row in train + test}
+    assert {r["id"] for r in train if r["label_source"] == "teacher"} == teacher_ids
+    assert all(by_id[r]["expert"] == r.split("-")[1] for r in teacher_ids)
+    assert {r["label_source"] for r in test} <= {"feedback", "sme"}  # never the teacher's
+    assert ids(off.test_path) == ids(on.test_path)  # the test set does not move
+    assert "neg-plain" not in by_id  # a thumbs-down's teacher route is never a label
+    assert by_id["neg-fixed"]["expert"] == "home" and by_id["neg-fixed"]["label_source"] == "sme"
+    assert by_id["sme-fixed"]["expert"] == "utility"  # the expert wins over the teacher
+    assert by_id["sme-fixed"]["label_source"] == "sme"
+    assert "sme-discarded" not in by_id and "student" not in by_id
+    assert "t-copy" not in by_id  # its query's thumbs-up label wins
+    assert by_id["d20-banking-0"]["expert"] == "banking"
+
+    funnel = on.funnel
+    assert funnel["teacher_labelled"] == len(teacher_ids)
+    assert funnel["train"] == funnel["train_sme"] + funnel["train_feedback"] \
+        + funnel["teacher_labelled"] == on.n_train
+    lineage = json.loads((Path(on.dataset_dir) / "manifest.json").read_text())["lineage"]
+    assert lineage["teacher_labels"] == "train"
+    assert lineage["label_sources_by_split"]["train"]["teacher"] == len(teacher_ids)
+    assert "teacher" not in lineage["label_sources_by_split"]["test"]
+    assert sum(lineage["label_sources"].values()) == on.n_train + on.n_test
+    assert sum(lineage["label_sources_by_split"]["train"].values()) == on.n_train
+
+    capped = run(tmp_path, teacher_labels="train", max_teacher_labelled=4)
+    assert capped.funnel["teacher_labelled"] == 4
+    assert capped.funnel["teacher_capped"] == len(teacher_ids) - 4
+    assert ids(capped.test_path) == ids(on.test_path)
+    with pytest.raises(ValueError, match="needs teacher_labels='train'"):
+        CurateConfig(max_teacher_labelled=4)
+
+    only = run(tmp_path, teacher_labels="train", teacher_model="someone-else")
+    assert only.funnel["teacher_eligible"] == 0 and only.funnel["teacher_labelled"] == 0
+
+    capsys.readouterr()
+    assert main(["--home", str(tmp_path), "--min-examples", "5",
+                 "--teacher-labels", "train"]) == 0
+    shown = dict(line.split() for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("  ") and len(line.split()) == 2)
+    assert shown["teacher_labelled"] == str(len(teacher_ids))
+
+
+def test_teacher_labels_go_through_dedup_and_the_leakage_check(tmp_path: Path) -> None:
+    load(tmp_path, "b1", positives(20, 10))
+    v1 = run(tmp_path, near_duplicate_threshold=0.9)
+    test_row = sorted(read(v1.test_path), key=lambda r: r["id"])[0]
+    train_row = sorted(read(v1.train_path), key=lambda r: r["id"])[0]
+
+    load(tmp_path, "b2", [
+        record("t-leak", near_twin(test_row["query"]), test_row["expert"], None, day=21),
+        record("t-copy", test_row["query"].upper(), test_row["expert"], None, day=21),
+        record("t-echo", near_twin(train_row["query"]), train_row["expert"], None, day=21),
+        record("t-new", clinc_query("travel", 12, 0), "travel", None, day=21)])
+    v2 = run(tmp_path, near_duplicate_threshold=0.9, teacher_labels="train")
+    train = ids(v2.train_path)
+    assert "t-new" in train
+    assert not {"t-leak", "t-copy", "t-echo"} & (train | ids(v2.test_path))
+    assert v2.funnel["leakage_removed"] == 1 and v2.funnel["semantic_duplicates"] == 1
+    assert v2.funnel["leakage_pairs"] == 0 and v2.funnel["teacher_labelled"] == 1
+    assert ids(v2.test_path) == ids(v1.test_path)

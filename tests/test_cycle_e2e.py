@@ -33,7 +33,10 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
             "window_days": 3, "latency_queries": 5, "max_train_steps": 15,
             "icl_examples": 2, "auto_approve": True, "general_text_docs": 20,
-            "max_forgetting": 100.0}
+            "max_forgetting": 100.0,
+            # one day of simulated traffic has too few expert-decided test records to grade the
+            # teacher on: the teacher check (on by default) would refuse for want of evidence
+            "max_drop_vs_teacher": None}
     run = dag.test(run_conf=conf)
     assert run.state == DagRunState.SUCCESS
 

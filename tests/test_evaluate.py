@@ -10,9 +10,12 @@ from tasks.evaluate import (
     EvaluateConfig,
     _percentile,
     classification_report,
+    correctness,
     cost_per_1k_requests,
     evaluate,
+    hardware,
     score_generations,
+    teacher_baseline,
     write_general_text,
     write_icl_split,
     write_task_config,
@@ -130,6 +133,8 @@ def test_lm_eval_scores_the_base_model(tmp_path, xs_base_model):
     assert result.accuracy == pytest.approx(sum(r["gold"] == r["predicted"] for r in rows) / 22)
     assert result.mc_accuracy == pytest.approx(
         sum(r["gold"] == r["mc_predicted"] for r in rows) / 22)
+    # the gate's per-query vector: one character per test query, in test.jsonl's order
+    assert result.correct == "".join("1" if r["gold"] == r["predicted"] else "0" for r in rows)
 
 
 @pytest.mark.slow
@@ -192,3 +197,100 @@ def test_forgetting_check_scores_general_text_in_bits_per_byte(tmp_path, xs_base
                                           torch.tensor(ids[1:])].sum().item()
     expected = nll / sum(len(t.encode()) for t in texts) / math.log(2)
     assert result.general_bits_per_byte == pytest.approx(expected, rel=1e-3)
+
+
+def test_correctness_is_one_character_per_query_in_order():
+    assert correctness(["banking", "travel", "meta"], ["banking", NO_EXPERT, "meta"]) == "101"
+    assert correctness([], []) == ""
+
+
+def test_hardware_names_the_device_the_model_ran_on(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    assert hardware().startswith("cpu:")  # a GPU in the machine, the model on the CPU
+    assert hardware("cpu") == hardware()
+    assert hardware("cuda:0") == "cuda:0:Fake GPU"
+
+
+def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
+    """Graded on its own thumbs-up labels the teacher scores 1.0, on the records experts saw
+    because of negative feedback 0.0; only the traffic audit, a random sample of its traffic,
+    grades it: every one of the workload's to date, in the test split or not."""
+    import pandas as pd
+
+    from tasks.config import get_paths
+    from tasks.gate import teacher_reference, wilson_interval
+    from tasks.review import DISCARD, ReviewStore, make_decision
+    from tasks.review import SIMULATED_SOURCE as SIM
+
+    def doc(rid: str, expert: str, source: str) -> dict:
+        return {"id": rid, "query": f"query {rid}", "expert": expert, "label_source": source}
+
+    docs = ([doc(f"up{i}", "banking", "feedback") for i in range(6)]  # its own thumbs-up
+            + [doc(f"ta{i}", "travel", "sme") for i in range(1, 5)]  # traffic audit, in test
+            + [doc(f"flag{i}", "meta", "sme") for i in range(1, 5)]  # flagged, corrected
+            + [doc("student", "home", "sme")])  # a flywheel model's answer, audited
+    dataset = tmp_path / "datasets" / "router" / "v1"
+    dataset.mkdir(parents=True)
+    (dataset / "test.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (dataset / "manifest.json").write_text(json.dumps({"version": "v1", "workload_id": "router"}))
+    # its logged routes: right on the traffic audit but ta2 and flagged-ta, wrong on every
+    # record the judge flagged
+    routes = {**{f"up{i}": "banking" for i in range(6)},
+              **{f"ta{i}": "travel" for i in range(1, 9)}, "ta2": "banking",
+              "ta9": "travel", "ta10": "travel", "flagged-ta": "banking",
+              **{f"flag{i}": "banking" for i in range(1, 7)}}
+    rows = [{"id": r, "route": e, "latency_ms": 1000.0 + i, "model": "teacher-70b",
+             "workload_id": "router"} for i, (r, e) in enumerate(routes.items())]
+    rows += [{"id": "student", "route": "home", "latency_ms": 5.0, "model": "flywheel-router/v2",
+              "workload_id": "router"},
+             {"id": "elsewhere", "route": "home", "latency_ms": 9.0, "model": "teacher-70b",
+              "workload_id": "other"}]
+    store = pd.DataFrame(rows)
+    monkeypatch.setattr("tasks.validate.load_store", lambda home=None, workload_id=None, *a, **k:
+                        store if workload_id is None else store[store["workload_id"]
+                                                                == workload_id])
+    review = ReviewStore(str(tmp_path), "router")
+    # the sample: ta1-ta10 (ta5-ta8 never reached the test split), a record already flagged
+    # when it was drawn, and a student's record (never the teacher's)
+    sampled = [f"ta{i}" for i in range(1, 11)] + ["flagged-ta", "student"]
+    review.append("traffic_audit", [{"record_id": r, "window": "w", "seed": 0} for r in sampled])
+    review.append("decisions",
+                  [make_decision(f"ta{i}", "travel", "ann", "sme") for i in range(1, 5)]
+                  + [make_decision(f"ta{i}", "travel", SIM, SIM) for i in range(5, 9)]
+                  + [make_decision("ta9", DISCARD, "ann", "sme"),  # discarded: not graded
+                     make_decision("flagged-ta", "travel", "ann", "sme"),
+                     make_decision("student", "home", "ann", "sme")]
+                  # ta10: drawn, not answered yet
+                  + [make_decision(f"flag{i}", "meta", "ann", "sme") for i in range(1, 7)])
+    ReviewStore(str(tmp_path), "other").append("traffic_audit", [{"record_id": "elsewhere"}])
+    ReviewStore(str(tmp_path), "other").append("decisions", [
+        make_decision("elsewhere", "travel", "bob", "sme")])  # another workload's: not read
+    truth = get_paths(str(tmp_path)).simulator
+    truth.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": list(routes), "gold_expert": ["banking"] * len(routes)}).to_parquet(
+        truth / "truth-router.parquet")
+
+    result = teacher_baseline(str(dataset), home=str(tmp_path))
+    assert result.workload_id == "router" and result.model == "teacher-70b"
+    assert result.n_test == 14  # up0-5, ta1-4, flag1-4: the test queries its logs answer
+    # ta1-ta8 and flagged-ta: 7 of 9 right (ta2 and flagged-ta wrong)
+    assert result.n_traffic_audit == 9
+    assert result.accuracy == pytest.approx(7 / 9)
+    assert result.accuracy_interval == pytest.approx(wilson_interval(7, 9))
+    assert result.evidence_sources == {SIM: 4, "sme": 5}
+    # paired with a candidate on the traffic-audit records of the split only
+    assert result.correct == "------" + "1011" + "----" + "-"
+    # the records experts saw because of negative feedback: a second figure, biased low
+    assert (result.n_selected, result.selected_accuracy) == (6, 0.0)
+    assert result.selected_accuracy_interval == pytest.approx(wilson_interval(0, 6))
+    assert "random sample of its own traffic" in result.note and "biased low" in result.note
+    assert result.latency_p95_ms > 1000  # the student's 5 ms answer is not the teacher's
+    assert result.oracle_accuracy == pytest.approx(11 / 14)  # shown beside it, never graded on
+    # the gate reads the traffic audit, never the biased figure
+    ref = teacher_reference(result.model_dump(mode="json"))
+    assert (ref.accuracy, ref.n) == (pytest.approx(7 / 9), 9)
+    only = teacher_baseline(str(dataset), home=str(tmp_path), teacher_model="teacher-70b")
+    assert only.n_traffic_audit == 9

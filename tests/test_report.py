@@ -14,7 +14,7 @@ def cycle_inputs():
     dataset = {"version": "vabc", "n_train": 30, "n_test": 20,
                "funnel": {"records_in_window": 900, "with_feedback": 120, "negative": 50,
                           "positive": 70, "after_dedup": 50, "judged_routing_errors": 7}}
-    evaluations = [{"candidate": "s-lora", "mlflow_run_id": "r1",
+    evaluations = [{"candidate": "s-lora", "mlflow_run_id": "r1", "base_model": "flywheel-llama-s",
                     "base": {"candidate": "base:s", "prompting": "zero-shot", "accuracy": 0.1,
                              "mc_accuracy": 0.2, "macro_f1": 0.02, **LATENCY},
                     "base_icl": {"candidate": "base:s:icl", "prompting": "in-context (k=4)",
@@ -28,7 +28,8 @@ def cycle_inputs():
     decision = {"verdicts": [{"candidate": "s-lora", "passed": True,
                               "reasons": ["accuracy 0.600 >= min 0.450"]}],
                 "winner": "s-lora", "rule": "most accurate"}
-    teacher = {"model": "teacher-70b", "n_test": 20, "accuracy": 1.0, "oracle_accuracy": 0.96,
+    teacher = {"model": "teacher-70b", "n_test": 20, "accuracy": 0.9, "n_traffic_audit": 40,
+               "accuracy_interval": [0.77, 0.96], "oracle_accuracy": 0.96,
                "latency_p50_ms": 1800.0, "latency_p95_ms": 3000.0}
     champion = {"version": "2", "candidate": "m-lora",
                 "evaluation": {"candidate": "champion:v2", "prompting": "fine-tuned",
@@ -48,13 +49,19 @@ def test_report_shows_funnel_models_gate_registry_and_promotion():
     assert "| records in window" in text and "900" in text
     assert "| judged routing errors" in text  # any count the curate stage adds shows up
     assert "PII values redacted (email 2, phone 1) | 3" in text
-    assert "0.960, simulation oracle" in text
+    assert "0.900 [0.770, 0.960] (traffic audit, n=40); gold 0.960 (simulation oracle)" in text
     assert "s-lora" in text and "0.600" in text and "PASS" in text and "0.00350" in text
     assert "base:s:icl" in text and "in-context (k=4)" in text
     assert "champion:v2 (m-lora, re-evaluated)" in text
     assert "flywheel-router version 3 with alias `challenger`" in text
     assert "version 3 holds `champion`; version 2 is `previous-champion`" in text
-    assert "tiny offline" in text  # says which models produced the numbers
+    assert "Base models: flywheel-llama-s" in text  # says which models produced the numbers
+    assert "test stand-ins" in text  # and that the tiny ones are not real LLMs
+    evaluations[0]["base_model"] = "smollm2-135m-instruct"
+    real = render("c1", "router", {"lines_in": 1, "quarantined": 0}, {"records_in": 1,
+                  "quarantined": 0, "duplicates": 0, "stored": 1}, dataset, teacher, evaluations,
+                  decision, {"registered": False})
+    assert "Base models: smollm2-135m-instruct" in real and "stand-ins" not in real
 
 
 def test_pareto_front_keeps_only_undominated_models():

@@ -1,5 +1,6 @@
 """SME review: export/import round-trip, experts override the judge and the thumbs, a simulated
-SME whose late answers count next cycle, the Airflow UI answer, judge calibration."""
+SME whose late answers count next cycle, the Airflow UI answer, judge calibration, the traffic
+audit (a random sample of the teacher's traffic, whatever its feedback)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tasks.curate import CurateConfig, curate
 from tasks.judge import JudgeConfig, attribute
 from tasks.review import (
     SIMULATED_SOURCE,
+    TRAFFIC_AUDIT,
     UI_ACCEPT,
     UI_LATER,
     ReviewConfig,
@@ -23,12 +25,15 @@ from tasks.review import (
     announce_calibration,
     apply_ui_response,
     calibration,
+    draw_traffic_audit,
     export_queue,
     import_decisions,
     main,
     make_decision,
     review,
 )
+from tasks.validate import load_store
+from tests.test_curate import clinc_query, load, record
 from tests.test_judge import seed_store
 
 
@@ -162,7 +167,9 @@ def test_simulated_sme_answers_late_items_next_cycle(home: Path) -> None:
     pd.DataFrame({"id": ["wrong-1", "wrong-2", "odd", "unrated-odd"],
                   "gold_expert": ["travel", "banking", "out_of_scope", "out_of_scope"]}
                  ).to_parquet(truth)
-    first = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2))
+    # the other reasons only here (the traffic audit has its own budget, tested below)
+    first = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2,
+                                traffic_audit_size=0))
     assert first.decided == 2 and first.pending == 2 and first.source == SIMULATED_SOURCE
     store = ReviewStore(str(home), "router")
     decided = store.decisions()
@@ -171,10 +178,11 @@ def test_simulated_sme_answers_late_items_next_cycle(home: Path) -> None:
     assert first.calibration["n"] == 2 and first.calibration["agreement"] == 1.0
     assert first.calibration["precision"] == 1.0 and first.calibration["kappa"] is None
 
-    second = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2))
+    second = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2,
+                                 traffic_audit_size=0))
     assert second.decided == 2 and second.pending == 0 and second.decided_total == 4
     assert store.decisions()["odd"]["label"] == "out_of_scope"
-    skipped = review(ReviewConfig(home=str(home), mode="skip"))
+    skipped = review(ReviewConfig(home=str(home), mode="skip", traffic_audit_size=0))
     assert skipped.decided == 0 and len(store.read("calibration")) == 3
 
 
@@ -209,3 +217,119 @@ def test_ui_answer_and_calibration_alarm(home: Path, capsys: pytest.CaptureFixtu
     assert cal["agreement"] == 0.5 and cal["alarm"]
     announce_calibration(cal)
     assert "JUDGE CALIBRATION ALARM" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ the traffic audit
+
+
+STUDENTS = [f"student-{i}" for i in range(8)]
+
+
+@pytest.fixture
+def mixed_home(home: Path) -> Path:
+    """The judged store plus records the flywheel's own router served (never the teacher's)."""
+    load(home, "b2", [record(rid, clinc_query("travel", 3, 50 + i), "travel", 1 if i % 2 else None,
+                             minute=50 + i, model="flywheel-router/v2")
+                      for i, rid in enumerate(STUDENTS)])
+    return home
+
+
+def test_traffic_audit_samples_the_teachers_records_only(
+        mixed_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ReviewStore(str(mixed_home), "router")
+    window = load_store(str(mixed_home), workload_id="router")
+    teacher = set(window.loc[window["model"] == "teacher-70b", "id"])
+    assert len(teacher) == 44 and set(STUDENTS) <= set(window["id"])
+    store.append("decisions", [make_decision("d20-home-0", "home", "alice", "sme")])
+    queued_before = store.queue()
+
+    # all of it: every teacher record, rated or not, and none of the students'
+    sample, items = draw_traffic_audit(store, window, 1000, seed=0)
+    drawn = {row["record_id"]: row for row in sample}
+    assert set(drawn) == teacher
+    # already queued (flagged, novel) or decided: in the sample, never queued again
+    assert drawn["wrong-1"]["already"] == "queued:judge_flagged"
+    assert drawn["d20-home-0"]["already"] == "decided"
+    assert {i["record_id"] for i in items} == teacher - set(queued_before) - {"d20-home-0"}
+    assert all(i["reason"] == TRAFFIC_AUDIT and i["model"] == "teacher-70b" for i in items)
+    # another teacher model named: only its records
+    assert draw_traffic_audit(store, window, 1000, 0, teacher_model="nobody") == ([], [])
+
+    # a traffic-audit answer must be an expert's own: "accept the judge's labels" skips it
+    store.append("traffic_audit", sample)
+    store.append("queue", items)
+    assert store.judgements()["right-1"]["routing_error"] is False  # the judge cleared it
+    assert store.queue()["right-1"]["reason"] == TRAFFIC_AUDIT
+    experts = ["travel", "banking", "home", "utility", "work"]
+    assert apply_ui_response(store, {"chosen_options": [UI_ACCEPT]}, ["right-1"], experts) == []
+    typed = apply_ui_response(store, {"chosen_options": [UI_ACCEPT],
+                                      "params_input": {"labels": "right-1 home"}},
+                              ["right-1"], experts)
+    assert [(d["record_id"], d["label"]) for d in typed] == [("right-1", "home")]
+    assert main(["status", "--home", str(mixed_home)]) == 0
+    assert "'traffic_audit': 39" in capsys.readouterr().out
+
+
+def test_traffic_audit_respects_its_size_is_seeded_and_drawn_once_per_window(
+        mixed_home: Path, tmp_path: Path) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(mixed_home, twin)
+    store = ReviewStore(str(mixed_home), "router")
+    store.append("decisions", [make_decision("d20-home-0", "home", "alice", "sme")])
+    ReviewStore(str(twin), "router").append("decisions", [
+        make_decision("d20-home-0", "home", "alice", "sme")])
+    queued_before = set(store.queue())
+
+    result = review(ReviewConfig(home=str(mixed_home), mode="skip", traffic_audit_size=10,
+                                 seed=7))
+    sample = store.traffic_audit()
+    assert result.traffic_audit_drawn == len(sample) == 10
+    new = {r for r, i in store.queue().items() if i["reason"] == TRAFFIC_AUDIT}
+    assert result.traffic_audit_queued == len(new) <= 10
+    assert new == {r for r, row in sample.items() if row["already"] is None}
+    assert not set(sample) & set(STUDENTS) and "d20-home-0" not in new
+    assert not new & queued_before
+    # a rerun over the same records (a retried task) draws nothing more, queues nothing twice
+    again = review(ReviewConfig(home=str(mixed_home), mode="skip", traffic_audit_size=10,
+                                seed=7))
+    assert again.traffic_audit_drawn == 0 and len(store.traffic_audit()) == 10
+    ids = [row["record_id"] for row in store.read("queue")]
+    assert len(ids) == len(set(ids))
+    # the same seed over the same records draws the same sample; another seed another one
+    review(ReviewConfig(home=str(twin), mode="skip", traffic_audit_size=10, seed=7))
+    assert set(ReviewStore(str(twin), "router").traffic_audit()) == set(sample)
+    window = load_store(str(twin), workload_id="router")
+    other, _ = draw_traffic_audit(ReviewStore(str(tmp_path / "empty"), "router"), window, 10, 8)
+    assert {row["record_id"] for row in other} != set(sample)
+    # 0: no traffic audit
+    off = review(ReviewConfig(home=str(twin), mode="skip", traffic_audit_size=0))
+    assert off.traffic_audit_drawn == 0
+
+
+def test_traffic_audit_has_its_own_budget_and_shows_its_reason(home: Path) -> None:
+    window = load_store(str(home), workload_id="router")
+    truth = home / "simulator" / "truth-router.parquet"
+    truth.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": window["id"], "gold_expert": window["route"]}).to_parquet(truth)
+    store = ReviewStore(str(home), "router")
+    others = {r for r, i in store.queue().items() if i["reason"] != TRAFFIC_AUDIT}
+
+    # sme_capacity 0: the flagged and novel items wait, the traffic audit is answered
+    result = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=0,
+                                 traffic_audit_size=5))
+    queued = {r for r, i in store.queue().items() if i["reason"] == TRAFFIC_AUDIT}
+    decided = store.decisions()
+    assert result.traffic_audit_queued == len(queued) > 0
+    assert set(decided) == queued and result.decided == len(queued)
+    assert all(d["source"] == SIMULATED_SOURCE for d in decided.values())
+    assert {p["record_id"] for p in store.pending()} == others
+
+    # the export carries the reason, and an expert's import of a traffic-audit item counts
+    out = home / "q.csv"
+    export_queue(store, out, include_decided=True)
+    rows = read_csv(out)
+    assert {r["record_id"] for r in rows if r["reason"] == TRAFFIC_AUDIT} == queued
+    rid = sorted(queued)[0]
+    write_csv(out, [{"record_id": rid, "reason": TRAFFIC_AUDIT, "label": "discard"}])
+    assert import_decisions(store, out, "alice", ["travel"]) == 1
+    assert store.decisions()[rid]["label"] == "discard"

@@ -56,9 +56,9 @@ def _smallest_conf(stack: AirflowStack, base_model: Path) -> dict:
     conf = {name: spec.get("value") for name, spec in params.items()}
     candidate = {"name": "xs-lora", "base_model": str(base_model), "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
-    conf.update(candidates=[candidate], max_accuracy_drop=1.0, window_days=3,
-                latency_queries=5, max_train_steps=10, icl_examples=0, auto_approve=False,
-                sme_review="simulated")
+    conf.update(candidates=[candidate], max_accuracy_drop=1.0, max_drop_vs_teacher=None,
+                window_days=3, latency_queries=5, max_train_steps=10, icl_examples=0,
+                auto_approve=False, sme_review="simulated")
     return conf
 
 

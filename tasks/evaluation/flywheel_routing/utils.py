@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tasks.config import EXPERTS
-from tasks.prompts import format_prompt, parse_expert
+from tasks.prompts import format_prompt, parse_expert, render_icl_prompt
 
 
 def choices(doc: dict) -> list[str]:
@@ -12,21 +12,19 @@ def choices(doc: dict) -> list[str]:
 
 
 def doc_to_text(doc: dict) -> str:
-    return format_prompt(doc["query"])
+    """The prompt rendered for the model under test (``prompt``, written per model by
+    :func:`tasks.evaluate.write_prompts`: a chat model's template), else the plain prompt."""
+    return doc.get("prompt") or format_prompt(doc["query"])
 
 
 def format_icl_prompt(query: str, shots: list[dict]) -> str:
-    """The router prompt preceded by solved examples (``{"query", "expert"}``), nearest last.
-
-    Each example is written in the very format the model is asked to complete, so a base model
-    can copy the pattern; the examples are retrieved per query from the train split.
-    """
-    solved = "".join(format_prompt(s["query"]) + " " + s["expert"] + "\n\n" for s in shots)
-    return solved + format_prompt(query)
+    """The plain router prompt preceded by solved examples (``{"query", "expert"}``), nearest
+    last; the examples are retrieved per query from the train split."""
+    return render_icl_prompt(query, shots)
 
 
 def doc_to_text_icl(doc: dict) -> str:
-    return format_icl_prompt(doc["query"], doc.get("shots") or [])
+    return doc.get("prompt") or format_icl_prompt(doc["query"], doc.get("shots") or [])
 
 
 def doc_to_choice(doc: dict) -> list[str]:
