@@ -256,7 +256,8 @@ def flywheel_cycle():
 
     @task
     def plan_candidates(params: dict | None = None) -> list[dict]:
-        from tasks.catalog import check_base_models, select_candidates
+        from tasks.catalog import select_candidates
+        from tasks.finetune import check_base_models
 
         specs = select_candidates(params["candidates"])
         check_base_models(specs)  # a missing or unloadable base fails here, named, before training

@@ -51,20 +51,12 @@ from tasks.locks import file_lock
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change here changes what a recipe builds, so old caches are not reused.
-CODE_VERSION = "basemodels-1"
+CODE_VERSION = "basemodels-2"
 
 #: Special tokens, Llama-style names. ``<pad>`` is separate from ``</s>`` so a collator that masks
 #: padding never masks the end-of-answer token the router must learn to emit.
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 SPECIAL_TOKENS = (UNK, BOS, EOS, PAD)
-
-#: A minimal chat template so chat-formatted fine-tuning data (``apply_chat_template``) works on a
-#: base model that was never instruction-tuned. Fine-tuning teaches the model what it means.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 #: GPT-2's pre-tokenizer pattern with ``_`` counted as a letter, so ``kitchen_and_dining`` is one
 #: pre-token that BPE can merge whole instead of five pieces split at the underscores.
@@ -301,7 +293,6 @@ def _train_tokenizer(lines: list[str], recipe: BaseModelRecipe) -> Any:
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
         model_max_length=recipe.max_position_embeddings, clean_up_tokenization_spaces=False,
     )
-    wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 

@@ -219,37 +219,3 @@ def select_candidates(selection: list[Any] | None, path: str | Path | None = Non
     _check_unique(chosen, "the candidate selection")
     return chosen
 
-
-def check_base_models(specs: list[CandidateSpec], home: str | Path | None = None
-                      ) -> dict[str, str]:
-    """Resolve every candidate's base model and read its config, before any training starts.
-
-    A packaged model is converted (once) and a built-in recipe built (once) here; a local folder
-    must hold a config transformers can load. A hub id cannot be checked offline and is passed
-    through for the training worker to download.
-
-    Returns:
-        ``{candidate: base model folder or hub id}``.
-
-    Raises:
-        CatalogError: naming the candidate and the reason (missing or damaged model file, an
-            architecture transformers cannot load).
-    """
-    from tasks.finetune import resolve_base
-
-    resolved: dict[str, str] = {}
-    for spec in specs:
-        try:
-            path = resolve_base(spec, home)
-            if Path(path).is_dir():
-                from transformers import AutoConfig
-
-                AutoConfig.from_pretrained(path)
-                if not any(Path(path).glob("*.safetensors")) and not any(
-                        Path(path).glob("*.bin")):
-                    raise ValueError(f"{path} holds no weights (*.safetensors or *.bin)")
-        except Exception as exc:  # noqa: BLE001 - one clear message per candidate
-            raise CatalogError(f"candidate {spec.name!r}: base model {spec.base_model!r} cannot "
-                               f"be used: {exc}") from exc
-        resolved[spec.name] = path
-    return resolved

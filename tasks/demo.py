@@ -178,7 +178,8 @@ def _cycle_row(report: dict) -> dict:
 
 
 def demo(config: DemoConfig) -> int:
-    from tasks.catalog import check_base_models, select_candidates
+    from tasks.catalog import select_candidates
+    from tasks.finetune import check_base_models
     from tasks.simulate import SimulateConfig, simulate
 
     sys.stdout.reconfigure(line_buffering=True)  # show each step as it happens, even when piped

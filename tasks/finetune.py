@@ -1,4 +1,4 @@
-"""Fine-tune one candidate router, trained by DeepSpeed under a launcher, tracked in MLflow.
+"""Fine-tune one candidate router: transformers' Trainer on DeepSpeed under a launcher, in MLflow.
 
     flywheel finetune --candidate llama-s-lora --dataset-dir ~/.flywheel/datasets/router/v1a2b3c
     flywheel finetune --candidate minilm-router-lora --dataset-dir ...
@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.catalog import CandidateSpec, Hyperparameters, load_catalog
+from tasks.catalog import CandidateSpec, CatalogError, Hyperparameters, load_catalog
 from tasks.config import EXPERTS, get_paths
 from tasks.settings import parse_config
 
@@ -135,6 +135,39 @@ def resolve_base(spec: CandidateSpec, home: str | os.PathLike[str] | None) -> st
     return str(resolve_base_model(spec.base_model, home=home))
 
 
+def check_base_models(specs: list[CandidateSpec], home: str | Path | None = None
+                      ) -> dict[str, str]:
+    """Resolve every candidate's base model and read its config, before any training starts.
+
+    A packaged model is converted (once) and a built-in recipe built (once) here; a local folder
+    must hold a config transformers can load. A hub id cannot be checked offline and is passed
+    through for the training worker to download.
+
+    Returns:
+        ``{candidate: base model folder or hub id}``.
+
+    Raises:
+        CatalogError: naming the candidate and the reason (missing or damaged model file, an
+            architecture transformers cannot load).
+    """
+    resolved: dict[str, str] = {}
+    for spec in specs:
+        try:
+            path = resolve_base(spec, home)
+            if Path(path).is_dir():
+                from transformers import AutoConfig
+
+                AutoConfig.from_pretrained(path)
+                if not any(Path(path).glob("*.safetensors")) and not any(
+                        Path(path).glob("*.bin")):
+                    raise ValueError(f"{path} holds no weights (*.safetensors or *.bin)")
+        except Exception as exc:  # noqa: BLE001 - one clear message per candidate
+            raise CatalogError(f"candidate {spec.name!r}: base model {spec.base_model!r} cannot "
+                               f"be used: {exc}") from exc
+        resolved[spec.name] = path
+    return resolved
+
+
 def job_fingerprint(spec: CandidateSpec, train_path: Path, base_model_path: str, seed: int,
                     nproc: int) -> str:
     """What must match for a retry to continue a checkpoint: settings, data, base, seed, ranks."""
@@ -158,7 +191,9 @@ def _previous_attempt(out: Path, fingerprint: str) -> str:
         return "none"
     if (out / "train_metrics.json").is_file():
         return "done"
-    if (out / "checkpoints" / "latest").is_file():
+    from tasks.train_worker import CHECKPOINT_DIR, latest_checkpoint
+
+    if latest_checkpoint(out / CHECKPOINT_DIR) is not None:
         return "resumable"
     return "none"
 

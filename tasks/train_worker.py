@@ -1,24 +1,31 @@
-"""The training process: fine-tunes one candidate router with a DeepSpeed engine.
+"""The training process: fine-tunes one candidate router with transformers' ``Trainer``, DeepSpeed
+underneath.
 
 It is started by :mod:`tasks.finetune` under a launcher, one process per device::
 
     python -m torch.distributed.run --standalone --nproc_per_node 1 -m tasks.train_worker JOB.json
 
-``JOB.json`` is a :class:`tasks.finetune.TrainJob`. On a CPU it runs one gloo rank; on GPUs the same
-file trains one rank per GPU (NCCL), and a hostfile spreads it over nodes.
+``JOB.json`` is a :class:`tasks.finetune.TrainJob`. On a CPU it runs one gloo rank; on GPUs the
+same file trains one rank per GPU (NCCL), and a hostfile spreads it over nodes. DeepSpeed comes in
+through its config file (``TrainingArguments(deepspeed=PATH)``; ``auto`` values come from the job).
 
 What it trains depends on the candidate: a causal LM (LoRA, full SFT, prompt tuning or p-tuning
-through peft) that completes the routing prompt with an expert's name, or an encoder sequence
-classifier (LoRA with the head trained in full, or full fine-tuning).
+through peft) that completes the routing prompt (:mod:`tasks.prompts`) with an expert's name, the
+loss on the answer tokens only; or a sequence classifier, one label per expert, on any backbone
+``AutoModelForSequenceClassification`` takes (a BERT-style sentence encoder, or a Llama-style
+decoder whose last token feeds a ``score`` head), by LoRA with the head trained in full or in full.
 
-A job survives being killed: every ``checkpoint_every`` optimizer steps the engine writes a
-DeepSpeed checkpoint (model, optimizer, LR schedule, RNG state, the step and the position in the
-epoch's data order) under ``checkpoints/``; started again on the same folder (an Airflow retry), it
-loads the latest one and continues with the same batches it would have seen, to the same number of
-optimizer steps. While it runs, rank 0 shows a progress bar in the task log and sends the loss curve
-to the MLflow run its parent opened. At the end rank 0 writes the weights (``adapter/`` or
-``model/``) and ``train_metrics.json`` (loss per step, tokens/s, wall and CPU time, peak memory,
-and on a CPU where each step's time went: forward, backward, optimizer step).
+Batches are padded to their longest row, and rows of similar length are batched together (seeded,
+so the order depends only on the seed and the epoch). A job survives being killed: every
+``checkpoint_every`` optimizer steps the Trainer writes ``checkpoints/checkpoint-N`` (DeepSpeed
+model and optimizer states, LR schedule, RNG states, trainer state) and this worker adds
+``flywheel_state.json`` (loss curve, batch fingerprints, tokens, time) last, which marks the
+checkpoint complete. Started again on the same folder (an Airflow retry), it resumes from the newest
+complete checkpoint, skips the batches it had already seen and stops at the planned step count.
+While it runs, rank 0 shows a progress bar in the task log and sends the loss curve to the MLflow
+run its parent opened. At the end rank 0 writes the weights (``adapter/`` or ``model/``) and
+``train_metrics.json`` (loss per step, tokens/s, wall and CPU time, peak memory, and on a CPU where
+each step's time went: forward, backward, optimizer step, everything else).
 """
 
 from __future__ import annotations
@@ -31,10 +38,16 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+#: Written into a checkpoint folder after everything else: its presence marks a complete checkpoint.
+STATE_FILE = "flywheel_state.json"
+#: Batches whose rows are sorted by length together (a seeded shuffle first, then this grouping).
+LENGTH_GROUP_BATCHES = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,23 +69,44 @@ def read_examples(path: str | Path) -> list[dict]:
     return rows
 
 
-def causal_rows(examples: list[dict], tokenizer, max_len: int) -> list[dict]:
-    """Prompt + `` expert`` + EOS, with the prompt masked out of the loss."""
-    from tasks.prompts import format_prompt, format_target
+def fit_prompt(tokenizer, query: str, experts: Sequence[str], budget: int) -> list[int]:
+    """The prompt's token ids in at most ``budget`` tokens, shortening the query, never the rest.
+
+    The instruction (or chat template and system message) and the answer are what the router
+    learns from on every row; a long query loses its tail instead.
+    """
+    from tasks.prompts import prompt_ids
+
+    prompt = prompt_ids(tokenizer, query, experts)
+    if len(prompt) <= budget:
+        return prompt
+    words = tokenizer(query, add_special_tokens=False)["input_ids"]
+    keep = len(words) - (len(prompt) - budget)
+    while keep > 0:
+        prompt = prompt_ids(tokenizer, tokenizer.decode(words[:keep]), experts)
+        if len(prompt) <= budget:
+            return prompt
+        keep -= len(prompt) - budget
+    fixed = len(prompt_ids(tokenizer, "", experts))
+    raise ValueError(f"max_seq_len leaves {budget} tokens for the prompt, but the prompt without "
+                     f"its query already takes {fixed}: raise max_seq_len")
+
+
+def causal_rows(examples: list[dict], tokenizer, max_len: int,
+                experts: Sequence[str]) -> list[dict]:
+    """Prompt + answer (`` expert`` and its end token), the loss on the answer tokens only."""
+    from tasks.prompts import answer_ids
 
     rows = []
     for ex in examples:
-        prompt = tokenizer(format_prompt(ex["query"]), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(format_target(ex["expert"]), add_special_tokens=False)["input_ids"]
-        answer = answer + [tokenizer.eos_token_id]
-        prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        prompt = (prefix + prompt)[-(max_len - len(answer)):]  # keep the answer, trim the query
+        answer = answer_ids(tokenizer, ex["expert"])
+        prompt = fit_prompt(tokenizer, ex["query"], experts, max_len - len(answer))
         rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
     return rows
 
 
 def encoder_rows(examples: list[dict], tokenizer, max_len: int, labels: list[str]) -> list[dict]:
-    """The query tokenised as the encoder was pre-trained, and the expert's label index."""
+    """The query tokenised as the backbone was pre-trained, and the expert's label index."""
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({ex["expert"] for ex in examples} - set(index))
     if unknown:
@@ -96,7 +130,8 @@ def class_weight_tensor(weights: dict[str, float] | None, labels: list[str]):
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
-    """Right-padded tensors; ``labels`` per token (causal LM) or one per row (classifier)."""
+    """Right-padded to the batch's longest row; ``labels`` per token (causal LM) or one per row
+    (classifier); ``row_ids`` (the rows' dataset indices) when the rows carry them."""
     import torch
 
     width = max(len(row["input_ids"]) for row in batch)
@@ -112,26 +147,65 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
         for i, row in enumerate(batch):
             labels[i, :len(row["labels"])] = torch.tensor(row["labels"])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "row_id" in batch[0]:
+        out["row_ids"] = torch.tensor([row["row_id"] for row in batch], dtype=torch.long)
+    return out
 
 
-def epoch_batches(n_rows: int, batch_size: int, world_size: int, rank: int, seed: int,
-                  epoch: int) -> list[list[int]]:
-    """This rank's micro-batches (row indices) of one epoch: a seeded shuffle per epoch.
+class RowDataset:
+    """The tokenised rows as a map-style dataset; each item carries its index for fingerprints."""
 
-    The order depends only on (seed, epoch), which is what lets a resumed job continue with the
-    batches the killed one would have seen next.
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[i], "row_id": i}
+
+
+def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[int]:
+    """One epoch's row order: a shuffle seeded by (seed, epoch), then grouped by length.
+
+    Rows are cut into groups of :data:`LENGTH_GROUP_BATCHES` batches; each group is sorted by
+    length and split into batches, so a batch pads little; then the batches are shuffled (the
+    short last batch stays last, so consecutive ``batch_size`` slices are these batches). The
+    order depends only on (seed, epoch): a resumed job sees the batches the killed one would have.
     """
-    from torch.utils.data import DistributedSampler
+    import torch
 
-    sampler = DistributedSampler(range(n_rows), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed)
-    sampler.set_epoch(epoch)
-    order = list(sampler)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * LENGTH_GROUP_BATCHES
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    last = [batches.pop()] if len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return [i for batch in shuffled + last for i in batch]
 
 
-def batch_digest(indices: list[int]) -> str:
+class EpochSampler:
+    """The Trainer's sampler: :func:`epoch_order` for the epoch it was last set to."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return iter(epoch_order(self.lengths, self.batch_size, self.seed, self.epoch))
+
+
+def batch_digest(indices: Sequence[int]) -> str:
     """A short fingerprint of one micro-batch's rows (to check data order across a resume)."""
     return hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:12]
 
@@ -163,23 +237,78 @@ def prepare_deepspeed_ops(ds_config: dict) -> None:
         deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
-def deepspeed_config(path: Path, micro_batch: int, accumulation: int) -> dict:
-    """The config file with its ``auto`` values filled in for this job."""
-    config = json.loads(path.read_text())
-    if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-        config["train_micro_batch_size_per_gpu"] = micro_batch
-    if config.get("gradient_accumulation_steps", "auto") == "auto":
-        config["gradient_accumulation_steps"] = accumulation
-    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above
-    return config
+def configure_cpu_ranks() -> dict:
+    """Tell accelerate about the gloo ranks DeepSpeed trains on when there is no GPU.
+
+    For a DeepSpeed job, ``TrainingArguments`` lets accelerate pick the backend, and without a GPU
+    it picks none: DeepSpeed still joins all the ranks, but accelerate counts one process, so
+    every rank would read every batch and act as the main process (measured with accelerate
+    1.15: two torchrun ranks each saw all eight batches of an epoch). Set up here with the gloo
+    backend, accelerate shards the batches across the ranks and only rank 0 writes; the
+    ``TrainingArguments`` then use this state (their ``accelerator_config``, returned).
+    """
+    from datetime import timedelta
+
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as TrainingArguments would
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo", timeout=timedelta(minutes=30))
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"use_configured_state": True}
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint (``checkpoint-N`` holding :data:`STATE_FILE`) in ``folder``.
+
+    A folder without the state file is one a killed attempt was still writing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+            if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
 
 
 # --------------------------------------------------------------------------------------------
 # Model
 
 
-def build_model(job) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for the job's family and method, trainable parameters marked."""
+def _linear_names(model) -> set[str]:
+    import torch
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+
+
+def lora_targets(model, hp, family: str) -> list[str] | str:
+    """The candidate's LoRA target modules; by default the family's usual layer names where the
+    backbone has them (``query``/``key``/``value``/``dense`` in BERT, ``q_proj``... in Llama),
+    else every linear layer but the output head (peft's ``all-linear``), so a classifier on a
+    decoder backbone gets adapters too."""
+    if hp.target_modules is not None:
+        return list(hp.target_modules)
+    names = _linear_names(model)
+    defaults = [t for t in hp.lora_targets(family) if t in names]
+    return defaults or "all-linear"
+
+
+def saved_modules(model, hp, family: str) -> list[str] | None:
+    """Modules trained in full beside the adapters: the candidate's, or the family defaults the
+    backbone has (peft adds a sequence classifier's head, ``classifier`` or ``score``, itself)."""
+    if hp.modules_to_save is not None:
+        return list(hp.modules_to_save) or None
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [m for m in hp.saved_modules(family) if m in present] or None
+
+
+def build_model(job) -> tuple[Any, Any, dict]:
+    """``(model, tokenizer, peft_settings)`` for the job's family and method, trainable parameters
+    marked. Under ZeRO-3 call it after the ``TrainingArguments``, so the weights load sharded."""
     import torch
     from transformers import AutoTokenizer, set_seed
 
@@ -191,10 +320,13 @@ def build_model(job) -> tuple[Any, Any]:
     if job.family == "encoder":
         from transformers import AutoModelForSequenceClassification
 
+        # a decoder backbone (LlamaForSequenceClassification) reads the last non-pad token:
+        # it needs the pad id in its config
         model = AutoModelForSequenceClassification.from_pretrained(
             job.base_model_path, num_labels=len(job.labels), dtype=torch.float32,
             id2label=dict(enumerate(job.labels)),
-            label2id={label: i for i, label in enumerate(job.labels)})
+            label2id={label: i for i, label in enumerate(job.labels)},
+            pad_token_id=tokenizer.pad_token_id)
         task_type = "SEQ_CLS"
     else:
         from transformers import AutoModelForCausalLM
@@ -203,17 +335,18 @@ def build_model(job) -> tuple[Any, Any]:
         task_type = "CAUSAL_LM"
     if job.method == "full":
         model.requires_grad_(True)
-        return model, tokenizer
+        return model, tokenizer, {}
 
     from peft import get_peft_model
 
+    settings: dict[str, Any] = {}
     if job.method == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(
-            r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-            target_modules=hp.lora_targets(job.family),
-            modules_to_save=hp.saved_modules(job.family) or None, task_type=task_type)
+        settings = {"target_modules": lora_targets(model, hp, job.family),
+                    "modules_to_save": saved_modules(model, hp, job.family)}
+        peft_config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha,
+                                 lora_dropout=hp.lora_dropout, task_type=task_type, **settings)
     elif job.method == "prompt_tuning":
         from peft import PromptTuningConfig
 
@@ -230,11 +363,11 @@ def build_model(job) -> tuple[Any, Any]:
         peft_config = PromptEncoderConfig(
             task_type=task_type, num_virtual_tokens=hp.num_virtual_tokens,
             encoder_hidden_size=hp.encoder_hidden_size)
-    return get_peft_model(model, peft_config), tokenizer
+    return get_peft_model(model, peft_config), tokenizer, settings
 
 
 # --------------------------------------------------------------------------------------------
-# Live tracking and progress
+# Live tracking, progress and the record a checkpoint carries
 
 
 class LiveMetrics:
@@ -295,15 +428,190 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class Ledger:
+    """What the job has done, over all its attempts: the loss per optimizer step, a fingerprint of
+    every micro-batch, tokens and time. It travels in each checkpoint (:data:`STATE_FILE`), so a
+    resumed attempt's ``train_metrics.json`` covers the whole run."""
+
+    def __init__(self, saved: dict | None, from_step: int, world_size: int) -> None:
+        saved = saved or {}
+        self.losses: list[float] = list(saved.get("losses", []))
+        self.batch_digests: list[str] = list(saved.get("batch_digests", []))
+        self.tokens = int(saved.get("tokens", 0))
+        self.earlier_seconds = float(saved.get("seconds", 0.0))
+        self.earlier_attempts: list[dict] = list(saved.get("attempts", []))
+        self.from_step, self.world_size = from_step, world_size
+        self.attempt_tokens = self.attempt_padded = 0
+        self.started = self.cpu_started = 0.0
+
+    def start(self) -> None:
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def batch(self, row_ids: list[int], tokens: int, padded: int) -> None:
+        """One micro-batch of this rank (tokens counted for all ranks, as equal shares)."""
+        self.batch_digests.append(batch_digest(row_ids))
+        self.tokens += tokens * self.world_size
+        self.attempt_tokens += tokens * self.world_size
+        self.attempt_padded += padded * self.world_size
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def snapshot(self, step: int) -> dict:
+        """The record a checkpoint at ``step`` carries (this attempt's time so far included)."""
+        seconds = self.elapsed()
+        return {"step": step, "losses": self.losses, "batch_digests": self.batch_digests,
+                "tokens": self.tokens, "seconds": self.earlier_seconds + seconds,
+                "attempts": [*self.earlier_attempts, {"from_step": self.from_step,
+                                                      "to_step": step, "seconds": seconds}]}
+
+
+class PhaseTimer:
+    """Wall and process CPU seconds spent in each phase of a step, summed over the attempt. Only
+    on a CPU, where each call finishes before it returns (CUDA kernels run asynchronously, so
+    host-side times would mislead)."""
+
+    PHASES = ("forward", "backward", "step")
+
+    def __init__(self) -> None:
+        self.totals = {name: [0.0, 0.0] for name in self.PHASES}
+
+    def timed(self, phase: str, function):
+        def run(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.totals[phase][0] += time.perf_counter() - wall
+                self.totals[phase][1] += time.process_time() - cpu
+        return run
+
+
+def _callbacks(ledger: Ledger, live: LiveMetrics, sampler: EpochSampler, candidate: str,
+               rank: int, start_step: int):
+    """The Trainer callbacks: sampler epoch, loss record, live MLflow curve, progress bar, and the
+    checkpoint record written last into each checkpoint folder."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class FlywheelCallback(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            ledger.start()
+            tty = sys.stdout.isatty()
+            self.bar = tqdm(total=state.max_steps, initial=start_step, desc=f"train {candidate}",
+                            disable=rank != 0, mininterval=0 if tty else 10.0,
+                            file=sys.stdout if tty else _LogLines(), dynamic_ncols=True)
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            # the Trainer sets the epoch too, but not through every wrapper (a resumed epoch on
+            # several ranks): the epoch a step belongs to is the whole part of state.epoch
+            sampler.set_epoch(math.floor((state.epoch or 0.0) + 1e-9))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+            if state.global_step >= state.max_steps:
+                control.should_save = False  # done: the weights are saved instead
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            step = state.global_step
+            if len(ledger.losses) < step:
+                ledger.losses.append(float(logs["loss"]))
+            elapsed = ledger.elapsed()
+            live.add(step, train_loss=logs["loss"], learning_rate=logs.get("learning_rate", 0.0),
+                     tokens_per_second=ledger.attempt_tokens / elapsed if elapsed else 0.0)
+            live.flush(step)
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}",
+                                 lr=f"{logs.get('learning_rate', 0.0):.1e}", refresh=False)
+
+        def on_save(self, args, state, control, **kwargs):
+            if rank != 0:
+                return
+            folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            partial = folder / (STATE_FILE + ".tmp")
+            partial.write_text(json.dumps(ledger.snapshot(state.global_step)))
+            partial.replace(folder / STATE_FILE)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            live.flush(state.global_step, force=True)
+            self.bar.close()
+
+    return [FlywheelCallback()]
+
+
+def _trainer_class():
+    """``Trainer`` with the worker's sampler, micro-batch record, classifier loss and timers."""
+    from transformers import Trainer
+
+    class RouterTrainer(Trainer):
+        def __init__(self, *args, sampler: EpochSampler, ledger: Ledger, timer: PhaseTimer | None,
+                     classifier: bool, class_weights=None, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.router_sampler, self.ledger, self.timer = sampler, ledger, timer
+            self.classifier, self.class_weights = classifier, class_weights
+            self.engine_timed = False
+            if classifier:  # a per-batch mean: the Trainer divides it by the accumulation steps
+                self.loss_is_scaled_for_ga = False
+
+        def _get_train_sampler(self, train_dataset=None):
+            return self.router_sampler
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            row_ids = inputs.pop("row_ids")
+            self.ledger.batch(row_ids.tolist(), tokens=int(inputs["attention_mask"].sum()),
+                              padded=int(inputs["attention_mask"].numel()))
+            if self.timer and not self.engine_timed:
+                # the DeepSpeed engine, once prepared: its backward and its optimizer step (which
+                # accelerate calls from the backward at each accumulation boundary)
+                for method in ("backward", "step"):
+                    setattr(model, method, self.timer.timed(method, getattr(model, method)))
+                self.engine_timed = True
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.timer:
+                return self.timer.timed("forward", self._loss)(model, inputs, return_outputs,
+                                                               num_items_in_batch)
+            return self._loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _loss(self, model, inputs, return_outputs, num_items_in_batch):
+            if not self.classifier:  # the model's own token loss (prompt tokens are -100)
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            import torch
+
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = (None if self.class_weights is None
+                      else self.class_weights.to(outputs.logits.device))
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return RouterTrainer
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 
 
+def planned_steps(n_rows: int, hp, world_size: int) -> tuple[int, int]:
+    """``(micro-batches per epoch on a rank, optimizer steps)`` as the Trainer counts them."""
+    micro = math.ceil(math.ceil(n_rows / hp.batch_size) / world_size)
+    accumulation = hp.gradient_accumulation_steps
+    per_epoch = max(1, micro // accumulation + int(micro % accumulation > 0))
+    total = max(1, math.ceil(per_epoch * hp.epochs))
+    return micro, min(total, hp.max_steps) if hp.max_steps else total
+
+
 def train(job_path: Path) -> dict:
     """Run (or resume) one training job; returns the metrics rank 0 writes."""
-    import deepspeed
+    import functools
+
     import torch
-    from tqdm import tqdm
+    from transformers import PrinterCallback, TrainingArguments
 
     from tasks.finetune import TrainJob
 
@@ -312,208 +620,115 @@ def train(job_path: Path) -> dict:
     out = Path(job.output_dir)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available():
-        torch.set_num_threads(job.threads)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    accumulation = hp.gradient_accumulation_steps
-    ds_config = deepspeed_config(Path(job.deepspeed_config), hp.batch_size, accumulation)
+    cuda = torch.cuda.is_available()
+    ds_config = json.loads(Path(job.deepspeed_config).read_text())
     prepare_deepspeed_ops(ds_config)
-    deepspeed.init_distributed(dist_backend=backend)
+    clipping = ds_config.get("gradient_clipping", 1.0)
 
-    model, tokenizer = build_model(job)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     examples = read_examples(job.train_path)
-    rows = (encoder_rows(examples, tokenizer, hp.max_seq_len, job.labels)
-            if job.family == "encoder" else causal_rows(examples, tokenizer, hp.max_seq_len))
-    class_weights = (class_weight_tensor(hp.class_weights, job.labels)
-                     if job.family == "encoder" else None)
-    micro_per_epoch = len(epoch_batches(len(rows), hp.batch_size, world_size, rank, job.seed, 0))
-    total_steps = max(1, math.ceil(micro_per_epoch * hp.epochs / accumulation))
-    if hp.max_steps:
-        total_steps = min(total_steps, hp.max_steps)
-    warmup = max(1, int(total_steps * hp.warmup_ratio))
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
-    engine, optimizer, _, schedule = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule,
-        config=ds_config)
-
-    # where the run stands: fresh, or restored from the latest checkpoint of a killed attempt
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "losses": [],
-                             "batch_digests": [], "tokens": 0, "seconds": 0.0, "attempts": []}
+    micro_per_epoch, total_steps = planned_steps(len(examples), hp, world_size)
     checkpoints = out / CHECKPOINT_DIR
-    resumed_from = 0
-    if (checkpoints / "latest").is_file():
-        path, client_state = engine.load_checkpoint(
-            str(checkpoints), load_module_strict=job.method == "full",
-            load_optimizer_states=True, load_lr_scheduler_states=True)
-        if path is None or not client_state:
-            raise RuntimeError(f"could not load the checkpoint named by {checkpoints / 'latest'}")
-        state.update({k: client_state[k] for k in state})
-        torch.set_rng_state(client_state["rng_cpu"])
-        if torch.cuda.is_available() and client_state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(client_state["rng_cuda"])
-        resumed_from = state["step"]
-        if rank == 0:
-            print(f"resumed from checkpoint {path} at step {resumed_from}/{total_steps}",
-                  flush=True)
+    resume = latest_checkpoint(checkpoints)
+    args = TrainingArguments(
+        output_dir=str(checkpoints), deepspeed=job.deepspeed_config,
+        accelerator_config=None if cuda else configure_cpu_ranks(),
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        max_steps=total_steps, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
+        lr_scheduler_type="linear", warmup_steps=max(1, int(total_steps * hp.warmup_ratio)),
+        optim="adamw_torch_fused", max_grad_norm=1.0 if clipping == "auto" else float(clipping),
+        seed=job.seed,
+        logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True,
+        save_strategy="steps" if hp.checkpoint_every else "no",
+        save_steps=hp.checkpoint_every or 1, save_total_limit=hp.keep_checkpoints,
+        remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=cuda)
+    if not cuda:  # after accelerate's set-up, which picks a count when OMP_NUM_THREADS is unset
+        torch.set_num_threads(job.threads)
 
+    model, tokenizer, peft_settings = build_model(job)  # after the arguments: ZeRO-3 loads sharded
+    trainable = sum(getattr(p, "ds_numel", p.numel())
+                    for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    classifier = job.family == "encoder"
+    rows = (encoder_rows(examples, tokenizer, hp.max_seq_len, job.labels) if classifier
+            else causal_rows(examples, tokenizer, hp.max_seq_len, job.labels))
+    sampler = EpochSampler([len(r["input_ids"]) for r in rows], hp.batch_size, job.seed)
+
+    saved = json.loads((resume / STATE_FILE).read_text()) if resume else None
+    resumed_from = saved["step"] if saved else 0
+    ledger = Ledger(saved, resumed_from, world_size)
     live = LiveMetrics(job.tracking_uri if rank == 0 else None, job.mlflow_run_id, hp.log_every)
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {job.candidate}",
-               disable=rank != 0, mininterval=0 if sys.stdout.isatty() else 10.0,
-               file=sys.stdout if sys.stdout.isatty() else _LogLines(), dynamic_ncols=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    attempt_tokens = 0
-    micro_losses: list[float] = []
-    # where a step's time goes, summed over this attempt: wall and process CPU seconds of
-    # forward, backward and step. Only on a CPU, where each call finishes before it returns
-    # (CUDA kernels run asynchronously, so host-side times would mislead).
-    phases = {name: [0.0, 0.0] for name in ("forward", "backward", "step")}
-    clock = _PhaseClock(phases) if engine.device.type == "cpu" else None
-    engine.train()
-    while state["step"] < total_steps:
-        batches = epoch_batches(len(rows), hp.batch_size, world_size, rank, job.seed,
-                                state["epoch"])
-        while state["position"] < len(batches) and state["step"] < total_steps:
-            indices = batches[state["position"]]
-            batch = collate([rows[i] for i in indices], tokenizer.pad_token_id)
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            if clock:
-                clock.start()
-            if class_weights is None:
-                loss = engine(**batch).loss
-            else:  # the classifier's cross-entropy, with the catalog's weight per label
-                logits = engine(input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"]).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), batch["labels"], weight=class_weights.to(logits.device))
-            if clock:
-                clock.lap("forward")
-            engine.backward(loss)
-            if clock:
-                clock.lap("backward")
-            engine.step()
-            if clock:
-                clock.lap("step")
-            state["position"] += 1
-            state["batch_digests"].append(batch_digest(indices))
-            n_tokens = int(batch["attention_mask"].sum()) * world_size
-            state["tokens"] += n_tokens
-            attempt_tokens += n_tokens
-            micro_losses.append(float(loss.detach()))
-            if not engine.is_gradient_accumulation_boundary():
-                continue
-            state["step"] += 1
-            step = state["step"]
-            state["losses"].append(sum(micro_losses) / len(micro_losses))
-            micro_losses.clear()
-            elapsed = time.perf_counter() - started
-            live.add(step, train_loss=state["losses"][-1], learning_rate=schedule.get_last_lr()[0],
-                     tokens_per_second=attempt_tokens / elapsed if elapsed else 0.0)
-            live.flush(step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state['losses'][-1]:.3f}",
-                            lr=f"{schedule.get_last_lr()[0]:.1e}", refresh=False)
-            if hp.checkpoint_every and step % hp.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(engine, checkpoints, state, started, resumed_from, job, rank)
-        if state["position"] >= len(batches):
-            state["epoch"] += 1
-            state["position"] = 0
-    live.flush(state["step"], force=True)
-    bar.close()
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
+    device = args.device
+    timer = PhaseTimer() if device.type == "cpu" else None
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=RowDataset(rows),
+        data_collator=functools.partial(collate, pad_id=tokenizer.pad_token_id),
+        callbacks=_callbacks(ledger, live, sampler, job.candidate, rank, resumed_from),
+        sampler=sampler, ledger=ledger, timer=timer, classifier=classifier,
+        class_weights=class_weight_tensor(hp.class_weights, job.labels) if classifier else None)
+    trainer.remove_callback(PrinterCallback)  # the progress bar and MLflow carry the loss
+    if resume and rank == 0:
+        print(f"resuming from {resume} at step {resumed_from}/{total_steps}", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = ledger.elapsed()
+    cpu_seconds = time.process_time() - ledger.cpu_started
+    step = trainer.state.global_step
 
-    losses = state["losses"]
+    losses = ledger.losses
+    phase_wall = phase_cpu = None
+    if timer:
+        phase_wall = {k: v[0] for k, v in timer.totals.items()}
+        phase_cpu = {k: v[1] for k, v in timer.totals.items()}
+        # data loading, collation, scheduling, logging, callbacks: the loop around the phases
+        phase_wall["other"] = max(0.0, seconds - sum(phase_wall.values()))
+        phase_cpu["other"] = max(0.0, cpu_seconds - sum(phase_cpu.values()))
     metrics = {
-        "steps": state["step"],
+        "steps": step,
         "planned_steps": total_steps,
         "resumed_from_step": resumed_from,
-        "attempts": [*state["attempts"], {"from_step": resumed_from, "to_step": state["step"],
-                                          "seconds": seconds}],
-        "epochs": state["epoch"] + state["position"] / max(1, micro_per_epoch),
+        "attempts": [*ledger.earlier_attempts, {"from_step": resumed_from, "to_step": step,
+                                                "seconds": seconds}],
+        "epochs": float(trainer.state.epoch or 0.0),
         "examples": len(rows),
+        "micro_batches_per_epoch": micro_per_epoch,
         "losses": losses,
-        "batch_digests": state["batch_digests"],
+        "batch_digests": ledger.batch_digests,
         "first_loss": losses[0],
         "final_loss": sum(losses[-5:]) / len(losses[-5:]),
-        "train_seconds": state["seconds"] + seconds,
-        "tokens": state["tokens"],
+        "train_seconds": ledger.earlier_seconds + seconds,
+        "tokens": ledger.tokens,
         # this attempt's throughput: a resumed attempt's clock starts at the resume
-        "tokens_per_second": attempt_tokens / seconds if seconds else 0.0,
-        "attempt_tokens": attempt_tokens,
+        "tokens_per_second": ledger.attempt_tokens / seconds if seconds else 0.0,
+        "attempt_tokens": ledger.attempt_tokens,
+        # share of the batches' positions that were real tokens, not padding
+        "padding_efficiency": ledger.attempt_tokens / max(1, ledger.attempt_padded),
         "attempt_seconds": seconds,
         # CPU seconds of this process over this attempt's loop (all its threads): on a shared
         # machine, tokens per CPU-second moves far less with other jobs' load than tokens/s
         "attempt_cpu_seconds": cpu_seconds,
-        "phase_seconds": {k: v[0] for k, v in phases.items()} if clock else None,
-        "phase_cpu_seconds": {k: v[1] for k, v in phases.items()} if clock else None,
+        "phase_seconds": phase_wall,
+        "phase_cpu_seconds": phase_cpu,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "lora_target_modules": peft_settings.get("target_modules"),
+        "modules_to_save": peft_settings.get("modules_to_save"),
         "world_size": world_size,
-        "backend": backend,
-        "device": str(engine.device),
-        "zero_stage": engine.zero_optimization_stage(),
-        "peak_memory_mb": peak_memory_mb(engine.device),
-        "peak_memory_kind": "cuda_max_allocated" if engine.device.type == "cuda" else "max_rss",
+        "backend": "nccl" if cuda else "gloo",
+        "device": str(device),
+        "zero_stage": int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+        "trainer": "transformers.Trainer",
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "max_rss",
         "live_logging": live.ok,
     }
-    _save_weights(engine, tokenizer, job, out, rank)
+    _save_weights(trainer, tokenizer, job, out, rank, metrics["zero_stage"])
     if rank == 0:
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: the weights are what is kept
     return metrics
 
 
-class _PhaseClock:
-    """Adds the wall and CPU time since the last mark to a phase's totals (``[wall, cpu]``)."""
-
-    def __init__(self, totals: dict[str, list[float]]) -> None:
-        self.totals = totals
-        self.wall = self.cpu = 0.0
-
-    def start(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def lap(self, phase: str) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        self.totals[phase][0] += wall - self.wall
-        self.totals[phase][1] += cpu - self.cpu
-        self.wall, self.cpu = wall, cpu
-
-
-def _save_checkpoint(engine, folder: Path, state: dict, started: float, resumed_from: int,
-                     job, rank: int) -> None:
-    """A DeepSpeed checkpoint of everything needed to continue exactly where this step ended.
-
-    ``state`` holds what earlier attempts did (their time and steps); this attempt's share since
-    ``started`` is added to the saved copy only.
-
-    DeepSpeed writes ``latest`` only after the tag's files are complete, so a job killed while
-    saving resumes from the previous checkpoint. Older tags beyond ``keep_checkpoints`` go.
-    """
-    import torch
-
-    seconds = time.perf_counter() - started
-    client_state = {**state, "seconds": state["seconds"] + seconds,
-                    "attempts": [*state["attempts"], {"from_step": resumed_from,
-                                                      "to_step": state["step"],
-                                                      "seconds": seconds}],
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    engine.save_checkpoint(str(folder), tag=f"step{state['step']:08d}", client_state=client_state,
-                           exclude_frozen_parameters=job.method != "full")
-    if rank == 0:
-        tags = sorted(p for p in folder.glob("step*") if p.is_dir())
-        for old in tags[:-job.hyperparameters.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_weights(engine, tokenizer, job, out: Path, rank: int) -> None:
+def _save_weights(trainer, tokenizer, job, out: Path, rank: int, zero_stage: int) -> None:
     """Rank 0 writes the trained weights (peft adapter or whole model), the tokenizer, and
     ``flywheel_training.json`` naming the base model they belong to.
 
@@ -524,13 +739,13 @@ def _save_weights(engine, tokenizer, job, out: Path, rank: int) -> None:
 
     import deepspeed
 
+    module = trainer.model
     folder = out / ("model" if job.method == "full" else "adapter")
-    gather = (deepspeed.zero.GatheredParameters(list(engine.module.parameters()),
-                                                modifier_rank=None)
-              if engine.zero_optimization_stage() == 3 else contextlib.nullcontext())
+    gather = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+              if zero_stage == 3 else contextlib.nullcontext())
     with gather:
         if rank == 0:
-            engine.module.save_pretrained(folder)
+            module.save_pretrained(folder)
     if rank != 0:
         return
     tokenizer.save_pretrained(folder)

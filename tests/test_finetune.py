@@ -1,4 +1,8 @@
-"""Training tests on the tiny base model: DeepSpeed under torchrun really trains each method."""
+"""Training tests on the tiny base model: transformers' Trainer on DeepSpeed, under torchrun, really
+trains each method and family.
+
+The tiny model's prompts (chat template and system message) take up to ~125 tokens, so the tests
+train with ``max_seq_len=128``: the worker shortens a long query but never the template."""
 
 from __future__ import annotations
 
@@ -37,6 +41,65 @@ def test_launch_command_uses_a_launcher(tmp_path):
         command[-2:] == ["tasks.train_worker", str(tmp_path / "job.json")]
 
 
+def test_causal_rows_mask_the_prompt_and_shorten_the_query_never_the_answer(xs_base_model):
+    from transformers import AutoTokenizer
+
+    from tasks.config import EXPERTS
+    from tasks.prompts import answer_ids, prompt_ids
+    from tasks.train_worker import causal_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(xs_base_model)
+    short = {"query": "what is my balance", "expert": "banking"}
+    long = {"query": " ".join(["please tell me about the weather in paris"] * 20),
+            "expert": "travel"}
+    fixed = len(prompt_ids(tokenizer, "", EXPERTS)) + len(answer_ids(tokenizer, "travel"))
+    max_len = fixed + 6
+    rows = causal_rows([short, long], tokenizer, max_len, EXPERTS)
+    answer = answer_ids(tokenizer, "banking")
+    assert rows[0]["input_ids"] == prompt_ids(tokenizer, short["query"], EXPERTS) + answer
+    assert rows[0]["labels"] == [-100] * (len(rows[0]["input_ids"]) - len(answer)) + answer
+    # the long query lost its tail; the template's start and the whole answer are still there
+    ids, labels = rows[1]["input_ids"], rows[1]["labels"]
+    assert fixed < len(ids) <= max_len
+    assert ids[-len(answer_ids(tokenizer, "travel")):] == answer_ids(tokenizer, "travel")
+    assert ids[:5] == prompt_ids(tokenizer, long["query"], EXPERTS)[:5]
+    assert [t for t in labels if t != -100] == answer_ids(tokenizer, "travel")
+    with pytest.raises(ValueError, match="raise max_seq_len"):
+        causal_rows([short], tokenizer, fixed - 4, EXPERTS)
+
+
+def test_epoch_order_is_seeded_grouped_by_length_and_covers_every_row():
+    import random
+
+    from tasks.train_worker import epoch_order
+
+    lengths = [random.Random(i).randint(5, 60) for i in range(200)]
+    first = epoch_order(lengths, 8, seed=0, epoch=0)
+    assert sorted(first) == list(range(200))
+    assert first == epoch_order(lengths, 8, seed=0, epoch=0)  # what a resumed job relies on
+    assert first != epoch_order(lengths, 8, seed=0, epoch=1)
+    assert first != epoch_order(lengths, 8, seed=1, epoch=0)
+
+    def padded(order):
+        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    shuffled = random.Random(0).sample(range(200), 200)
+    assert padded(first) < 0.8 * padded(shuffled)  # batches of similar lengths pad less
+
+
+def test_only_a_checkpoint_with_its_record_counts_as_resumable(tmp_path):
+    from tasks.train_worker import STATE_FILE, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "missing") is None
+    for step in (4, 8, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-4" / STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-8" / STATE_FILE).write_text("{}")
+    # checkpoint-12 is what a killed attempt was still writing
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-8"
+
+
 @pytest.mark.slow
 def test_lora_training_through_deepspeed_lowers_loss_and_changes_weights(tmp_path, xs_base_model):
     from safetensors.torch import load_file
@@ -46,7 +109,7 @@ def test_lora_training_through_deepspeed_lowers_loss_and_changes_weights(tmp_pat
     dataset = write_dataset(tmp_path / "dataset")
     spec = CandidateSpec(name="xs-lora", base_model=str(xs_base_model),
                          hyperparameters=Hyperparameters(learning_rate=2e-2, batch_size=16,
-                                                         epochs=40, max_steps=40))
+                                                         epochs=40, max_steps=40, max_seq_len=128))
     result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
                                      home=str(tmp_path), cycle_id="t1"))
 
@@ -79,9 +142,11 @@ def test_lora_training_through_deepspeed_lowers_loss_and_changes_weights(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "deepspeed_config", "learning_rate", "loss_ratio"), [
     ("full", "ds_zero3_offload.json", 3e-3, 0.9),
-    # a soft prompt is a few hundred parameters on this 48-wide model: it learns, slowly
-    ("prompt_tuning", "ds_zero2.json", 0.3, 0.97),
-    ("p_tuning", "ds_zero0.json", 1e-2, 0.97),
+    # a soft prompt is a few hundred parameters on this 48-wide model: it learns, slowly (about
+    # 1.5% off the loss, reached within a few steps, whichever prompt rendering the base gets),
+    # so the test also checks that it moved away from where it started
+    ("prompt_tuning", "ds_zero2.json", 0.3, 0.995),
+    ("p_tuning", "ds_zero0.json", 1e-2, 0.995),
 ])
 def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, deepspeed_config,
                                                learning_rate, loss_ratio):
@@ -92,7 +157,7 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
                          deepspeed_config=deepspeed_config,
                          hyperparameters=Hyperparameters(learning_rate=learning_rate,
                                                          batch_size=16, epochs=40, max_steps=15,
-                                                         checkpoint_every=0))
+                                                         checkpoint_every=0, max_seq_len=128))
     result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
                                      home=str(tmp_path), cycle_id="m", track=False))
     assert result.steps == 15
@@ -108,11 +173,79 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
         assert changed, "full SFT left every weight as it was"
         assert all(t.numel() > 0 for t in trained.values())  # ZeRO-3 gathered before saving
     else:
+        from peft import get_peft_model_state_dict
+
+        from tasks.finetune import TrainJob
+        from tasks.train_worker import build_model
+
         assert result.trainable_parameters < result.total_parameters
         prompt = load_file(weights_dir / "adapter_model.safetensors")
         assert any("prompt" in k for k in prompt), sorted(prompt)
+        # the same job's untrained soft prompt (same seed, same initialisation)
+        job = TrainJob.model_validate_json((weights_dir.parent / "job.json").read_text())
+        untrained = get_peft_model_state_dict(build_model(job)[0])
+        assert prompt.keys() == untrained.keys()
+        assert max(float((prompt[k] - untrained[k]).abs().max()) for k in prompt) > 1e-3
     info = json.loads((weights_dir / "flywheel_training.json").read_text())
     assert info["base_model_path"] == str(xs_base_model) and info["method"] == method
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_share_each_epoch(tmp_path, xs_base_model):
+    """Two gloo ranks under torchrun, as several GPUs would run: each reads half of an epoch's
+    batches (accelerate counts DeepSpeed's CPU ranks only when told, see
+    tasks.train_worker.configure_cpu_ranks) and only rank 0 writes."""
+    dataset = write_dataset(tmp_path / "dataset", n_train=64)
+    spec = CandidateSpec(name="xs-two-ranks", base_model=str(xs_base_model),
+                         hyperparameters=Hyperparameters(learning_rate=2e-2, batch_size=8,
+                                                         epochs=40, max_steps=8,
+                                                         checkpoint_every=0, max_seq_len=128))
+    result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
+                                     home=str(tmp_path), cycle_id="r2", track=False, nproc=2))
+    metrics = json.loads((Path(result.adapter_dir).parent / "train_metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["micro_batches_per_epoch"] == 4
+    assert result.steps == 8 and metrics["epochs"] == pytest.approx(2.0)  # 8 batches, 2 ranks
+    assert len(set(metrics["batch_digests"][:4])) == 4
+    assert result.final_loss < result.first_loss
+
+
+@pytest.mark.slow
+def test_a_causal_backbone_with_a_classification_head_trains_as_the_encoder_family(
+        tmp_path, xs_base_model):
+    """The encoder family is backbone-agnostic: the tiny Llama through
+    AutoModelForSequenceClassification (a ``score`` head on the last token) trains with LoRA on
+    its linear layers and the head in full, and the serving loader predicts labels with it."""
+    from tasks.encoder_router import load_classifier, predict
+
+    dataset = write_dataset(tmp_path / "dataset", n_train=96)
+    spec = CandidateSpec(name="xs-classifier", base_model=str(xs_base_model), family="encoder",
+                         method="lora", deepspeed_config="ds_zero0.json",
+                         hyperparameters=Hyperparameters(learning_rate=1e-2, batch_size=16,
+                                                         epochs=40, max_steps=40,
+                                                         checkpoint_every=0,
+                                                         # as for the causal family: this tiny,
+                                                         # briefly pre-trained base stays at
+                                                         # chance with LoRA on linears alone
+                                                         modules_to_save=["norm",
+                                                                          "embed_tokens"]))
+    result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
+                                     home=str(tmp_path), cycle_id="c", track=False))
+    assert result.steps == 40
+    assert result.final_loss < 0.7 * result.first_loss, (result.first_loss, result.final_loss)
+    metrics = json.loads((Path(result.adapter_dir).parent / "train_metrics.json").read_text())
+    assert metrics["lora_target_modules"] == "all-linear"  # BERT's layer names are not there
+    adapter_config = json.loads((Path(result.adapter_dir) / "adapter_config.json").read_text())
+    assert "score" in adapter_config["modules_to_save"]
+
+    docs = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
+    model, tokenizer, labels = load_classifier(result.base_model_path, result.adapter_dir)
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    predicted = predict(model, tokenizer, labels, docs)
+    assert set(predicted) <= set(labels)
+    gold = [d["expert"] for d in docs]
+    accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+    majority = max(gold.count(label) for label in set(gold)) / len(gold)
+    assert accuracy > majority + 0.1, (accuracy, majority)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from tasks import pretrained
-from tasks.catalog import CatalogError, check_base_models, parse_candidate
+from tasks.catalog import CatalogError, parse_candidate
+from tasks.finetune import check_base_models
 from tasks.pretrained import PACKAGED_MODELS, ModelFileError, check_wheel
 
 SMOL = PACKAGED_MODELS["smollm2-135m-instruct"]

