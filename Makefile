@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DS_BUILD_OPS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast test-integration airflow-ui mlflow-ui lint bench clean
+.PHONY: setup demo test test-fast test-integration airflow-ui mlflow-ui lint bench bench-quality clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ bench: setup
 	-$(BIN)/python tests/benchmarks/bench_ingest.py
 	-$(BIN)/python tests/benchmarks/bench_intake_http.py
 	-$(BIN)/python tests/benchmarks/bench_train_cpu.py
+
+# Router quality on CLINC150's whole test split: real fine-tuned candidates beside their peers
+# (tens of minutes on two CPU cores).
+bench-quality: setup
+	$(BIN)/python tests/benchmarks/bench_quality.py --teacher-labelled 5000 $(ARGS)
 
 clean:
 	rm -rf $(FLYWHEEL_HOME)

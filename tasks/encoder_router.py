@@ -194,7 +194,8 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
         adapter_dir=config.adapter_dir, dataset_version=manifest["version"], n_test=len(gold),
         accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
         latency_hardware=hardware(str(model.device)), eval_seconds=time.perf_counter() - started,
-        note=note, correct=correctness(gold, predicted), **latency)
+        note=note, correct=correctness(gold, predicted),
+        prompting="untrained head (chance)" if note == BASE_NOTE else "fine-tuned", **latency)
     (work_dir / "predictions.jsonl").write_text("".join(
         json.dumps({"id": d.get("id"), "query": d["query"], "gold": g, "predicted": p}) + "\n"
         for d, g, p in zip(docs, gold, predicted, strict=True)))

@@ -67,6 +67,7 @@ def test_encoder_router_trains_and_evaluates_like_a_causal_router(tmp_path):
     assert sum(tuned["confusion"][g][p] for g in tuned["confusion"]
                for p in tuned["confusion"][g]) == 40
     assert base["note"] == BASE_NOTE
+    assert (tuned["prompting"], base["prompting"]) == ("fine-tuned", "untrained head (chance)")
     # 20 steps on 160 queries: well above chance (1/11), and above the untrained head
     assert tuned["accuracy"] > 0.3 and tuned["accuracy"] > base["accuracy"], (tuned, base)
     assert 0 < tuned["latency_p50_ms"] <= tuned["latency_p95_ms"]
