@@ -1,8 +1,8 @@
 """Training tests on the tiny base model: transformers' Trainer on DeepSpeed, under torchrun, really
 trains each method and family.
 
-The tiny model's prompts (chat template and system message) take up to ~125 tokens, so the tests
-train with ``max_seq_len=128``: the worker shortens a long query but never the template."""
+The tiny models have no chat template, so they get the plain router prompt (a real instruct model
+gets its chat template, see tasks/prompts.py); ``max_seq_len=128`` leaves room for either."""
 
 from __future__ import annotations
 
@@ -295,3 +295,4 @@ def test_training_processes_build_no_comm_op_and_share_one_ninja(monkeypatch):
     monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", True)
     prepare_deepspeed_ops({"tensor_parallel": {"autotp_size": 2}})
     assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is True
+
