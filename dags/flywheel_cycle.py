@@ -86,6 +86,11 @@ def _cycle_id(context) -> str:
                                                "and still count as equal; it must then be "
                                                "cheaper. Otherwise only a significantly better "
                                                "one passes; a significantly worse one never."),
+        "min_saving": Param(0.1, type="number", minimum=0, exclusiveMaximum=1,
+                            description="Gate: how much cheaper (cost per 1,000 requests, else "
+                                        "p95), as a share, a challenger of equal accuracy must "
+                                        "be to replace the champion (latency noise must not "
+                                        "swap it)."),
         "alpha": Param(0.05, type="number", exclusiveMinimum=0, maximum=0.5,
                        description="Gate: significance level of the paired tests (McNemar exact "
                                    "on the queries where challenger and champion disagree); "
