@@ -152,13 +152,26 @@ class Browser:
 
     def click(self, element) -> None:
         """Scroll ``element`` to the middle of the view, then click it as a user would."""
-        from selenium.common.exceptions import WebDriverException
+        from selenium.common.exceptions import ElementClickInterceptedException, WebDriverException
 
-        try:
-            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-            element.click()
-        except WebDriverException as exc:
-            raise self.fail(f"could not click {self.describe(element)}: {exc.msg}") from exc
+        for attempt in range(3):
+            try:
+                self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})",
+                                           element)
+                element.click()
+                return
+            except ElementClickInterceptedException as exc:
+                # a toast or a sticky header over it (a long form scrolls inside its dialog):
+                # give it a moment, then scroll again; a person would do the same
+                if attempt == 2:
+                    raise self.fail(f"could not click {self.describe(element)}: "
+                                    f"{exc.msg}") from exc
+                time.sleep(1.0)
+                self.driver.execute_script(
+                    "arguments[0].scrollIntoView({block: 'center'}); window.scrollBy(0, -80)",
+                    element)
+            except WebDriverException as exc:
+                raise self.fail(f"could not click {self.describe(element)}: {exc.msg}") from exc
 
     def describe(self, element) -> str:
         """A short name of an element for error messages (tag, name, text)."""
