@@ -135,6 +135,10 @@ class CandidateSpec(BaseModel):
         "DeepSpeed config: a file name in tasks/configs/ or a path."))
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     resources: Resources = Field(default_factory=Resources)
+    scope_guard_budget: float = Field(0.05, ge=0.0, lt=0.5, description=(
+        "Share of in-scope queries the scope guard may send to the fallback expert by mistake "
+        "(tasks/scope_guard.py): it routes a query unlike every in-scope training query to the "
+        "fallback. 0: no guard."))
 
     @model_validator(mode="after")
     def _consistent(self) -> CandidateSpec:

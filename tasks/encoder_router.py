@@ -31,6 +31,7 @@ from pydantic import Field
 
 from tasks.config import EXPERTS, get_paths
 from tasks.evaluate import EvaluateConfig, EvaluateResult
+from tasks.scope_guard import ScopeGuard
 from tasks.settings import parse_config
 
 #: Names under which the package-shipped all-MiniLM-L6-v2 can be referenced offline.
@@ -135,10 +136,11 @@ def predict(model, tokenizer, labels: list[str], docs: list[dict], batch_size: i
     return predicted
 
 
-def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: int
-                    ) -> dict[str, float]:
+def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: int,
+                    guard=None) -> dict[str, float]:
     """Batch-size-1 latency as the agent would call the router: warm-up, then one query at a
-    time, tokenisation outside the clock (as for the causal LMs), one forward pass inside."""
+    time, tokenisation outside the clock (as for the causal LMs), one forward pass inside, and
+    the scope guard's look (embedding the query) when the model has one."""
     import torch
 
     from tasks.evaluate import _percentile
@@ -151,6 +153,8 @@ def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: 
         for i, query in enumerate(queries[:warmup] + queries):
             inputs = tokenizer(query, return_tensors="pt")
             start = time.perf_counter()
+            if guard is not None:
+                guard.out_of_scope([query])
             model(**inputs).logits.argmax(-1)
             elapsed = (time.perf_counter() - start) * 1000
             if i >= warmup:
@@ -184,18 +188,26 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
     torch.set_num_threads(config.threads)
     model, tokenizer, labels = load_classifier(config.base_model_path, config.adapter_dir)
     predicted = predict(model, tokenizer, labels, docs, batch_size=config.batch_size)
+    guard = ScopeGuard.load(config.adapter_dir or config.base_model_path)
+    guard_fallbacks = None
+    if guard is not None:
+        guarded = guard.apply([d["query"] for d in docs], predicted)
+        guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
+        predicted = guarded
     gold = [d["expert"] for d in docs]
     accuracy, macro_f1, per_expert, confusion = classification_report(
         gold, predicted, list(dict.fromkeys([*EXPERTS, *labels])))
     latency = measure_latency(model, tokenizer, [d["query"] for d in docs][
-        : config.latency_queries], config.latency_warmup, config.threads)
+        : config.latency_queries], config.latency_warmup, config.threads, guard)
     result = EncoderEvaluateResult(
         candidate=config.candidate, base_model_path=config.base_model_path,
         adapter_dir=config.adapter_dir, dataset_version=manifest["version"], n_test=len(gold),
         accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
         latency_hardware=hardware(str(model.device)), eval_seconds=time.perf_counter() - started,
         note=note, correct=correctness(gold, predicted),
-        prompting="untrained head (chance)" if note == BASE_NOTE else "fine-tuned", **latency)
+        prompting="untrained head (chance)" if note == BASE_NOTE else "fine-tuned",
+        scope_guard=guard.describe() if guard else None, guard_fallbacks=guard_fallbacks,
+        **latency)
     (work_dir / "predictions.jsonl").write_text("".join(
         json.dumps({"id": d.get("id"), "query": d["query"], "gold": g, "predicted": p}) + "\n"
         for d, g, p in zip(docs, gold, predicted, strict=True)))

@@ -114,6 +114,11 @@ class EvaluateResult(BaseModel):
     correct: str | None = Field(None, pattern=r"^[01]*$", description=(
         "Per test query, in the order of test.jsonl: 1 if the served prediction is right, else "
         "0; what the gate pairs with the champion's and the teacher's on the same queries."))
+    scope_guard: dict | None = Field(None, description=(
+        "The model's out-of-scope guard (tasks/scope_guard.py) when it has one; its time is "
+        "inside the latency figures."))
+    guard_fallbacks: int | None = Field(None, description=(
+        "Test queries the guard sent to the fallback expert (none: no guard)."))
 
 
 def correctness(gold: list[str], predicted: list[str]) -> str:
@@ -351,9 +356,11 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
     """
     from transformers.generation.streamers import BaseStreamer
 
+    from tasks.scope_guard import ScopeGuard
     from tasks.serving import Router
 
     router = Router(base_model_path, adapter_dir, threads=threads)
+    guard = ScopeGuard.load(adapter_dir)
     prompts = prompts or [None] * len(queries)
 
     class Stamps(BaseStreamer):
@@ -374,6 +381,8 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
     for i, (query, prompt) in enumerate(timed[:warmup] + timed):
         stamps = Stamps()
         start = time.perf_counter()
+        if guard is not None:  # served: the guard looks first (timed even when it passes)
+            guard.out_of_scope([query])
         router.generate(query, streamer=stamps, prompt=prompt)
         end = time.perf_counter()
         if i < warmup:
@@ -436,6 +445,15 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
                           metrics)
     general = metrics.get(GENERAL_TASK, {})
     gold, predicted = score_generations(samples[gen_task])
+    guard, guard_fallbacks = None, None
+    if not icl:
+        from tasks.scope_guard import ScopeGuard
+
+        guard = ScopeGuard.load(config.adapter_dir)
+    if guard is not None:
+        guarded = guard.apply([s["doc"]["query"] for s in samples[gen_task]], predicted)
+        guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
+        predicted = guarded
     mc_gold, mc_predicted = score_samples(samples[mc_task])
     accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted,
                                                                       list(EXPERTS))
@@ -464,6 +482,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         correct=correctness(gold, predicted), price_per_device_hour=config.price_per_device_hour,
         cost_per_1k_requests=cost_per_1k_requests(latency["throughput_qps"],
                                                   config.price_per_device_hour),
+        scope_guard=guard.describe() if guard else None, guard_fallbacks=guard_fallbacks,
         **latency)
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = zip(samples[gen_task], gold, predicted, mc_predicted, strict=True)

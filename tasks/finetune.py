@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from tasks.catalog import CandidateSpec, CatalogError, Hyperparameters, load_catalog
 from tasks.config import EXPERTS, get_paths
+from tasks.scope_guard import build_for_training_set
 from tasks.settings import parse_config
 
 #: The Airflow pool that limits concurrent training jobs (one slot per GPU a job needs).
@@ -103,6 +104,9 @@ class FinetuneResult(BaseModel):
     trainable_parameters: int
     total_parameters: int
     mlflow_run_id: str | None = None
+    scope_guard: dict | None = Field(None, description=(
+        "The out-of-scope guard saved beside the weights (tasks/scope_guard.py): reference "
+        "queries, threshold, budget; none when the candidate has no guard."))
 
 
 def launch_command(job_path: Path, launcher: str, nproc: int) -> list[str]:
@@ -243,12 +247,16 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             if previous != "done":
                 _launch(job, out, config, nproc)
             result = _result(spec, job, manifest, out, active.info.run_id)
+            result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
+                                                        result.adapter_dir)
             _log_summary(result, json.loads((out / "train_metrics.json").read_text()), out,
                          spec)
     else:
         if previous != "done":
             _launch(job, out, config, nproc)
         result = _result(spec, job, manifest, out, None)
+        result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
+                                                    result.adapter_dir)
     (out / "finetune_result.json").write_text(result.model_dump_json(indent=1))
     return result
 
@@ -339,7 +347,8 @@ def _log_summary(result: FinetuneResult, metrics: dict, out: Path, spec: Candida
     if not metrics.get("live_logging", False):  # the worker could not reach the store
         for step, loss in enumerate(metrics["losses"], start=1):
             mlflow.log_metric("train_loss", loss, step=step)
-    mlflow.log_params({"world_size": metrics["world_size"], "device": metrics["device"]})
+    mlflow.log_params({"world_size": metrics["world_size"], "device": metrics["device"],
+                       **{f"scope_guard_{k}": v for k, v in (result.scope_guard or {}).items()}})
     mlflow.log_metrics({
         **{k: float(metrics[k]) for k in (
             "train_seconds", "tokens_per_second", "peak_memory_mb", "trainable_parameters",

