@@ -24,6 +24,21 @@ def model_note(evaluations: list[dict]) -> str:
     return note
 
 
+def guard_text(evaluations: list[dict]) -> str:
+    """What each fine-tuned model's scope guard did on the test split (empty: no guards)."""
+    parts = []
+    for e in evaluations:
+        tuned = e.get("finetuned") or {}
+        guard = tuned.get("scope_guard")
+        if guard:
+            parts.append(f"{e['candidate']} sent {tuned.get('guard_fallbacks') or 0} of "
+                         f"{tuned.get('n_test')} test queries to {guard['fallback']} (similarity "
+                         f"below {guard['threshold']:.3f} to all {guard['reference_queries']} "
+                         f"in-scope training queries; {guard['budget']:.0%} budget)")
+    return ("Scope guard: " + "; ".join(parts) + ". Its time is inside the latency."
+            if parts else "")
+
+
 def teacher_accuracy_text(teacher: dict) -> str:
     """The teacher's accuracy as the gate reads it: graded by experts on the traffic audit."""
     n = teacher.get("n_traffic_audit") or 0
@@ -159,6 +174,7 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
         "bits/byte: the forgetting check, general text scored by each causal model and its base "
         f"({first.get('general_text_docs') or 0} documents; lower is better, a rise over the "
         "base is what fine-tuning made it forget).", "",
+        *([guard_text(evaluations), ""] if guard_text(evaluations) else []),
         "## Gate", "",
     ]
     for v in decision["verdicts"]:

@@ -51,6 +51,12 @@ class ScopeGuard:
     budget: float
     fallback: str = FALLBACK_EXPERT
 
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        # stored as float16 (half the file); compared in float32, converted once, not per query
+        self._reference = np.ascontiguousarray(self.vectors, dtype=np.float32)
+
     @classmethod
     def build(cls, queries: Sequence[str], experts: Sequence[str], budget: float = 0.05,
               fallback: str = FALLBACK_EXPERT) -> ScopeGuard:
@@ -92,8 +98,7 @@ class ScopeGuard:
 
         if not queries:
             return np.zeros(0, dtype=np.float32)
-        reference = self.vectors.astype(np.float32)
-        return (embed_queries(list(queries)) @ reference.T).max(axis=1)
+        return (embed_queries(list(queries)) @ self._reference.T).max(axis=1)
 
     def out_of_scope(self, queries: Sequence[str]) -> list[bool]:
         """Whether the guard sends each query to the fallback expert."""

@@ -51,6 +51,7 @@ from tests.benchmarks.bench_quality_peers import (  # noqa: E402
     calibrate,
     curated_points,
     peer_rows,
+    plot_curve,
     scores,
     split,
     teacher_labelled_points,
@@ -230,6 +231,9 @@ def main() -> int:
                         help="test queries (stratified) for the causal bases' zero-shot and "
                              "in-context rows; 0 skips them")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--plot", default=None,
+                        help="where the accuracy-against-training-points chart goes "
+                             "(default: the work folder)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -281,6 +285,7 @@ def main() -> int:
             rows.append({**row, "test n": len(test)})
     print("\n" + "=" * 100)
     print_table(rows)
+    print(f"\ncurve: {plot_curve(rows, Path(args.plot or home / 'quality_curve.png'))}")
     best = max((r for r in rows if r["model"] in catalog), key=lambda r: r["overall"],
                default=None)
     peer = next((r for r in rows if r["model"].startswith("MiniLM (frozen)")

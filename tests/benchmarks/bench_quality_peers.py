@@ -40,6 +40,7 @@ import argparse
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -200,12 +201,52 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
                    tablefmt="github", disable_numparse=True))
 
 
+def training_points(label: str) -> int | None:
+    """Training-set size of a row's ``train`` label ("700 curated + 5000 teacher ..." -> 5700)."""
+    import re
+
+    numbers = [int(n) for n in re.findall(r"(\d+) (?:curated|teacher)", label)]
+    return sum(numbers) or None
+
+
+def plot_curve(rows: Sequence[dict[str, Any]], out: Path) -> Path:
+    """Overall accuracy against training points, one line per model and out-of-scope rule."""
+    from tasks.plots import _pyplot
+
+    plt = _pyplot()
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        size = training_points(row["train"])
+        if size and not row["oos rule"].startswith("p <"):  # val thresholds differ per row
+            lines.setdefault(f"{row['model']}, {row['oos rule']}", []).append(
+                (size, row["overall"]))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in lines.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=name)
+    ax.set_xscale("log")
+    sizes = sorted({x for points in lines.values() for x, _ in points})
+    ax.set_xticks(sizes, [f"{x:,}" for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training points (curated, + teacher-labelled at the right)")
+    ax.set_ylabel("overall accuracy, % (CLINC150 test, 5,500)")
+    ax.set_title("Router accuracy against training data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-sizes", type=int, nargs="+", default=[100, 300, 700, 1500])
     parser.add_argument("--curated-for-teacher", type=int, default=700)
     parser.add_argument("--teacher-labelled", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default=None,
+                        help="where the curve goes (default: a temporary folder)")
     args = parser.parse_args()
     started = time.perf_counter()
     test = split("test")
@@ -216,6 +257,8 @@ def main() -> int:
                      ((args.curated_for_teacher, args.teacher_labelled),)
                      if args.teacher_labelled else (), args.seed)
     print_table(rows)
+    out = Path(args.plot or Path(tempfile.mkdtemp(prefix="flywheel-peers-")) / "curve.png")
+    print(f"curve: {plot_curve(rows, out)}")
     print(f"wall time {time.perf_counter() - started:.0f} s ({len(_vectors)} queries embedded)")
     return 0
 
