@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.config import FALLBACK_EXPERT
+from tasks.scope_guard import ScopeGuard
 from tests.test_finetune import write_dataset
 
 
@@ -72,6 +74,17 @@ def test_encoder_router_trains_and_evaluates_like_a_causal_router(tmp_path):
     assert tuned["accuracy"] > 0.3 and tuned["accuracy"] > base["accuracy"], (tuned, base)
     assert 0 < tuned["latency_p50_ms"] <= tuned["latency_p95_ms"]
     assert tuned["ttft_p50_ms"] == tuned["latency_p50_ms"]  # one forward pass answers
+    # the scope guard finetune saved beside the weights is what evaluation applied
+    assert trained.scope_guard and tuned["scope_guard"] == trained.scope_guard
+    assert base["scope_guard"] is None and base["guard_fallbacks"] is None
+    guard = ScopeGuard.load(trained.adapter_dir)
+    flagged = guard.out_of_scope([json.loads(line)["query"] for line in
+                                  (dataset / "test.jsonl").read_text().splitlines()])
+    assert tuned["guard_fallbacks"] <= sum(flagged)  # (some the model sent there itself)
+    predictions = [json.loads(line) for line in (tmp_path / "runs" / "enc" / "eval" / spec.name
+                                                 / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["predicted"] == FALLBACK_EXPERT for p, f in zip(predictions, flagged,
+                                                                 strict=True) if f)
 
     mlflow = tracking.configure(tracking.get_paths(str(tmp_path)))
     run = mlflow.MlflowClient().get_run(trained.mlflow_run_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tasks.config import EXPERTS
@@ -87,3 +89,34 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     from tasks.register import champion_version
 
     assert champion_version("enc", home).tags["family"] == "encoder"
+
+
+def test_the_scope_guard_travels_with_the_weights_into_the_served_model(tmp_path, xs_base_model,
+                                                                        xs_adapter):
+    """A guard saved beside the adapter is in the registered version, and the served router
+    sends a query unlike the training data to the fallback expert without asking the model."""
+    import shutil
+
+    from tasks.clinc150 import examples
+    from tasks.config import FALLBACK_EXPERT
+    from tasks.register import download_version, promote, register_winner
+    from tasks.scope_guard import GUARD_FILE, ScopeGuard
+    from tasks.serving import Router, load_champion
+    from tests.test_register import decision, evaluation, training_run
+
+    adapter = shutil.copytree(xs_adapter, tmp_path / "guarded")
+    train = [e for e in examples() if e.split == "train" and e.expert != FALLBACK_EXPERT][:200]
+    ScopeGuard.build([e.query for e in train], [e.expert for e in train], 0.05).save(adapter)
+    home = str(tmp_path)
+    ev = evaluation("xs", training_run(home, tmp_path, "xs", "guard"), 0.5,
+                    str(xs_base_model), str(adapter))
+    registered = register_winner(decision("xs"), [ev], "guard", "c1", home=home)
+    promote("guard", registered["version"], home=home)
+    _, served_adapter = download_version("guard", registered["version"], home)
+    assert served_adapter and (Path(served_adapter) / GUARD_FILE).is_file()
+
+    nonsense = "blorf quantum zebra kazoo"
+    assert load_champion("guard", home=home).predict([nonsense]) == [FALLBACK_EXPERT]
+    router = Router(str(xs_base_model), str(adapter))
+    assert router.guard is not None and router.route(nonsense) == FALLBACK_EXPERT
+    assert Router(str(xs_base_model), str(xs_adapter)).guard is None  # no file, no guard
