@@ -53,9 +53,12 @@ class ScopeGuard:
 
     def __post_init__(self) -> None:
         import numpy as np
+        import torch
 
-        # stored as float16 (half the file); compared in float32, converted once, not per query
-        self._reference = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        # stored as float16 (half the file); compared in float32, converted once, not per query,
+        # and by torch: numpy's BLAS threads between two torch forward passes fight torch's own
+        # for the cores (measured: 24 ms p50 / 110 ms p95 a query against 10.5 / 11 with torch)
+        self._reference = torch.from_numpy(np.ascontiguousarray(self.vectors, dtype=np.float32))
 
     @classmethod
     def build(cls, queries: Sequence[str], experts: Sequence[str], budget: float = 0.05,
@@ -93,12 +96,15 @@ class ScopeGuard:
     def similarity(self, queries: Sequence[str]) -> np.ndarray:
         """Each query's cosine similarity to its nearest reference query."""
         import numpy as np
+        import torch
 
         from tasks.embeddings import embed_queries
 
         if not queries:
             return np.zeros(0, dtype=np.float32)
-        return (embed_queries(list(queries)) @ self._reference.T).max(axis=1)
+        with torch.inference_mode():
+            nearest = (torch.from_numpy(embed_queries(list(queries))) @ self._reference.T).amax(1)
+        return nearest.numpy()
 
     def out_of_scope(self, queries: Sequence[str]) -> list[bool]:
         """Whether the guard sends each query to the fallback expert."""
