@@ -51,8 +51,9 @@ class DemoConfig(BaseModel):
         "is a student at a tenth of the teacher's latency."))
     icl_examples: int = Field(4, ge=0, le=32, description="In-context baseline examples.")
     max_train_steps: int | None = Field(None, ge=1, description="Cap training steps, cycle 1.")
-    later_max_train_steps: int | None = Field(200, ge=1, description=(
-        "Cap training steps in later cycles (keeps the demo's wall time down)."))
+    later_max_train_steps: int | None = Field(None, ge=1, description=(
+        "Cap training steps in later cycles (none: the catalog's epochs; 200 steps were about "
+        "4 of MiniLM's 10 epochs on a second cycle's data)."))
     agent_queries: int = Field(300, ge=0, le=100000, description=(
         "Queries the agent routes with the champion before each later cycle."))
     agent_feedback_rate: float = Field(0.5, ge=0, le=1, description=(
