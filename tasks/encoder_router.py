@@ -191,7 +191,9 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
     guard = ScopeGuard.load(config.adapter_dir or config.base_model_path)
     guard_fallbacks = None
     if guard is not None:
-        predicted, guard_fallbacks = guard.apply_counted([d["query"] for d in docs], predicted)
+        guarded = guard.apply([d["query"] for d in docs], predicted)
+        guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
+        predicted = guarded
     gold = [d["expert"] for d in docs]
     accuracy, macro_f1, per_expert, confusion = classification_report(
         gold, predicted, list(dict.fromkeys([*EXPERTS, *labels])))

@@ -356,10 +356,11 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
     """
     from transformers.generation.streamers import BaseStreamer
 
+    from tasks.scope_guard import ScopeGuard
     from tasks.serving import Router
 
     router = Router(base_model_path, adapter_dir, threads=threads)
-    guard = router.guard  # the served router's own, loaded from beside the adapter
+    guard = ScopeGuard.load(adapter_dir)
     prompts = prompts or [None] * len(queries)
 
     class Stamps(BaseStreamer):
@@ -450,8 +451,9 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
 
         guard = ScopeGuard.load(config.adapter_dir)
     if guard is not None:
-        predicted, guard_fallbacks = guard.apply_counted(
-            [s["doc"]["query"] for s in samples[gen_task]], predicted)
+        guarded = guard.apply([s["doc"]["query"] for s in samples[gen_task]], predicted)
+        guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
+        predicted = guarded
     mc_gold, mc_predicted = score_samples(samples[mc_task])
     accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted,
                                                                       list(EXPERTS))

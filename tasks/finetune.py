@@ -246,13 +246,17 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             job.tracking_uri, job.mlflow_run_id = tracking_uri, active.info.run_id
             if previous != "done":
                 _launch(job, out, config, nproc)
-            result = _result(spec, job, manifest, out, active.info.run_id, train_path)
+            result = _result(spec, job, manifest, out, active.info.run_id)
+            result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
+                                                        result.adapter_dir)
             _log_summary(result, json.loads((out / "train_metrics.json").read_text()), out,
                          spec)
     else:
         if previous != "done":
             _launch(job, out, config, nproc)
-        result = _result(spec, job, manifest, out, None, train_path)
+        result = _result(spec, job, manifest, out, None)
+        result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
+                                                    result.adapter_dir)
     (out / "finetune_result.json").write_text(result.model_dump_json(indent=1))
     return result
 
@@ -280,13 +284,10 @@ def _launch(job: TrainJob, out: Path, config: FinetuneConfig, nproc: int) -> Non
 
 
 def _result(spec: CandidateSpec, job: TrainJob, manifest: dict, out: Path,
-            run_id: str | None, train_path: Path) -> FinetuneResult:
-    """What the worker made, with the scope guard of its training set saved beside the weights
-    (before they are logged to MLflow)."""
+            run_id: str | None) -> FinetuneResult:
     metrics = json.loads((out / "train_metrics.json").read_text())
     weights = "model" if spec.method == "full" else "adapter"
     return FinetuneResult(
-        scope_guard=build_for_training_set(train_path, spec.scope_guard_budget, out / weights),
         candidate=spec.name, family=spec.family, method=spec.method, base_model=spec.base_model,
         base_model_path=job.base_model_path, adapter_dir=str(out / weights),
         artifact_path=weights, dataset_version=manifest["version"],

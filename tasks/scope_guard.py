@@ -117,12 +117,6 @@ class ScopeGuard:
         return [self.fallback if out else p
                 for out, p in zip(self.out_of_scope(queries), predicted, strict=True)]
 
-    def apply_counted(self, queries: Sequence[str], predicted: Sequence[str]
-                      ) -> tuple[list[str], int]:
-        """:meth:`apply`, and how many predictions it changed (what a report states)."""
-        guarded = self.apply(queries, predicted)
-        return guarded, sum(g != p for g, p in zip(guarded, predicted, strict=True))
-
     def describe(self) -> dict[str, Any]:
         """What the guard is, for results, MLflow params and the report."""
         return {"reference_queries": int(len(self.vectors)), "threshold": round(self.threshold, 4),
