@@ -48,7 +48,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from tasks.config import Paths, get_paths
 from tasks.locks import file_lock
-from tasks.records import FLAT_COLUMNS, SCHEMA_VERSION, RecordError, query_of, route_of
+from tasks.records import (
+    FLAT_COLUMNS,
+    SCHEMA_VERSION,
+    RecordError,
+    nesting_error,
+    query_of,
+    route_of,
+)
 from tasks.redact import redact, redact_record
 
 if TYPE_CHECKING:
@@ -261,6 +268,9 @@ def _parse_text(number: int, text: str) -> Parsed:
         return number, text, None, "invalid JSON: nested too deeply to parse"
     if not isinstance(obj, dict):
         return number, text, None, f"not a JSON object (got {type(obj).__name__})"
+    too_deep = nesting_error(obj)
+    if too_deep:  # writing it back (staging, redaction) would recurse as deep
+        return number, text, None, too_deep
     return number, text, obj, None
 
 
@@ -334,7 +344,9 @@ def _parquet_row(number: int, row: Any, names: list[str], foreign: str | None) -
                 obj[name] = json.loads(obj[name])
             except json.JSONDecodeError as exc:
                 error = f"column {name!r} is not valid JSON: {exc.msg}"
-    error = foreign or error
+            except RecursionError:
+                error = f"column {name!r} is nested too deeply to parse"
+    error = foreign or error or nesting_error(obj)
     return number, raw, (None if error else obj), error
 
 

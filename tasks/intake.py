@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tasks.config import get_paths
+from tasks.records import nesting_error
 
 TOKEN_ENV = "FLYWHEEL_INTAKE_TOKEN"
 CONNECTION_ID = "flywheel_intake"
@@ -156,6 +157,8 @@ def _parse(body: bytes) -> Any:
                               f"{exc.colno})") from exc
     except ValueError as exc:
         raise IntakeRejection(422, "invalid_json", f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # the parser recurses once per level of nesting
+        raise IntakeRejection(422, "too_deep", "body nested too deeply to parse") from exc
 
 
 def _items(payload: Any, wrapper: str | None) -> list[Any]:
@@ -184,6 +187,9 @@ def _check_id(index: int, item: Any) -> dict[str, Any]:
         raise IntakeRejection(422, "invalid_item",
                               f"item {index}: 'id' is missing or not a non-empty string",
                               item=index)
+    too_deep = nesting_error(item)
+    if too_deep:  # writing it to the landing file would recurse as deep
+        raise IntakeRejection(422, "too_deep", f"item {index}: {too_deep}", item=index)
     return item
 
 

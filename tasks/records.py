@@ -28,6 +28,11 @@ from tasks.config import EXPERTS, ROUTE_TOOL
 
 SCHEMA_VERSION = 1
 
+#: Deepest nesting of objects and arrays a record or feedback event may have. A chat log nests a
+#: dozen levels at most; Python's JSON parser and writer recurse once per level and give out near
+#: a thousand, so deeper input is refused with this reason before anything parses or writes it.
+MAX_NESTING = 64
+
 #: Columns of a flattened record: what ingestion stages, validation checks and the store keeps.
 FLAT_COLUMNS: tuple[str, ...] = (
     "id",
@@ -50,6 +55,32 @@ ROUTER_SYSTEM_PROMPT = (
     "You are the router of a company assistant. Send each employee question to exactly one expert "
     "agent by calling route_to. Use out_of_scope when no expert fits."
 )
+
+
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How many levels of objects and arrays ``value`` nests (a scalar is 0), counted without
+    recursion; the count stops at ``limit + 1``, so a hostile value costs no more than that."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return deepest
+
+
+def nesting_error(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """Why ``value`` is nested too deeply to accept, or None."""
+    if nesting_depth(value, limit) > limit:
+        return f"nested more than {limit} levels deep (objects and arrays); the limit is {limit}"
+    return None
 
 
 def route_tool_schema(experts: tuple[str, ...] = EXPERTS) -> dict[str, Any]:

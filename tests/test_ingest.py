@@ -55,6 +55,19 @@ def quarantine(home: Path, run_id: str) -> pd.DataFrame:
     return pd.read_parquet(home / "quarantine" / f"{run_id}-ingest.parquet")
 
 
+def test_deeply_nested_lines_are_quarantined_with_the_reason(tmp_path: Path) -> None:
+    deep = json.dumps(record(2))[:-1] + ', "x": ' + "[" * 900 + "]" * 900 + "}"
+    deeper = json.dumps(record(3))[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    write_jsonl(tmp_path / "landing" / "router-2026-11-20.jsonl",
+                [record(1), deep, deeper, record(4)])
+    result = run(tmp_path, "b1")
+    assert (result.lines_in, result.records_parsed, result.quarantined) == (4, 2, 2)
+    q = quarantine(tmp_path, "b1").set_index("line")
+    assert q.loc[2, "reason"].startswith("nested more than 64 levels")
+    assert q.loc[3, "reason"] == "invalid JSON: nested too deeply to parse"
+    assert q.loc[3, "raw"] == deeper  # kept whole, to be looked at
+
+
 def test_counts_and_quarantine_reasons(tmp_path: Path) -> None:
     missing_messages = record(5, request={"tools": []})
     bad_args = record(6)

@@ -118,6 +118,12 @@ def test_body_over_limit_is_413(client: TestClient, tmp_path: Path) -> None:
     (b'[{"id": "a"}, 7]', "invalid_item", 1, "item 1: not a JSON object"),
     (b'[{"id": "a"}, {"id": "b"}, {"model": "m"}]', "invalid_item", 2, "item 2: 'id'"),
     (b'{"records": [{"id": 5}]}', "invalid_item", 0, "item 0: 'id'"),
+    # nested past the record contract's limit (900 levels parse, 1,000 used to be a 500)...
+    (b'[{"id": "a"}, {"id": "b", "x": ' + b"[" * 900 + b"]" * 900 + b"}]", "too_deep", 1,
+     "item 1: nested more than 64 levels"),
+    # ...or past what the parser itself can recurse into
+    (b'{"id": "a", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}", "too_deep", None,
+     "nested too deeply to parse"),
 ])
 def test_malformed_records_are_422(client: TestClient, tmp_path: Path, body: bytes, error: str,
                                    item: int | None, words: str) -> None:
