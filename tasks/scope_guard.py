@@ -9,14 +9,20 @@ So a router carries a guard beside its weights:
 
 * the sentence embeddings (:mod:`tasks.embeddings`, the vectors the Qdrant collections hold) of
   its in-scope training queries, and
-* a similarity threshold: a query whose nearest training neighbour is less similar than it is
-  routed to the fallback expert, whatever the model says.
+* a similarity threshold: a query whose mean similarity to its ``neighbours`` nearest training
+  queries is below it is routed to the fallback expert, whatever the model says.
 
 The threshold needs no out-of-scope examples and never sees the test split: it is the
-``budget`` quantile of each in-scope training query's similarity to its nearest *other* training
-query (leave-one-out), i.e. the share of in-scope traffic the guard is expected to send to the
-fallback by mistake. The default, 5%, is the usual operating point of out-of-distribution
+``budget`` quantile of the same score for each in-scope training query against the *other*
+training queries (leave-one-out), i.e. the share of in-scope traffic the guard is expected to send
+to the fallback by mistake. The default, 5%, is the usual operating point of out-of-distribution
 detectors (95% of in-distribution inputs kept).
+
+Why 5 neighbours and not the nearest one: on CLINC150's validation split (3,000 in-scope + 100
+out-of-scope queries; the test split was not looked at), the mean over the 5 nearest separated
+out-of-scope queries with an AUROC of 0.955 / 0.977 (guards built from 700 curated / 700 + 5,000
+teacher-labelled train points), the nearest alone 0.954 / 0.972, and at the 5% budget it kept
+closer to its budget on the larger set (6.0% of in-scope queries turned away, against 7.6%).
 
     guard = ScopeGuard.build(train_queries, train_experts, budget=0.05)
     guard.save(adapter_dir)                       # travels with the weights into the registry
@@ -40,16 +46,20 @@ if TYPE_CHECKING:
 GUARD_FILE = "scope_guard.npz"
 #: Fewer in-scope training queries than this give no guard: the quantile would be noise.
 MIN_REFERENCE = 20
+#: Nearest training queries whose mean similarity is a query's score (see the module's docstring).
+NEIGHBOURS = 5
 
 
 @dataclass
 class ScopeGuard:
-    """Reference vectors (unit rows) and the similarity below which a query is out of scope."""
+    """Reference vectors (unit rows) and the score below which a query is out of scope; the
+    score is the mean cosine similarity to the ``neighbours`` nearest reference vectors."""
 
     vectors: np.ndarray
     threshold: float
     budget: float
     fallback: str = FALLBACK_EXPERT
+    neighbours: int = 1
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -59,10 +69,13 @@ class ScopeGuard:
         # and by torch: numpy's BLAS threads between two torch forward passes fight torch's own
         # for the cores (measured: 24 ms p50 / 110 ms p95 a query against 10.5 / 11 with torch)
         self._reference = torch.from_numpy(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if not 1 <= self.neighbours <= len(self.vectors):
+            raise ValueError(f"scope guard neighbours must be in [1, {len(self.vectors)}], got "
+                             f"{self.neighbours}")
 
     @classmethod
     def build(cls, queries: Sequence[str], experts: Sequence[str], budget: float = 0.05,
-              fallback: str = FALLBACK_EXPERT) -> ScopeGuard:
+              fallback: str = FALLBACK_EXPERT, neighbours: int = NEIGHBOURS) -> ScopeGuard:
         """The guard of a training set: its in-scope queries and the leave-one-out threshold.
 
         Raises:
@@ -83,18 +96,22 @@ class ScopeGuard:
         if len(reference) < MIN_REFERENCE:
             raise ValueError(f"a scope guard needs at least {MIN_REFERENCE} distinct in-scope "
                              f"training queries, got {len(reference)}")
+        if neighbours < 1:
+            raise ValueError(f"scope guard neighbours must be at least 1, got {neighbours}")
         vectors = embed_queries(reference)
-        nearest = np.empty(len(vectors), dtype=np.float32)
+        k = min(neighbours, len(vectors) - 1)  # leave-one-out leaves n - 1 to compare with
+        score = np.empty(len(vectors), dtype=np.float32)
         for start in range(0, len(vectors), 1024):  # blocks keep the n x n product small
             block = vectors[start:start + 1024] @ vectors.T
             block[np.arange(len(block)), np.arange(start, start + len(block))] = -1.0
-            nearest[start:start + len(block)] = block.max(axis=1)
-        threshold = float(np.quantile(nearest, budget))
+            score[start:start + len(block)] = np.partition(block, -k, axis=1)[:, -k:].mean(1)
+        threshold = float(np.quantile(score, budget))
         return cls(vectors=vectors.astype(np.float16), threshold=threshold, budget=budget,
-                   fallback=fallback)
+                   fallback=fallback, neighbours=k)
 
     def similarity(self, queries: Sequence[str]) -> np.ndarray:
-        """Each query's cosine similarity to its nearest reference query."""
+        """Each query's score: its mean cosine similarity to its ``neighbours`` nearest
+        reference queries."""
         import numpy as np
         import torch
 
@@ -103,8 +120,9 @@ class ScopeGuard:
         if not queries:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
-            nearest = (torch.from_numpy(embed_queries(list(queries))) @ self._reference.T).amax(1)
-        return nearest.numpy()
+            similar = torch.from_numpy(embed_queries(list(queries))) @ self._reference.T
+            score = similar.topk(self.neighbours, dim=1).values.mean(1)
+        return score.numpy()
 
     def out_of_scope(self, queries: Sequence[str]) -> list[bool]:
         """Whether the guard sends each query to the fallback expert."""
@@ -120,14 +138,15 @@ class ScopeGuard:
     def describe(self) -> dict[str, Any]:
         """What the guard is, for results, MLflow params and the report."""
         return {"reference_queries": int(len(self.vectors)), "threshold": round(self.threshold, 4),
-                "budget": self.budget, "fallback": self.fallback}
+                "budget": self.budget, "neighbours": self.neighbours, "fallback": self.fallback}
 
     def save(self, folder: str | Path) -> Path:
         import numpy as np
 
         path = Path(folder) / GUARD_FILE
         np.savez_compressed(path, vectors=self.vectors, meta=np.array(json.dumps(
-            {"threshold": self.threshold, "budget": self.budget, "fallback": self.fallback})))
+            {"threshold": self.threshold, "budget": self.budget, "fallback": self.fallback,
+             "neighbours": self.neighbours})))
         return path
 
     @classmethod
@@ -146,8 +165,10 @@ class ScopeGuard:
             with np.load(path) as data:
                 meta = json.loads(str(data["meta"]))
                 vectors = data["vectors"]
+            # a guard saved before the score averaged several neighbours used the nearest one
             return cls(vectors=vectors, threshold=float(meta["threshold"]),
-                       budget=float(meta["budget"]), fallback=meta["fallback"])
+                       budget=float(meta["budget"]), fallback=meta["fallback"],
+                       neighbours=int(meta.get("neighbours", 1)))
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"scope guard {path} is unreadable: {exc}") from exc
 
@@ -167,6 +188,7 @@ def build_for_training_set(train_path: str | Path, budget: float, out: str | Pat
         return None
     guard.save(out)
     info = guard.describe()
-    print(f"scope guard: {info['reference_queries']} in-scope training queries, similarity "
-          f"threshold {info['threshold']:.3f} (leave-one-out, {budget:.0%} budget)", flush=True)
+    print(f"scope guard: {info['reference_queries']} in-scope training queries, threshold "
+          f"{info['threshold']:.3f} on the mean similarity to the {info['neighbours']} nearest "
+          f"(leave-one-out, {budget:.0%} budget)", flush=True)
     return info

@@ -10,7 +10,14 @@ import pytest
 
 from tasks.clinc150 import examples
 from tasks.config import FALLBACK_EXPERT
-from tasks.scope_guard import GUARD_FILE, MIN_REFERENCE, ScopeGuard, build_for_training_set
+from tasks.embeddings import embed_queries
+from tasks.scope_guard import (
+    GUARD_FILE,
+    MIN_REFERENCE,
+    NEIGHBOURS,
+    ScopeGuard,
+    build_for_training_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +62,25 @@ def test_save_and_load_round_trip(guard, tmp_path):
     loaded = ScopeGuard.load(tmp_path)
     assert loaded.threshold == pytest.approx(guard.threshold)
     assert loaded.budget == 0.05 and loaded.vectors.shape == guard.vectors.shape
+    assert loaded.neighbours == guard.neighbours == NEIGHBOURS
     assert ScopeGuard.load(tmp_path / "elsewhere") is None
     assert ScopeGuard.load(None) is None
     (tmp_path / GUARD_FILE).write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="unreadable"):
         ScopeGuard.load(tmp_path)
+
+
+def test_score_is_the_mean_similarity_to_the_nearest_neighbours(guard, tmp_path):
+    queries = ["can you block my credit card", "what is the weather like in paris tomorrow"]
+    similar = embed_queries(queries) @ guard.vectors.astype(np.float32).T
+    expected = np.sort(similar, axis=1)[:, -NEIGHBOURS:].mean(axis=1)
+    assert guard.similarity(queries) == pytest.approx(expected, abs=1e-5)
+    # a guard saved before the score averaged neighbours loads with the nearest one, as it was built
+    np.savez_compressed(tmp_path / GUARD_FILE, vectors=guard.vectors, meta=np.array(json.dumps(
+        {"threshold": guard.threshold, "budget": 0.05, "fallback": FALLBACK_EXPERT})))
+    legacy = ScopeGuard.load(tmp_path)
+    assert legacy.neighbours == 1
+    assert legacy.similarity(queries) == pytest.approx(similar.max(axis=1), abs=1e-5)
 
 
 def test_bad_input_is_refused():
@@ -71,6 +92,10 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="at least"):  # duplicates and out-of-scope don't count
         ScopeGuard.build(queries[:5] * 10 + ["what is love"],
                          ["banking"] * 50 + [FALLBACK_EXPERT], budget=0.05)
+    with pytest.raises(ValueError, match="neighbours"):
+        ScopeGuard.build(queries, ["banking"] * len(queries), neighbours=0)
+    with pytest.raises(ValueError, match="neighbours"):
+        ScopeGuard(vectors=np.eye(3, dtype=np.float16), threshold=0.5, budget=0.05, neighbours=4)
 
 
 def test_build_for_training_set_skips_small_sets_and_zero_budget(tmp_path, capsys):
