@@ -7,11 +7,14 @@ Run it::
 Each record of ``staging/<run_id>/records.parquet`` ends in exactly one bucket
 (``records_in == stored + duplicates + quarantined``):
 
-* **duplicates**: an exact copy of an earlier line of the batch (at-least-once delivery), or an id
-  the store already holds. Not stored again; an inline rating still counts as feedback.
+* **duplicates**: an exact copy of an earlier line of the batch (at-least-once delivery), or a
+  re-delivery of a record the store already holds (same id and content; a rating added since
+  still counts as feedback). Not stored again.
 * **quarantined**: fails one or more expectations of the suite (:func:`build_suite`); the row goes
   to ``quarantine/<run_id>-validate.parquet`` with *every* failed expectation as its reason.
-  Two different records with one id both fail ``id_unique``.
+  Two different records with one id both fail ``id_unique`` when they meet in one batch, and a
+  record whose id the store already holds with other content (:data:`REUSED_ID_FIELDS`) fails
+  ``id_not_reused``: an id reused by a client is never silently dropped or overwritten.
 * **stored**: appended to the store as ``store/records/part-<run_id>.parquet``.
 
 Feedback (late events from ingestion and ratings inside records) is history, not an update in
@@ -168,6 +171,13 @@ def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str
         expectation.meta = {"name": name}
     return suite
 
+
+#: What a record is, beyond its id: a stored id arriving again with any of these different is a
+#: reused id (quarantined), not a re-delivery. Feedback fields are left out: a record re-sent
+#: with a rating it did not have is the same record, rated.
+REUSED_ID_FIELDS = ("workload_id", "client_id", "model", "query", "route", "latency_ms", "ttft_ms")
+#: The store-side check's name, as the quarantine reason and the validation report show it.
+ID_NOT_REUSED = "id_not_reused"
 
 #: Columns the suite reads; only these are handed to GX.
 SUITE_COLUMNS = ("id", "_timestamp", "workload_id", "client_id", "route", "latency_ms", "ttft_ms",
@@ -389,6 +399,28 @@ def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
     return pa.concat_tables(tables).to_pandas()
 
 
+def _reused_ids(work: pd.DataFrame, records_dir: Path, exclude: str) -> list[int]:
+    """Rows of ``work`` whose id the store (all parts but ``exclude``) already holds with other
+    content: a different timestamp or any of :data:`REUSED_ID_FIELDS`."""
+    import pandas as pd
+
+    stored = _read_parts(records_dir, _record_schema(), exclude=exclude,
+                         columns=["id", "timestamp", *REUSED_ID_FIELDS])
+    stored = stored.drop_duplicates(subset="id").set_index("id")
+    mine = work[work["id"].isin(stored.index)]
+    if not len(mine):
+        return []
+    theirs = stored.loc[mine["id"]]
+    pairs = [(mine["_timestamp"].dt.floor("us"), theirs["timestamp"])]
+    pairs += [(mine[c], theirs[c]) for c in REUSED_ID_FIELDS]
+    differs = pd.Series(False, index=mine.index)
+    for ours, stored_values in pairs:
+        for i, (a, b) in enumerate(zip(ours.tolist(), stored_values.tolist(), strict=True)):
+            if not (pd.isna(a) and pd.isna(b)) and a != b:
+                differs.iloc[i] = True
+    return [int(i) for i in mine.index[differs]]
+
+
 def _utc(value: datetime | str | None) -> Any:
     import pandas as pd
 
@@ -533,6 +565,12 @@ def validate(config: ValidateConfig) -> ValidateResult:
         summary = {name: ExpectationSummary(success=True, unexpected_count=0)
                    for name in build_suite(config)}
         result_json = {"success": True, "results": [], "note": "empty batch"}
+    part = f"part-{run_id}.parquet"
+    records_dir, feedback_dir = paths.store / "records", paths.store / "feedback"
+    reused = _reused_ids(work, records_dir, part)
+    for index in reused:
+        failures.setdefault(index, []).append(ID_NOT_REUSED)
+    summary[ID_NOT_REUSED] = ExpectationSummary(success=not reused, unexpected_count=len(reused))
     write_bytes_atomic(validation_path, json.dumps(result_json, indent=1, default=str).encode())
     validation_html_path = staging / "validation.html"
     write_bytes_atomic(validation_html_path,
@@ -556,8 +594,6 @@ def validate(config: ValidateConfig) -> ValidateResult:
     lines_in = staged["lines_in"] - staged["feedback_events"]
     rejected = staged["quarantined"] + len(invalid)
     invalid_fraction = rejected / lines_in if lines_in else 0.0
-    part = f"part-{run_id}.parquet"
-    records_dir, feedback_dir = paths.store / "records", paths.store / "feedback"
     if invalid_fraction > config.max_invalid_fraction:
         with file_lock(paths.store / ".store.lock"):  # a rejected batch has no part, even if an
             for folder in (records_dir, feedback_dir):  # earlier try of it passed

@@ -102,13 +102,26 @@ def test_duplicates_are_stored_once_and_retries_are_idempotent(tmp_path: Path) -
     assert retry.model_dump(exclude={"validation_path"}) == first.model_dump(
         exclude={"validation_path"})
 
-    deliver(tmp_path, "day2.jsonl", [record(2), record(3, expert="travel"), record(4)])
+    # day 2: r2 re-delivered (with a rating it did not have), r3's id reused for another
+    # decision, r1's for another query, and eight new records
+    reused_query = record(1)
+    reused_query["request"] = make_request("a different question entirely")
+    deliver(tmp_path, "day2.jsonl", [record(2, feedback={"rating": 1, "source": "user"}),
+                                     record(3, expert="travel"), reused_query,
+                                     *(record(i) for i in range(4, 12))])
     second = cycle(tmp_path, "b2")
     assert balanced(second)
-    assert (second.stored, second.duplicates) == (1, 2)
+    assert (second.stored, second.duplicates, second.quarantined) == (8, 1, 2)
+    assert second.expectations["id_not_reused"].unexpected_count == 2
+    reasons = pd.read_parquet(second.quarantine_path).set_index("id")["reason"]
+    assert reasons.to_dict() == {"r3": "id_not_reused", "r1": "id_not_reused"}
     store = load_store(tmp_path)
-    assert sorted(store["id"]) == ["r1", "r2", "r3", "r4"]
-    assert store.set_index("id").loc["r3", "route"] == "banking"  # the first stored wins
+    assert len(store) == 11 and store["id"].is_unique
+    assert store.set_index("id").loc["r3", "route"] == "banking"  # the stored record stands
+    assert store.set_index("id").loc["r2", "rating"] == 1  # the re-delivery's rating counts
+    # a retry of the batch finds the same, not its own part
+    again = validate(ValidateConfig(home=str(tmp_path), run_id="b2"))
+    assert (again.stored, again.duplicates, again.quarantined) == (8, 1, 2)
 
 
 def test_late_feedback_latest_wins_and_pending_feedback_applies_later(tmp_path: Path) -> None:
