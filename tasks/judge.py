@@ -25,6 +25,10 @@ Judges (``--backend``):
   ``api_key_env``. Calls are concurrent up to ``concurrency``, time out after ``timeout_s``, and
   retry with exponential backoff on connection errors, timeouts, 429 and 5xx. An answer that is not
   the JSON object asked for is recorded as that record's error; it never stops the stage.
+
+A record the judge gave no usable answer about (its calls timed out, the endpoint kept failing,
+the answer did not parse) is judged again by the next run, up to ``max_attempts`` runs in all;
+each verdict keeps its ``attempt`` number, and the run counts what it retried.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class JudgeConfig(BaseModel):
         "all", description="Index every record of the window ('all', needed to find novel "
                            "unrated queries) or only rated and reviewed ones ('rated')")
     rejudge: bool = Field(False, description="Judge again records this judge already judged")
+    max_attempts: int = Field(3, ge=1, le=100, description=(
+        "Runs that judge a record while the judge gives no usable answer about it (a timeout, "
+        "an endpoint error, an answer that does not parse); the next run retries it"))
     qdrant_url: str | None = Field(None, description="Qdrant server (default "
                                                      "$FLYWHEEL_QDRANT_URL; none: local mode)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the audit sample")
@@ -125,6 +132,7 @@ class Verdict(BaseModel):
     confidence: float | None = Field(None, ge=0.0, le=1.0)
     rationale: str | None = None
     error: str | None = Field(None, description="Why the judge gave no usable answer")
+    attempt: int = Field(1, ge=1, description="Which run of this judge on the record this is")
 
 
 class JudgeAnswer(BaseModel):
@@ -148,6 +156,8 @@ class AttributeResult(BaseModel):
     labels_updated: int = Field(ge=0, description="Points whose label changed")
     negative: int = Field(ge=0, description="Badly rated records in the window")
     judged_now: int = Field(ge=0, description="Judged by this run")
+    retried: int = Field(0, ge=0, description="Of those, records an earlier run of this judge "
+                                              "gave no usable answer about")
     flagged: int = Field(ge=0, description="Of the window's negatives, flagged as routing "
                                            "errors by their latest judgement")
     abstained: int = Field(ge=0)
@@ -361,8 +371,18 @@ def attribute(config: JudgeConfig) -> AttributeResult:
 
             negatives = window[(window["rating"] == -1).fillna(False)]
             previous = store.judgements()
-            todo = negatives if config.rejudge else negatives[~negatives["id"].map(
-                lambda rid: previous.get(rid, {}).get("judge") == name)]
+
+            def tries(rid: str) -> int:  # this judge's runs on the record that gave no answer
+                last = previous.get(rid) or {}
+                return int(last.get("attempt") or 1) if (
+                    last.get("judge") == name and last.get("error")) else 0
+
+            def due(rid: str) -> bool:
+                last = previous.get(rid) or {}
+                return last.get("judge") != name or 0 < tries(rid) < config.max_attempts
+
+            todo = negatives if config.rejudge else negatives[negatives["id"].map(due)]
+            retried = int(todo["id"].map(tries).astype(bool).sum())
             if config.backend == "knn-vote":
                 verdicts = knn_vote(index, todo, config)
             else:
@@ -371,6 +391,8 @@ def attribute(config: JudgeConfig) -> AttributeResult:
                     verdicts = judge.judge(todo)
                 finally:
                     judge.close()
+            for verdict in verdicts:
+                verdict.attempt = tries(verdict.record_id) + 1
             at = now_iso()
             store.append("judgements", [{**v.model_dump(), "judged_at": at} for v in verdicts])
 
@@ -424,7 +446,7 @@ def attribute(config: JudgeConfig) -> AttributeResult:
     return AttributeResult(
         workload_id=config.workload_id, judge=name, records_in_window=len(window),
         indexed=added, labels_updated=changed, negative=len(negatives),
-        judged_now=len(verdicts),
+        judged_now=len(verdicts), retried=retried,
         flagged=sum(v.get("routing_error") is True for v in window_verdicts),
         abstained=sum(v.get("routing_error") is None and not v.get("error")
                       for v in window_verdicts),
@@ -441,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"attribute {result.workload_id} with {result.judge}: "
           f"{result.records_in_window} records in window, {result.indexed} newly indexed")
     print(f"  negative {result.negative:>6}  judged now {result.judged_now}, "
-          f"flagged {result.flagged}, abstained {result.abstained}, errors {result.errors}")
+          f"flagged {result.flagged}, abstained {result.abstained}, errors {result.errors} "
+          f"(retried now {result.retried}; the next run retries errors up to "
+          f"{config.max_attempts} runs in all)")
     print(f"  queued   {sum(result.queued.values()):>6}  {result.queued}; "
           f"novel {result.novel}; pending {result.pending}")
     return 0

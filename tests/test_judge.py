@@ -102,7 +102,7 @@ class FakeLLM(BaseHTTPRequestHandler):
         if "flaky" in query and FakeLLM.calls[query] < 3:
             self._send(503, {"error": "overloaded"})
             return
-        if "slow" in query:
+        if "slow" in query or ("sluggish" in query and FakeLLM.calls[query] == 1):
             time.sleep(1.0)
         if "garbage" in query:
             content = "I think the route was wrong, probably travel."
@@ -185,6 +185,38 @@ def test_openai_judge_against_a_live_endpoint(llm_server: str,
     finally:
         gone.close()
     assert lost.error.startswith("HTTP 404") and FakeLLM.calls["book a flight"] == 0
+
+
+def test_judge_errors_are_retried_by_the_next_run_up_to_max_attempts(
+        tmp_path: Path, llm_server: str) -> None:
+    items = positives(20, 2, EXPERTS5)  # something labelled in the window
+    items += [record("late", "sluggish: book a flight to oslo", "banking", -1, minute=40),
+              record("junk", "garbage answer please", "home", -1, minute=41),
+              record("fine", "book a flight to rome", "banking", -1, minute=42)]
+    load(tmp_path, "b1", items)
+    config = JudgeConfig(home=str(tmp_path), backend="openai", endpoint_url=llm_server,
+                         model="judge-70b", timeout_s=0.5, max_retries=0, backoff_s=0.0,
+                         audit_fraction=0.0, max_attempts=2)
+    store = ReviewStore(str(tmp_path), "router")
+
+    first = attribute(config)  # "late" times out, "junk" does not parse
+    assert (first.judged_now, first.retried, first.errors) == (3, 0, 2)
+    verdicts = store.judgements()
+    assert "Timeout" in verdicts["late"]["error"] and verdicts["late"]["attempt"] == 1
+    assert verdicts["fine"]["routing_error"] is True and verdicts["fine"]["attempt"] == 1
+
+    second = attribute(config)  # both errors tried again; the endpoint answers "late" now
+    assert (second.judged_now, second.retried, second.errors) == (2, 2, 1)
+    verdicts = store.judgements()
+    assert verdicts["late"]["routing_error"] is True and verdicts["late"]["expert"] == "travel"
+    assert verdicts["late"]["attempt"] == 2 and verdicts["late"]["error"] is None
+    assert verdicts["junk"]["attempt"] == 2 and "not JSON" in verdicts["junk"]["error"]
+    assert FakeLLM.calls["book a flight to rome"] == 1  # an answered record is not asked again
+
+    third = attribute(config)  # "junk" has had its max_attempts: left as an error, counted
+    assert (third.judged_now, third.retried, third.errors) == (0, 0, 1)
+    assert FakeLLM.calls["garbage answer please"] == 2
+    assert len(store.read("judgements")) == 5  # every attempt kept
 
 
 def test_strict_answer_parsing_and_config_errors() -> None:
