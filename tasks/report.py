@@ -31,10 +31,13 @@ def guard_text(evaluations: list[dict]) -> str:
         tuned = e.get("finetuned") or {}
         guard = tuned.get("scope_guard")
         if guard:
+            k = guard.get("neighbours") or 1  # guards described before the field: the nearest
+            near = "the nearest" if k == 1 else f"the {k} nearest"
             parts.append(f"{e['candidate']} sent {tuned.get('guard_fallbacks') or 0} of "
-                         f"{tuned.get('n_test')} test queries to {guard['fallback']} (similarity "
-                         f"below {guard['threshold']:.3f} to all {guard['reference_queries']} "
-                         f"in-scope training queries; {guard['budget']:.0%} budget)")
+                         f"{tuned.get('n_test')} test queries to {guard['fallback']} (mean "
+                         f"similarity to {near} of {guard['reference_queries']} in-scope "
+                         f"training queries below {guard['threshold']:.3f}; "
+                         f"{guard['budget']:.0%} budget)")
     return ("Scope guard: " + "; ".join(parts) + ". Its time is inside the latency."
             if parts else "")
 
@@ -157,6 +160,7 @@ def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dat
     price = first.get("price_per_device_hour")
     lines = [
         f"# Flywheel cycle {cycle_id} (workload {workload_id})", "",
+        *([f"**Data alarm:** {validated['alarm']}", ""] if validated.get("alarm") else []),
         "## Data funnel", "", tabulate(data_rows, headers=["stage", "records"], tablefmt="github"),
         "", f"Dataset version {dataset['version']}.", "",
         f"## Models on the frozen test split ({dataset['n_test']} queries)", "",

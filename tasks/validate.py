@@ -27,10 +27,15 @@ The validation result is kept in ``staging/<run_id>/validation.json`` (GX's own 
 ``validation.html`` (a small self-contained report: one row per expectation, with its unexpected
 count and sample failing rows).
 
-A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent. When the
-share of the batch's record lines rejected (at ingestion or here) exceeds ``max_invalid_fraction``,
-the run fails after writing the quarantine and ``staging/<run_id>/validation.json``, naming the
-clients and files at fault (nothing is lost, nothing is stored).
+A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent.
+
+When the share of the batch's record lines rejected (at ingestion or here) exceeds
+``max_invalid_fraction``, the valid records are stored all the same and the rest quarantined: one
+client's bad file never strands the other clients' good rows (ingestion has already marked the
+files delivered, so nothing would pick them up again). The excess is an alarm naming the clients
+and files at fault: with ``on_excess="fail"`` (the default, and the 15-minute ingest DAG) the run
+then fails, a red task in Airflow; with ``"flag"`` (the nightly cycle) it returns with ``alarm``
+set, which the cycle's report shows at the top, so one bad client does not stop tonight's cycle.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -92,8 +97,13 @@ class ValidateConfig(BaseModel):
     max_future_days: float = Field(1.0, ge=0, le=365,
                                    description="How far past now a timestamp may be (clock skew)")
     max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0,
-                                        description="Fail the run when a larger share of the "
-                                                    "batch is quarantined")
+                                        description="Raise the alarm when a larger share of the "
+                                                    "batch is quarantined (the valid records "
+                                                    "are stored either way)")
+    on_excess: Literal["fail", "flag"] = Field(
+        "fail", description="Over max_invalid_fraction, after storing the valid records: 'fail' "
+                            "the run (naming the clients and files at fault) or 'flag' it "
+                            "(the result's alarm; the cycle's report shows it)")
 
     @field_validator("min_timestamp")
     @classmethod
@@ -129,6 +139,8 @@ class ValidateResult(BaseModel):
     quarantine_path: str | None = Field(None, description="Quarantine file, if any row failed")
     store_part: str | None = Field(None, description="Store part written by this run (none "
                                                      "when nothing new was stored)")
+    alarm: str | None = Field(None, description="Set when more than max_invalid_fraction of the "
+                                                "batch was rejected: by whom, and where to look")
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,8 +541,9 @@ def validate(config: ValidateConfig) -> ValidateResult:
         The counts (``records_in == stored + duplicates + quarantined``) and paths.
 
     Raises:
-        ValidationFailed: the invalid fraction exceeds ``config.max_invalid_fraction`` (after the
-            quarantine and the validation result are written; nothing is stored).
+        ValidationFailed: the invalid fraction exceeds ``config.max_invalid_fraction`` and
+            ``config.on_excess`` is ``"fail"`` (after the valid records are stored and the rest
+            quarantined).
         FileNotFoundError: the staging batch does not exist.
     """
     import pandas as pd
@@ -594,18 +607,16 @@ def validate(config: ValidateConfig) -> ValidateResult:
     lines_in = staged["lines_in"] - staged["feedback_events"]
     rejected = staged["quarantined"] + len(invalid)
     invalid_fraction = rejected / lines_in if lines_in else 0.0
+    alarm = None
     if invalid_fraction > config.max_invalid_fraction:
-        with file_lock(paths.store / ".store.lock"):  # a rejected batch has no part, even if an
-            for folder in (records_dir, feedback_dir):  # earlier try of it passed
-                (folder / part).unlink(missing_ok=True)
         at_ingest = paths.quarantine / f"{run_id}-ingest.parquet"
         culprits = pd.concat([pd.read_parquet(at_ingest) if at_ingest.exists() else None,
                               invalid[["client_id", "source_file"]]])
-        raise ValidationFailed(
-            f"validate {run_id}: {rejected} of {lines_in} lines invalid "
-            f"({staged['quarantined']} at ingest, {len(invalid)} here; {invalid_fraction:.1%} > "
-            f"{config.max_invalid_fraction:.1%}); worst: {_blame(culprits)}. Nothing stored; "
-            f"see {paths.quarantine} and {validation_path}")
+        alarm = (f"validate {run_id}: {rejected} of {lines_in} lines invalid "
+                 f"({staged['quarantined']} at ingest, {len(invalid)} here; "
+                 f"{invalid_fraction:.1%} > {config.max_invalid_fraction:.1%}); worst: "
+                 f"{_blame(culprits)}. The valid records are stored; the rest are in "
+                 f"{paths.quarantine} (reasons in {validation_html_path})")
 
     # 3. The store: ids held by other runs' parts are duplicates; the rest is this run's part.
     valid = work[~failed]
@@ -642,9 +653,11 @@ def validate(config: ValidateConfig) -> ValidateResult:
         feedback_pending=len(pending), expectations=summary,
         validation_path=str(validation_path), validation_html_path=str(validation_html_path),
         quarantine_path=str(quarantine_path) if len(invalid) else None,
-        store_part=str(records_dir / part) if len(new) else None)
+        store_part=str(records_dir / part) if len(new) else None, alarm=alarm)
     assert result.records_in == result.stored + result.duplicates + result.quarantined, \
         "validate lost records"
+    if alarm and config.on_excess == "fail":
+        raise ValidationFailed(alarm)
     return result
 
 
@@ -668,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         if not item.success:
             print(f"  failed  {name:<24} {item.unexpected_count:>6} rows")
     print(f"  validation      {result.validation_path}")
+    if result.alarm:
+        print(f"alarm: {result.alarm}")
     return 0
 
 

@@ -65,12 +65,19 @@ def test_report_shows_funnel_models_gate_registry_and_promotion():
     assert "Scope guard" not in real  # no guard, no sentence about one
     evaluations[0]["finetuned"].update(
         n_test=20, guard_fallbacks=3, scope_guard={"reference_queries": 27, "threshold": 0.4512,
-                                                   "budget": 0.05, "fallback": "out_of_scope"})
+                                                   "budget": 0.05, "neighbours": 5,
+                                                   "fallback": "out_of_scope"})
     guarded = render("c1", "router", {"lines_in": 1, "quarantined": 0}, {"records_in": 1,
                      "quarantined": 0, "duplicates": 0, "stored": 1}, dataset, teacher,
                      evaluations, decision, {"registered": False})
-    assert ("s-lora sent 3 of 20 test queries to out_of_scope (similarity below 0.451 to all 27 "
-            "in-scope training queries; 5% budget)") in guarded
+    assert ("s-lora sent 3 of 20 test queries to out_of_scope (mean similarity to the 5 nearest "
+            "of 27 in-scope training queries below 0.451; 5% budget)") in guarded
+    assert "Data alarm" not in guarded
+    alarmed = render("c1", "router", {"lines_in": 5, "quarantined": 0}, {
+        "records_in": 5, "quarantined": 3, "duplicates": 0, "stored": 2,
+        "alarm": "validate c1: 3 of 5 lines invalid"}, dataset, teacher, evaluations, decision,
+        {"registered": False})
+    assert "**Data alarm:** validate c1: 3 of 5 lines invalid" in alarmed.split("## Data")[0]
 
 
 def test_pareto_front_keeps_only_undominated_models():

@@ -163,7 +163,7 @@ def test_late_feedback_latest_wins_and_pending_feedback_applies_later(tmp_path: 
     assert (third.duplicates, third.feedback_merged, third.feedback_pending) == (1, 0, 0)
 
 
-def test_threshold_failure_writes_quarantine_first(tmp_path: Path) -> None:
+def test_a_bad_batch_stores_its_good_rows_and_raises_the_alarm(tmp_path: Path) -> None:
     deliver(tmp_path, "router-2026-11-20.jsonl", [
         record(1), record(2),
         record(3, expert="payroll", client_id="finance-app"),
@@ -174,17 +174,24 @@ def test_threshold_failure_writes_quarantine_first(tmp_path: Path) -> None:
         cycle(tmp_path, "b1", max_invalid_fraction=0.2)
     message = str(failure.value)
     assert "3 of 5" in message and "finance-app" in message
-    assert "router-2026-11-20.jsonl" in message
+    assert "router-2026-11-20.jsonl" in message and "valid records are stored" in message
     quarantined = pd.read_parquet(tmp_path / "quarantine" / "b1-validate.parquet")
     assert sorted(quarantined["id"]) == ["r3", "r4", "r5"]
     assert (tmp_path / "staging" / "b1" / "validation.json").exists()
-    assert load_store(tmp_path).empty  # nothing stored from a rejected batch
+    # the other client's good rows are not stranded behind the bad file: lines in = stored +
+    # quarantined, nothing lost
+    assert sorted(load_store(tmp_path)["id"]) == ["r1", "r2"]
 
+    # the nightly cycle flags it instead of failing; a retry of the batch changes nothing
+    flagged = validate(ValidateConfig(home=str(tmp_path), run_id="b1", on_excess="flag"))
+    assert (flagged.stored, flagged.quarantined, flagged.invalid_fraction) == (2, 3, 0.6)
+    assert flagged.alarm == message
+    assert sorted(load_store(tmp_path)["id"]) == ["r1", "r2"]
     relaxed = validate(ValidateConfig(home=str(tmp_path), run_id="b1", max_invalid_fraction=0.7))
-    assert (relaxed.stored, relaxed.quarantined, relaxed.invalid_fraction) == (2, 3, 0.6)
-    with pytest.raises(ValidationFailed):  # retried under the strict limit: its part goes
-        validate(ValidateConfig(home=str(tmp_path), run_id="b1"))
-    assert load_store(tmp_path).empty
+    assert relaxed.alarm is None
+    with pytest.raises(ValidationFailed):  # retried under the strict limit: alarm again,
+        validate(ValidateConfig(home=str(tmp_path), run_id="b1"))  # the good rows stay
+    assert sorted(load_store(tmp_path)["id"]) == ["r1", "r2"]
 
     # Lines ingestion could not parse count too: a client sending garbage fails the run.
     garbage = tmp_path / "garbage"
