@@ -27,7 +27,10 @@ query is a near-duplicate (cosine >= ``near_duplicate_threshold`` in Qdrant) of 
 query never enters the dataset; *semantic de-duplication*: among the rest, a near-duplicate of an
 example kept before (earlier in train, or an earlier record) is dropped; a class-balance cap
 (``max_per_expert``) on train. The check is repeated on the final split: ``leakage_pairs`` in the
-funnel counts train examples with a near-duplicate in test, and is 0 by construction.
+funnel counts train examples with a near-duplicate in test, and is 0 by construction. Across
+versions too: a new example near any query an earlier version trained on (in the window or not:
+the champion learned it) is never split into test; it joins train, counted as
+``near_earlier_train`` in the funnel.
 
 The split never moves an example. ``datasets/<workload>/test_ids.json`` and ``train_ids.json``
 remember every id and normalised query ever assigned: a test example stays in the test set of
@@ -439,11 +442,20 @@ def curate(config: CurateConfig) -> CurateResult:
             examples, teacher_capped = _cap_teacher(examples, config.max_teacher_labelled,
                                                     config.seed)
 
-            # only curated examples are split: teacher-labelled ones go to train
+            # only curated examples are split: teacher-labelled ones go to train, and so does
+            # one near a query an earlier version trained on (a champion would have seen it)
             sticky, by_teacher = examples["_sticky"], examples["_teacher"]
-            fresh_train, fresh_test = _split(examples[~sticky & ~by_teacher],
-                                             config.test_fraction, config.seed)
-            train = pd.concat([examples[sticky], fresh_train, examples[~sticky & by_teacher]])
+            fresh = examples[~sticky & ~by_teacher]
+            earlier = store[store["id"].isin(train_ids) & ~store["id"].isin(examples["id"])]
+            index.index_records(earlier)
+            near_old = _near_duplicates(index, fresh["id"].tolist(), earlier["id"].tolist(),
+                                        thr, k=1)
+            seen_before = fresh["id"].isin({rid for rid, found in near_old.items() if found})
+            fresh_train, fresh_test = _split(fresh[~seen_before], config.test_fraction,
+                                             config.seed)
+            train = pd.concat([examples[sticky], fresh[seen_before], fresh_train,
+                               examples[~sticky & by_teacher]])
+            funnel["near_earlier_train"] = int(seen_before.sum())
             capped = 0
             if config.max_per_expert is not None:
                 train = train.assign(_order=range(len(train)))

@@ -227,6 +227,22 @@ def test_no_near_duplicate_of_a_test_query_enters_train(tmp_path: Path) -> None:
     assert ids(v1.test_path) <= ids(v2.test_path)
 
 
+def test_no_test_query_near_what_an_earlier_version_trained_on(tmp_path: Path) -> None:
+    load(tmp_path, "b1", positives(20, 10))
+    v1 = run(tmp_path, near_duplicate_threshold=0.9, end="2026-11-21")
+    learnt = sorted(read(v1.train_path), key=lambda r: r["id"])[:12]
+    echoes = [record(f"echo-{i}", near_twin(row["query"]), row["expert"], 1, day=21, minute=i)
+              for i, row in enumerate(learnt)]
+    load(tmp_path, "b2", positives(21, 4) + echoes)
+    # a window that no longer holds the queries v1 trained on: its champion still learnt them
+    v2 = run(tmp_path, near_duplicate_threshold=0.9, start="2026-11-21")
+    echo_ids = {e["id"] for e in echoes}
+    assert not echo_ids & ids(v2.test_path)
+    assert echo_ids <= ids(v2.train_path)
+    assert v2.funnel["near_earlier_train"] >= len(echoes)  # a paraphrase among the new may be too
+    assert len(ids(v2.test_path) - ids(v1.test_path)) > 0  # fresh queries still reach test
+
+
 def test_out_of_scope_balance_cap_and_printed_funnel(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     items = positives(20, 8, ("banking", "travel"))
