@@ -487,7 +487,12 @@ def ingest(config: IngestConfig) -> IngestResult:
             _record_in_manifest(paths, saved["manifest"])
             return IngestResult.model_validate(saved["result"])
 
-        done = {entry["sha256"] for entry in _read_manifest(paths)}
+        manifest = _read_manifest(paths)
+        done = {entry["sha256"] for entry in manifest}
+        # a file delivered before is known by name, size and modification time without reading
+        # it again: a run costs the new files, not the history (the hash is for new names only)
+        known = {(e["file"], e.get("size"), e.get("mtime_ns")) for e in manifest
+                 if e.get("mtime_ns") is not None}
         quarantine_path = paths.quarantine / f"{run_id}-ingest.parquet"
         files: list[str] = []
         skipped: list[str] = []
@@ -498,6 +503,10 @@ def ingest(config: IngestConfig) -> IngestResult:
               ChunkedTableWriter(staging_dir / "feedback.parquet", FEEDBACK_COLUMNS) as events,
               ChunkedTableWriter(quarantine_path, QUARANTINE_COLUMNS) as rejected):
             for path in _landing_files(paths, config.patterns):
+                stat = path.stat()
+                if (path.name, stat.st_size, stat.st_mtime_ns) in known:
+                    skipped.append(path.name)
+                    continue
                 digest = sha256_of(path)
                 if digest in done:
                     skipped.append(path.name)
@@ -511,7 +520,8 @@ def ingest(config: IngestConfig) -> IngestResult:
                                 rejected)
                 lines_in += file_lines
                 entries.append({"file": path.name, "sha256": digest, "run_id": run_id,
-                                "lines": file_lines, "size": path.stat().st_size})
+                                "lines": file_lines, "size": stat.st_size,
+                                "mtime_ns": stat.st_mtime_ns})
 
             assert lines_in == records.count + events.count + rejected.count, "ingest lost lines"
             has_quarantine = rejected.commit(keep_empty=False)

@@ -399,13 +399,16 @@ def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
 
 
 def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
-                columns: list[str] | None = None) -> pd.DataFrame:
-    """The part files of one store table (all but ``exclude``) as one frame."""
+                columns: list[str] | None = None, filters: list[tuple] | None = None
+                ) -> pd.DataFrame:
+    """The part files of one store table (all but ``exclude``) as one frame; ``filters``
+    (pyarrow's ``[(column, op, value), ...]``, all must hold) are applied while reading, so row
+    groups outside them are skipped by their statistics, not loaded and dropped."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = sorted(p for p in folder.glob("part-*.parquet") if p.name != exclude)
-    tables = [pq.read_table(p, columns=columns) for p in parts]
+    tables = [pq.read_table(p, columns=columns, filters=filters or None) for p in parts]
     if not tables:
         tables = [schema.empty_table().select(columns or schema.names)]
     return pa.concat_tables(tables).to_pandas()
@@ -468,14 +471,11 @@ def load_store(home: str | os.PathLike[str] | None = None, workload_id: str | No
     import pandas as pd
 
     paths = get_paths(home)
-    records = _read_parts(paths.store / "records", _record_schema())
+    filters = [("workload_id", "==", workload_id)] if workload_id is not None else []
+    filters += [("timestamp", ">=", _utc(start).to_pydatetime())] if start is not None else []
+    filters += [("timestamp", "<", _utc(end).to_pydatetime())] if end is not None else []
+    records = _read_parts(paths.store / "records", _record_schema(), filters=filters)
     records = records.drop_duplicates(subset="id", keep="first")
-    if workload_id is not None:
-        records = records[records["workload_id"] == workload_id]
-    if start is not None:
-        records = records[records["timestamp"] >= _utc(start)]
-    if end is not None:
-        records = records[records["timestamp"] < _utc(end)]
     events = _read_parts(paths.store / "feedback", _feedback_schema())
     latest = latest_feedback(events[events["id"].isin(records["id"])])
     records = records.set_index("id", drop=False)

@@ -188,6 +188,23 @@ def test_redelivery_of_the_same_content_is_skipped(tmp_path: Path) -> None:
     assert [json.loads(line)["run_id"] for line in manifest] == ["b1", "b3"]
 
 
+def test_delivered_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None:
+    import tasks.ingest
+
+    landing = tmp_path / "landing"
+    for day in range(5):
+        write_jsonl(landing / f"router-2026-11-{day + 10}.jsonl", [record(day)])
+    assert run(tmp_path, "b1").records_parsed == 5
+    hashed: list[str] = []
+    real = tasks.ingest.sha256_of
+    monkeypatch.setattr(tasks.ingest, "sha256_of", lambda path: hashed.append(path.name)
+                        or real(path))
+    write_jsonl(landing / "router-2026-11-20.jsonl", [record(9)])
+    second = run(tmp_path, "b2")
+    assert second.files == ["router-2026-11-20.jsonl"] and len(second.skipped_files) == 5
+    assert hashed == ["router-2026-11-20.jsonl"]  # the history is known by name, size, mtime
+
+
 def test_retry_with_the_same_run_id_returns_the_batch(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     write_jsonl(landing / "a.jsonl", [record(1), "{bad"])
