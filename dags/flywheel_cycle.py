@@ -32,6 +32,13 @@ from airflow.sdk import Param, dag, task
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
 TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")  # e.g. a Celery GPU queue
+#: How long each kind of task may run before Airflow fails it (and retries once): a hung judge
+#: endpoint or a stuck training job must not hold the cycle (one run at a time) forever. The
+#: human steps wait by their own response_timeout instead.
+QUICK = timedelta(hours=1)  # data stages, planning, gate, registry, report
+JUDGING = timedelta(hours=3)  # attribute: index the window, judge its thumbs-downs
+TRAINING = timedelta(hours=12)  # one candidate's fine-tune
+EVALUATING = timedelta(hours=4)  # one model on the test split: lm-eval, latency
 #: How long the UI review waits for an expert before the cycle goes on with what is decided.
 SME_REVIEW_TIMEOUT = timedelta(hours=12)
 #: The UI review's answers, as tasks.review.UI_OPTIONS reads them (the last is the timeout default).
@@ -173,7 +180,7 @@ def _cycle_id(context) -> str:
     },
 )
 def flywheel_cycle():
-    @task
+    @task(execution_timeout=QUICK)
     def ingest() -> dict:
         from airflow.sdk import get_current_context
 
@@ -182,7 +189,7 @@ def flywheel_cycle():
 
         return run(IngestConfig(run_id=_cycle_id(get_current_context()))).model_dump(mode="json")
 
-    @task
+    @task(execution_timeout=QUICK)
     def validate(ingested: dict) -> dict:
         from tasks.validate import ValidateConfig
         from tasks.validate import validate as run
@@ -192,7 +199,7 @@ def flywheel_cycle():
         return run(ValidateConfig(run_id=ingested["run_id"], on_excess="flag")).model_dump(
             mode="json")
 
-    @task
+    @task(execution_timeout=JUDGING)
     def attribute(validated: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -207,7 +214,7 @@ def flywheel_cycle():
                              model=params.get("judge_model"))
         return run(config).model_dump(mode="json")
 
-    @task.branch
+    @task.branch(execution_timeout=QUICK)
     def route_review(params: dict | None = None) -> list[str]:
         return ["sme_review_ui", "review"] if params["sme_review"] == "ui" else ["review"]
 
@@ -223,7 +230,7 @@ def flywheel_cycle():
         response_timeout=SME_REVIEW_TIMEOUT,
     )
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", execution_timeout=QUICK)
     def review(attributed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -244,7 +251,7 @@ def flywheel_cycle():
                               ui_items=[item["record_id"] for item in attributed["preview"]])
         return run(config).model_dump(mode="json")
 
-    @task
+    @task(execution_timeout=QUICK)
     def curate(validated: dict, reviewed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -262,7 +269,7 @@ def flywheel_cycle():
                               max_teacher_labelled=params["max_teacher_labelled"])
         return run(config).model_dump(mode="json")
 
-    @task
+    @task(execution_timeout=QUICK)
     def plan_candidates(params: dict | None = None) -> list[dict]:
         from tasks.catalog import select_candidates
         from tasks.finetune import check_base_models
@@ -278,7 +285,8 @@ def flywheel_cycle():
     # `airflow pools set flywheel_gpu N ...`: a task in a missing pool is never scheduled). Airflow
     # fixes pool_slots and queue per task, not per mapped instance, so one job takes one slot on
     # the training queue; the candidate's `resources.gpus` sets its ranks on the worker.
-    @task(max_active_tis_per_dagrun=1, pool=TRAINING_POOL, pool_slots=1, queue=TRAINING_QUEUE)
+    @task(max_active_tis_per_dagrun=1, pool=TRAINING_POOL, pool_slots=1, queue=TRAINING_QUEUE,
+          execution_timeout=TRAINING)
     def finetune(candidate: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -292,7 +300,7 @@ def flywheel_cycle():
                                 cycle_id=_cycle_id(get_current_context()))
         return run(config).model_dump(mode="json")
 
-    @task(max_active_tis_per_dagrun=1)
+    @task(max_active_tis_per_dagrun=1, execution_timeout=EVALUATING)
     def evaluate(trained: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -304,14 +312,14 @@ def flywheel_cycle():
                                   price_per_device_hour=params["price_per_device_hour"],
                                   general_text_docs=params["general_text_docs"])
 
-    @task
+    @task(execution_timeout=QUICK)
     def evaluate_teacher(dataset: dict, params: dict | None = None) -> dict:
         from tasks.evaluate import teacher_baseline
 
         return teacher_baseline(dataset["dataset_dir"], workload_id=params["workload_id"]
                                 ).model_dump(mode="json")
 
-    @task(max_active_tis_per_dagrun=1)
+    @task(max_active_tis_per_dagrun=1, execution_timeout=EVALUATING)
     def evaluate_champion(dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -321,7 +329,7 @@ def flywheel_cycle():
                    _cycle_id(get_current_context()), params["latency_queries"],
                    price_per_device_hour=params["price_per_device_hour"])
 
-    @task
+    @task(execution_timeout=QUICK)
     def gate(evaluations: list[dict], champion: dict, teacher: dict,
              params: dict | None = None) -> dict:
         from tasks.gate import gate_cycle
@@ -329,7 +337,7 @@ def flywheel_cycle():
         return gate_cycle(list(evaluations), params["workload_id"], params, champion=champion,
                           teacher=teacher).model_dump(mode="json")
 
-    @task
+    @task(execution_timeout=QUICK)
     def register(decision: dict, evaluations: list[dict], params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -338,14 +346,14 @@ def flywheel_cycle():
         return register_winner(decision, list(evaluations), params["workload_id"],
                                _cycle_id(get_current_context()))
 
-    @task.branch
+    @task.branch(execution_timeout=QUICK)
     def approval_route(registered: dict, params: dict | None = None) -> list[str]:
         """A registered challenger waits for a reviewer, unless the run says auto_approve."""
         if not registered.get("registered"):
             return []
         return ["auto_approve"] if params["auto_approve"] else ["approve"]
 
-    @task
+    @task(execution_timeout=QUICK)
     def auto_approve() -> dict:
         return {"approved_by": "auto_approve param"}
 
@@ -363,7 +371,7 @@ def flywheel_cycle():
         defaults=["Reject"],
     )
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", execution_timeout=QUICK)
     def promote(registered: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
@@ -376,7 +384,7 @@ def flywheel_cycle():
             user.get("name") or user.get("id") if isinstance(user, dict) else str(user))
         return promote_registered(registered, params["workload_id"], approved_by)
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", execution_timeout=QUICK)
     def report(ingested: dict, validated: dict, dataset: dict, teacher: dict,
                evaluations: list[dict], champion: dict, decision: dict, registered: dict,
                promoted: dict | None = None, params: dict | None = None) -> dict:

@@ -23,7 +23,8 @@ STORE = Asset("flywheel_store", uri="file:///flywheel/store/records")
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1),
+                  "execution_timeout": timedelta(hours=1)},
     tags=["flywheel"],
     doc_md=__doc__,
 )

@@ -25,7 +25,8 @@ from airflow.sdk import Param, dag, task
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30),
+                  "execution_timeout": timedelta(minutes=30)},
     tags=["flywheel"],
     doc_md=__doc__,
     params={

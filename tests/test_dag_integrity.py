@@ -128,3 +128,21 @@ def test_finetune_runs_in_the_training_pool(dagbag):
     finetune = dagbag.dags["flywheel_cycle"].get_task("finetune")
     assert finetune.pool == TRAINING_POOL
     assert finetune.pool_slots == 1
+
+
+def test_every_task_has_a_time_limit(dagbag):
+    from datetime import timedelta
+
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    for dag_id in ("flywheel_cycle", "flywheel_ingest", "flywheel_rollback"):
+        for t in dagbag.dags[dag_id].tasks:
+            if isinstance(t, HITLOperator):  # a person's step waits by its response_timeout
+                assert t.response_timeout is not None, t.task_id
+                assert t.execution_timeout is None, t.task_id  # it would cut the wait short
+            else:
+                assert t.execution_timeout is not None, f"{dag_id}.{t.task_id}"
+                assert timedelta(minutes=10) <= t.execution_timeout <= timedelta(hours=12)
+    cycle = dagbag.dags["flywheel_cycle"]
+    assert cycle.get_task("finetune").execution_timeout > cycle.get_task(
+        "gate").execution_timeout
