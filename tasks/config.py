@@ -165,6 +165,9 @@ def local_environment(paths: Paths | None = None, project_root: Path | None = No
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # the wheel turns by itself: a DAG is active from its first parse (ingest every 15
+        # minutes, the cycle nightly); a toggle set in the UI is kept from then on
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",

@@ -5,6 +5,11 @@
 
 Both read the home the demo wrote (``$FLYWHEEL_HOME``). Stop with Ctrl-C.
 
+Before the components start, the DAGs are serialized into the metadata database, so the UI shows
+the demo's runs from its first page load, and each DAG's state is printed: in the embedded setup a
+DAG is active from its first parse (``flywheel_ingest`` every 15 minutes, ``flywheel_cycle``
+nightly at 02:00 UTC), and a DAG switched off in the UI stays off.
+
 Airflow runs as its four components (api-server, scheduler, dag-processor, triggerer) rather than
 ``airflow standalone``, because standalone also starts log servers that listen on every interface;
 here the components share one machine and read task logs from disk, so those are skipped.
@@ -40,11 +45,33 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(command[0], command, env)
     airflow = str(bin_dir / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for line in prepare_dags(airflow, env):
+        print(line, flush=True)
     from tasks.finetune import ensure_training_pool
 
     os.environ.update(env)  # the pool command talks to this home's metadata database
     ensure_training_pool()  # without the pool the scheduler never runs a finetune task
     return run_airflow(airflow, env)
+
+
+def prepare_dags(airflow: str, env: dict[str, str]) -> list[str]:
+    """Serialize the DAGs into the metadata database now (the UI lists a DAG and its runs only
+    once it is serialized; the dag-processor would take a minute) and say which are active."""
+    import json
+
+    subprocess.run([airflow, "dags", "reserialize"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listed = subprocess.run([airflow, "dags", "list", "--output", "json"], env=env, check=True,
+                            capture_output=True, text=True).stdout
+    # the CLI prints warnings to stdout before its JSON
+    table = next((line for line in listed.splitlines() if line.startswith("[")), "[]")
+    lines = []
+    for dag in sorted(json.loads(table), key=lambda d: d["dag_id"]):
+        paused = str(dag.get("is_paused")).lower() == "true"
+        lines.append(f"  {dag['dag_id']}: " + (
+            f"paused (switch it on in the UI, or: airflow dags unpause {dag['dag_id']})"
+            if paused else "active"))
+    return ["DAGs:", *lines]
 
 
 def run_airflow(airflow: str, env: dict[str, str]) -> int:
