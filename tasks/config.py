@@ -206,5 +206,9 @@ def utc_window(start, end):
     return start, end
 
 
+#: where ``flywheel serve mlflow`` shows the embedded store (loopback only)
+MLFLOW_UI_HOST, MLFLOW_UI_PORT = "127.0.0.1", 5000
+MLFLOW_UI_ADDRESS = f"http://{MLFLOW_UI_HOST}:{MLFLOW_UI_PORT}"
+
 STUDENT_PREFIX = "flywheel-"
 """Logged model names the flywheel's own routers carry (:mod:`tasks.agent`): never the teacher."""

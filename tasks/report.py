@@ -7,9 +7,10 @@ run, so the same summary is in the task log, on disk and in the MLflow UI.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.config import get_paths
+from tasks.config import MLFLOW_UI_ADDRESS, get_paths
 
 TINY_NOTE = ("The tiny Llama-architecture models this project builds (flywheel-llama-*, "
              "tasks/basemodels.py) are test stand-ins, not production-size LLMs.")
@@ -64,11 +65,64 @@ def _acc(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _count(value: int | float | None) -> int | float | str:
+    return "-" if value is None else value
+
+
+# chart names (the keys of write_report's images) and the section each one explains
+PARETO_CHART = "accuracy vs p95 latency"
+FUNNEL_CHART = "data funnel"
+HISTORY_CHART = "champion history"
+CONFUSION_CHART = "confusion matrix of {candidate}"
+CHART_SECTIONS = {PARETO_CHART: "models", FUNNEL_CHART: "funnel", HISTORY_CHART: "history"}
+
+
+
+def chart_section(name: str) -> str:
+    """The report section a chart sits beside: funnel, models, gate, history, or other."""
+    if name.startswith(CONFUSION_CHART.split("{")[0]):
+        return "gate"
+    return CHART_SECTIONS.get(name, "other")
+
+
+@dataclass
+class Table:
+    """Rows of display strings (or counts) under headers; both renderers read the same one."""
+
+    headers: list[str]
+    rows: list[tuple]
+    numeric: tuple[int, ...] = ()  # columns of numbers: right-aligned in HTML
+    badge: int | None = None  # the column holding a verdict word: a badge in HTML
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows, built once by :func:`report_data` for every output."""
+
+    title: str
+    alarm: str | None
+    headline: list[tuple[str, str]]
+    funnel: Table
+    dataset_version: str
+    n_test: int | str
+    models: Table
+    models_note: str
+    guard: str
+    trained: bool
+    verdicts: list[dict]  # {"candidate", "passed", "reasons"}
+    winner: str | None
+    rule: str | None
+    registry: list[str]
+    history: Table | None
+    images: dict[str, str] = field(default_factory=dict)  # chart name -> file, in order
+    charts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # section -> charts
+
+
 def _model_row(label: str, r: dict, gate: str = "-") -> tuple:
     cost = r.get("cost_per_1k_requests")
     qps = r.get("throughput_qps")
     bpb = r.get("general_bits_per_byte")
-    return (label, r.get("prompting", "-"), _acc(r["accuracy"]), _acc(r.get("mc_accuracy")),
+    return (label, r.get("prompting", "-"), _acc(r.get("accuracy")), _acc(r.get("mc_accuracy")),
             _acc(r.get("macro_f1")), _ms(r.get("latency_p50_ms")), _ms(r.get("latency_p95_ms")),
             _ms(r.get("ttft_p50_ms")), "-" if qps is None else f"{qps:,.1f}",
             "-" if cost is None else f"{cost:.5f}", "-" if bpb is None else f"{bpb:.3f}", gate)
@@ -78,14 +132,15 @@ def champion_after(champion: dict | None, promoted: dict | None, evaluations: li
                    winner: str | None) -> dict:
     """Who serves after this cycle, with accuracy and p95 on this cycle's test set."""
     if promoted and promoted.get("promoted"):
-        tuned = next((e["finetuned"] for e in evaluations if e["candidate"] == winner), {})
-        return {"version": promoted["version"], "candidate": winner,
+        tuned = next((e.get("finetuned") or {} for e in evaluations
+                      if e.get("candidate") == winner), {})
+        return {"version": promoted.get("version"), "candidate": winner,
                 "accuracy": tuned.get("accuracy"), "latency_p95_ms": tuned.get("latency_p95_ms"),
                 "changed": bool(promoted.get("changed"))}
     if champion and champion.get("evaluation"):
         ev = champion["evaluation"]
-        return {"version": champion["version"], "candidate": champion.get("candidate"),
-                "accuracy": ev["accuracy"], "latency_p95_ms": ev["latency_p95_ms"],
+        return {"version": champion.get("version"), "candidate": champion.get("candidate"),
+                "accuracy": ev.get("accuracy"), "latency_p95_ms": ev.get("latency_p95_ms"),
                 "changed": False}
     return {"version": None, "candidate": None, "accuracy": None, "latency_p95_ms": None,
             "changed": False}
@@ -99,113 +154,208 @@ def model_points(teacher: dict, evaluations: list[dict], champion: dict | None) 
                        "kind": "teacher", "accuracy": teacher["accuracy"],
                        "latency_p95_ms": teacher.get("latency_p95_ms")})
     for e in evaluations:
-        points.append({"name": e["candidate"], "kind": "fine-tuned",
-                       "accuracy": e["finetuned"]["accuracy"],
-                       "latency_p95_ms": e["finetuned"]["latency_p95_ms"]})
-        if e.get("base"):
-            points.append({"name": e["base"]["candidate"], "kind": "zero-shot",
-                           "accuracy": e["base"]["accuracy"],
-                           "latency_p95_ms": e["base"]["latency_p95_ms"]})
-        if e.get("base_icl"):
-            points.append({"name": e["base_icl"]["candidate"], "kind": "in-context",
-                           "accuracy": e["base_icl"]["accuracy"],
-                           "latency_p95_ms": e["base_icl"]["latency_p95_ms"]})
+        if e.get("finetuned"):
+            points.append({"name": e.get("candidate", "?"), "kind": "fine-tuned",
+                           "accuracy": e["finetuned"].get("accuracy"),
+                           "latency_p95_ms": e["finetuned"].get("latency_p95_ms")})
+        for key, kind in (("base", "zero-shot"), ("base_icl", "in-context")):
+            if e.get(key):
+                points.append({"name": e[key].get("candidate", "?"), "kind": kind,
+                               "accuracy": e[key].get("accuracy"),
+                               "latency_p95_ms": e[key].get("latency_p95_ms")})
     if champion and champion.get("evaluation"):
         ev = champion["evaluation"]
-        points.append({"name": ev["candidate"], "kind": "champion", "accuracy": ev["accuracy"],
-                       "latency_p95_ms": ev["latency_p95_ms"]})
+        points.append({"name": ev.get("candidate", "champion"), "kind": "champion",
+                       "accuracy": ev.get("accuracy"), "latency_p95_ms": ev.get("latency_p95_ms")})
     return points
+
+
+def _winner_text(evaluations: list[dict], verdicts: list[dict], winner: str | None) -> str:
+    if winner:
+        return winner
+    if not evaluations:
+        return "no winner: no model was trained this cycle"
+    if not verdicts:
+        return "no winner: the gate judged no candidate"
+    return "no winner: no candidate passed the gate"
+
+
+def _champion_text(after: dict) -> str:
+    if after["version"] is None:
+        return "none yet"
+    acc, p95 = after["accuracy"], after["latency_p95_ms"]
+    return (f"version {after['version']} ({after['candidate'] or '-'}): accuracy "
+            f"{'not measured' if acc is None else f'{acc:.3f}'}, p95 "
+            f"{'not measured' if p95 is None else f'{p95:,.1f} ms'}"
+            + (" (changed this cycle)" if after["changed"] else ""))
+
+
+def report_data(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
+                teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
+                champion: dict | None = None, promoted: dict | None = None,
+                history: list[dict] | None = None,
+                images: dict[str, str] | None = None) -> ReportData:
+    """The report's rows and sentences as plain data, for the Markdown and the HTML alike.
+
+    Any stage's figure may be missing (a cycle whose training failed, a gate that picked nobody,
+    a candidate without a measured latency): it shows as ``-``, never as an error.
+    """
+    evaluations = evaluations or []
+    funnel = dataset.get("funnel") or {}
+    pii = ingested.get("pii_redacted") or {}
+    data_rows = [
+        ("lines read from landing files", _count(ingested.get("lines_in"))),
+        ("quarantined at ingest (unparseable)", _count(ingested.get("quarantined"))),
+        ("PII values redacted (" + ", ".join(f"{k} {v}" for k, v in pii.items()) + ")"
+         if pii else "PII values redacted", sum(pii.values())),
+        ("records validated", _count(validated.get("records_in"))),
+        ("quarantined by validation", _count(validated.get("quarantined"))),
+        ("duplicates skipped", _count(validated.get("duplicates"))),
+        ("stored", _count(validated.get("stored"))),
+    ]
+    # the curate stage's funnel, whatever counts it reports, in its order
+    data_rows += [(name.replace("_", " "), _count(value)) for name, value in funnel.items()]
+    data_rows.append(("train / test", f"{dataset.get('n_train', '-')} / "
+                                      f"{dataset.get('n_test', '-')}"))
+    verdict_list = [{"candidate": v.get("candidate", "?"), "passed": bool(v.get("passed")),
+                     "reasons": list(v.get("reasons") or [])}
+                    for v in decision.get("verdicts") or []]
+    verdicts = {v["candidate"]: v for v in verdict_list}
+    teacher_label = " ".join(filter(None, ("teacher", teacher.get("model"), "(from its logs)")))
+    model_rows = [(teacher_label, "logged", teacher_accuracy_text(teacher), "-", "-",
+                   _ms(teacher.get("latency_p50_ms")), _ms(teacher.get("latency_p95_ms")),
+                   "-", "-", "-", "-", "-")]
+    for e in evaluations:
+        for key in ("base", "base_icl"):
+            if e.get(key):
+                model_rows.append(_model_row(e[key].get("candidate", "?"), e[key]))
+        verdict = verdicts.get(e.get("candidate", "?"), {})
+        model_rows.append(_model_row(e.get("candidate", "?"), e.get("finetuned") or {},
+                                     "PASS" if verdict.get("passed") else "fail"))
+    if champion and champion.get("evaluation"):
+        ev = champion["evaluation"]
+        model_rows.append(_model_row(f"{ev.get('candidate', 'champion')} "
+                                     f"({champion.get('candidate')}, re-evaluated)",
+                                     ev, "champion"))
+    first = (evaluations[0].get("finetuned") or {}) if evaluations else {}
+    price = first.get("price_per_device_hour")
+    models_note = (
+        "accuracy: exact match of the generated expert (what the agent gets); mc acc: multiple "
+        "choice by log-likelihood. Latency at batch 1 after warm-up; q/s at batch "
+        f"{first.get('throughput_batch_size', '-')}; cost per 1,000 requests at "
+        f"{price if price is not None else '-'} per device-hour from that throughput. "
+        f"{model_note(evaluations)} Hardware: {first.get('latency_hardware', '-')}. The "
+        "teacher's latency comes from its logs; its accuracy from experts' labels on a random "
+        "sample of its traffic (the traffic audit, with a 95% interval), never from its own "
+        "thumbs-up answers. bits/byte: the forgetting check, general text scored by each causal "
+        f"model and its base ({first.get('general_text_docs') or 0} documents; lower is better, "
+        "a rise over the base is what fine-tuning made it forget).")
+    registry = []
+    if registered.get("registered"):
+        registry.append(f"Registered {registered.get('model_name')} version "
+                        f"{registered.get('version')} with alias `{registered.get('alias')}`.")
+    else:
+        registry.append(f"Nothing registered: {registered.get('reason')}.")
+    if promoted and promoted.get("promoted"):
+        registry.append(f"Approved and promoted: version {promoted.get('version')} holds "
+                        "`champion`" + (f"; version {promoted['previous']} is "
+                                        "`previous-champion`." if promoted.get("previous")
+                                        else "."))
+    elif registered.get("registered"):
+        registry.append("Not promoted in this run: the challenger waits for approval.")
+    winner = decision.get("winner")
+    after = champion_after(champion, promoted, evaluations, winner)
+    images = dict(images or {})
+    charts: dict[str, list[tuple[str, str]]] = {}
+    for name, path in images.items():
+        charts.setdefault(chart_section(name), []).append((name, path))
+    return ReportData(
+        title=f"Flywheel cycle {cycle_id} (workload {workload_id})",
+        alarm=validated.get("alarm") or None,
+        headline=[("winner", _winner_text(evaluations, verdict_list, winner)),
+                  ("registry", " ".join(registry)),
+                  ("champion after this cycle", _champion_text(after))],
+        funnel=Table(["stage", "records"], data_rows, numeric=(1,)),
+        dataset_version=str(dataset.get("version") or "-"),
+        n_test=dataset.get("n_test", "-"),
+        models=Table(["model", "prompting", "accuracy", "mc acc", "macro-F1", "p50 ms", "p95 ms",
+                      "TTFT p50", "q/s", "cost/1k", "bits/byte", "gate"], model_rows,
+                     numeric=tuple(range(2, 11)), badge=11),
+        models_note=models_note, guard=guard_text(evaluations), trained=bool(evaluations),
+        verdicts=verdict_list, winner=winner, rule=decision.get("rule"), registry=registry,
+        history=Table(["cycle", "champion", "candidate", "accuracy", "p95 ms"],
+                      [(h.get("cycle", "-"), f"v{h['version']}" if h.get("version") else "-",
+                        h.get("candidate") or "-", _acc(h.get("accuracy")),
+                        _ms(h.get("latency_p95_ms"))) for h in history],
+                      numeric=(3, 4)) if history else None,
+        images=images, charts=charts)
+
+
+def to_markdown(data: ReportData) -> str:
+    """The report as Markdown (also readable as plain text in a terminal or task log)."""
+    from tabulate import tabulate
+
+    def table(t: Table) -> str:
+        return tabulate(t.rows, headers=t.headers, tablefmt="github")
+
+    lines = [
+        f"# {data.title}", "",
+        *([f"**Data alarm:** {data.alarm}", ""] if data.alarm else []),
+        "## Data funnel", "", table(data.funnel), "",
+        f"Dataset version {data.dataset_version}.", "",
+        f"## Models on the frozen test split ({data.n_test} queries)", "", table(data.models), "",
+        data.models_note, "",
+        *([data.guard, ""] if data.guard else []),
+        "## Gate", "",
+    ]
+    for v in data.verdicts:
+        lines.append(f"- {v['candidate']}: {'PASS' if v['passed'] else 'FAIL'} - "
+                     + "; ".join(v["reasons"]))
+    lines += [f"- winner: {data.winner or 'none'}"
+              + (f" ({data.rule})" if data.rule else ""), "", "## Registry", "", *data.registry]
+    if data.history:
+        lines += ["", "## Champion history", "", table(data.history)]
+    if data.images:
+        lines += ["", "## Charts", ""] + [f"![{name}]({path})"
+                                          for name, path in data.images.items()]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(data: ReportData) -> str:
+    """The report as a self-contained page (``templates/report.html.j2``): inline CSS, charts
+    by relative file name, every value escaped."""
+    import re
+
+    import jinja2
+    from markupsafe import Markup, escape
+
+    def code(text: str) -> Markup:
+        """Escape, then show `backticked` names (aliases) as code."""
+        return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["code"] = code
+    return env.get_template("report.html.j2").render(data=data)
 
 
 def render(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
            teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
            champion: dict | None = None, promoted: dict | None = None,
            history: list[dict] | None = None, images: dict[str, str] | None = None) -> str:
-    """The report as Markdown (also readable as plain text in a terminal or task log)."""
-    from tabulate import tabulate
+    """The report as Markdown: ``to_markdown(report_data(...))``."""
+    return to_markdown(report_data(cycle_id, workload_id, ingested, validated, dataset, teacher,
+                                   evaluations, decision, registered, champion, promoted,
+                                   history, images))
 
-    funnel = dataset.get("funnel") or {}
-    pii = ingested.get("pii_redacted") or {}
-    data_rows = [
-        ("lines read from landing files", ingested["lines_in"]),
-        ("quarantined at ingest (unparseable)", ingested["quarantined"]),
-        ("PII values redacted (" + ", ".join(f"{k} {v}" for k, v in pii.items()) + ")"
-         if pii else "PII values redacted", sum(pii.values())),
-        ("records validated", validated["records_in"]),
-        ("quarantined by validation", validated["quarantined"]),
-        ("duplicates skipped", validated["duplicates"]),
-        ("stored", validated["stored"]),
-    ]
-    # the curate stage's funnel, whatever counts it reports, in its order
-    data_rows += [(name.replace("_", " "), value) for name, value in funnel.items()]
-    data_rows.append(("train / test", f"{dataset['n_train']} / {dataset['n_test']}"))
-    verdicts = {v["candidate"]: v for v in decision["verdicts"]}
-    model_rows = [(f"teacher {teacher.get('model') or ''} (from its logs)", "logged",
-                   teacher_accuracy_text(teacher), "-", "-", _ms(teacher.get("latency_p50_ms")),
-                   _ms(teacher.get("latency_p95_ms")), "-", "-", "-", "-", "-")]
-    for e in evaluations:
-        if e.get("base"):
-            model_rows.append(_model_row(e["base"]["candidate"], e["base"]))
-        if e.get("base_icl"):
-            model_rows.append(_model_row(e["base_icl"]["candidate"], e["base_icl"]))
-        verdict = verdicts.get(e["candidate"], {})
-        model_rows.append(_model_row(e["candidate"], e["finetuned"],
-                                     "PASS" if verdict.get("passed") else "fail"))
-    if champion and champion.get("evaluation"):
-        model_rows.append(_model_row(f"{champion['evaluation']['candidate']} "
-                                     f"({champion.get('candidate')}, re-evaluated)",
-                                     champion["evaluation"], "champion"))
-    first = evaluations[0]["finetuned"] if evaluations else {}
-    hardware = first.get("latency_hardware", "-")
-    price = first.get("price_per_device_hour")
-    lines = [
-        f"# Flywheel cycle {cycle_id} (workload {workload_id})", "",
-        *([f"**Data alarm:** {validated['alarm']}", ""] if validated.get("alarm") else []),
-        "## Data funnel", "", tabulate(data_rows, headers=["stage", "records"], tablefmt="github"),
-        "", f"Dataset version {dataset['version']}.", "",
-        f"## Models on the frozen test split ({dataset['n_test']} queries)", "",
-        tabulate(model_rows, headers=["model", "prompting", "accuracy", "mc acc", "macro-F1",
-                                      "p50 ms", "p95 ms", "TTFT p50", "q/s", "cost/1k",
-                                      "bits/byte", "gate"],
-                 tablefmt="github"), "",
-        "accuracy: exact match of the generated expert (what the agent gets); mc acc: multiple "
-        "choice by log-likelihood. Latency at batch 1 after warm-up; q/s at batch "
-        f"{first.get('throughput_batch_size', '-')}; cost per 1,000 requests at "
-        f"{price if price is not None else '-'} per device-hour from that throughput. "
-        f"{model_note(evaluations)} Hardware: {hardware}. The teacher's latency comes from its "
-        "logs; its accuracy from experts' labels on a random sample of its traffic (the traffic "
-        "audit, with a 95% interval), never from its own thumbs-up answers. "
-        "bits/byte: the forgetting check, general text scored by each causal model and its base "
-        f"({first.get('general_text_docs') or 0} documents; lower is better, a rise over the "
-        "base is what fine-tuning made it forget).", "",
-        *([guard_text(evaluations), ""] if guard_text(evaluations) else []),
-        "## Gate", "",
-    ]
-    for v in decision["verdicts"]:
-        lines.append(f"- {v['candidate']}: {'PASS' if v['passed'] else 'FAIL'} - "
-                     + "; ".join(v["reasons"]))
-    lines += [f"- winner: {decision.get('winner') or 'none'} ({decision['rule']})", "",
-              "## Registry", ""]
-    if registered.get("registered"):
-        lines.append(f"Registered {registered['model_name']} version {registered['version']} "
-                     f"with alias `{registered['alias']}`.")
-    else:
-        lines.append(f"Nothing registered: {registered.get('reason')}.")
-    if promoted and promoted.get("promoted"):
-        lines.append(f"Approved and promoted: version {promoted['version']} holds `champion`"
-                     + (f"; version {promoted['previous']} is `previous-champion`."
-                        if promoted.get("previous") else "."))
-    elif registered.get("registered"):
-        lines.append("Not promoted in this run: the challenger waits for approval.")
-    if history:
-        lines += ["", "## Champion history", "", tabulate(
-            [(h["cycle"], f"v{h['version']}" if h.get("version") else "-",
-              h.get("candidate") or "-", _acc(h.get("accuracy")), _ms(h.get("latency_p95_ms")))
-             for h in history],
-            headers=["cycle", "champion", "candidate", "accuracy", "p95 ms"], tablefmt="github")]
-    if images:
-        lines += ["", "## Charts", ""] + [f"![{name}]({path})" for name, path in images.items()]
-    return "\n".join(lines) + "\n"
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run: on the tracking server itself when it is one, else where
+    ``flywheel serve mlflow`` shows the local store."""
+    base = (tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://"))
+            else MLFLOW_UI_ADDRESS)
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def champion_history(workload_id: str, paths) -> list[dict]:
@@ -229,72 +379,65 @@ def champion_history(workload_id: str, paths) -> list[dict]:
     return out
 
 
-def _html(markdown_text: str, title: str) -> str:
-    """A self-contained page: the Markdown report as preformatted text, charts as images."""
-    import html
-    import re
-
-    images = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", markdown_text)
-    text = re.sub(r"!\[[^\]]*\]\([^)]+\)\n?", "", markdown_text)
-    figures = "".join(f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
-                      f"<figcaption>{html.escape(alt)}</figcaption></figure>"
-                      for alt, src in images)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            "</title><style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}"
-            "img{max-width:100%}</style></head><body>"
-            f"<pre>{html.escape(text)}</pre>{figures}</body></html>\n")
-
-
 def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
                  teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
                  champion: dict | None = None, promoted: dict | None = None,
                  home: str | None = None) -> dict:
-    """Render, chart, print, save and log the report; returns where it went and the headline."""
+    """Render, chart, print, save and log the report; returns where it went and the headline.
+
+    The task log ends with the page's path and the cycle run's address in the MLflow UI.
+    """
     from tasks import plots, tracking
 
     paths = get_paths(home)
     out = paths.runs / cycle_id
     out.mkdir(parents=True, exist_ok=True)
+    evaluations = evaluations or []
     after = champion_after(champion, promoted, evaluations, decision.get("winner"))
     history = champion_history(workload_id, paths)
     history = [h for h in history if h["cycle"] != cycle_id] + [{"cycle": cycle_id, **after}]
-    images = {"accuracy vs p95 latency": plots.pareto(
+    images = {PARETO_CHART: plots.pareto(
         model_points(teacher, evaluations, champion), out / "pareto.png",
         f"cycle {cycle_id}: accuracy vs p95 latency").name}
-    winner = next((e for e in evaluations if e["candidate"] == decision.get("winner")), None)
-    if winner and winner["finetuned"].get("confusion"):
-        images[f"confusion matrix of {winner['candidate']}"] = plots.confusion(
-            winner["finetuned"]["confusion"], out / "confusion.png",
-            f"{winner['candidate']}: gold vs predicted").name
+    winner = next((e for e in evaluations if e.get("candidate") == decision.get("winner")), None)
+    confusion = ((winner.get("finetuned") or {}).get("confusion") if winner else None)
+    if winner and confusion:
+        images[CONFUSION_CHART.format(candidate=winner["candidate"])] = plots.confusion(
+            confusion, out / "confusion.png", f"{winner['candidate']}: gold vs predicted").name
     if dataset.get("funnel"):
-        images["data funnel"] = plots.funnel(dataset["funnel"], out / "funnel.png",
-                                             f"funnel, dataset {dataset['version']}").name
-    images["champion history"] = plots.history(history, out / "champion_history.png",
-                                               f"champion of {workload_id} per cycle").name
-    text = render(cycle_id, workload_id, ingested, validated, dataset, teacher, evaluations,
-                  decision, registered, champion, promoted, history, images)
+        images[FUNNEL_CHART] = plots.funnel(dataset["funnel"], out / "funnel.png",
+                                            f"funnel, dataset {dataset.get('version')}").name
+    images[HISTORY_CHART] = plots.history(history, out / "champion_history.png",
+                                          f"champion of {workload_id} per cycle").name
+    data = report_data(cycle_id, workload_id, ingested, validated, dataset, teacher, evaluations,
+                       decision, registered, champion, promoted, history, images)
+    text = to_markdown(data)
     print(text)
     summary = {"cycle_id": cycle_id, "workload_id": workload_id, "ingested": ingested,
                "validated": validated, "dataset": dataset, "teacher": teacher,
                "evaluations": evaluations, "champion_before": champion, "decision": decision,
                "registered": registered, "promoted": promoted, "champion": after,
                "history": history}
+    html_path = (out / "report.html").resolve()
     (out / "report.md").write_text(text)
-    (out / "report.html").write_text(_html(text, f"Flywheel cycle {cycle_id}"))
+    html_path.write_text(to_html(data))
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
     with tracking.run(workload_id, run_name=f"{cycle_id}/cycle",
                       tags={"flywheel.cycle_id": cycle_id, "flywheel.stage": "cycle"},
-                      paths=paths):
+                      paths=paths) as active:
         import mlflow
 
         funnel = dataset.get("funnel") or {}
         mlflow.log_metrics({f"funnel.{k}": float(v) for k, v in funnel.items()
                             if isinstance(v, int | float)})
-        mlflow.log_metrics({"records_in": ingested["lines_in"],
-                            "quarantined": ingested["quarantined"] + validated["quarantined"],
-                            "stored": validated["stored"], "n_train": dataset["n_train"],
-                            "n_test": dataset["n_test"]})
-        mlflow.log_params({"dataset_version": dataset["version"],
+        quarantined = [n for n in (ingested.get("quarantined"), validated.get("quarantined"))
+                       if n is not None]
+        mlflow.log_metrics({k: v for k, v in (
+            ("records_in", ingested.get("lines_in")),
+            ("quarantined", sum(quarantined) if quarantined else None),
+            ("stored", validated.get("stored")), ("n_train", dataset.get("n_train")),
+            ("n_test", dataset.get("n_test"))) if v is not None})
+        mlflow.log_params({"dataset_version": dataset.get("version") or "",
                            "winner": decision.get("winner") or "none",
                            "champion_version": after["version"] or "",
                            "champion_candidate": after["candidate"] or ""})
@@ -309,5 +452,15 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
         for key in ("validation_path", "validation_html_path"):
             if validated.get(key) and Path(validated[key]).is_file():
                 mlflow.log_artifact(validated[key], artifact_path="validation")
-    return {"report_path": str(out / "report.md"), "winner": decision.get("winner"),
+        tracking_uri = mlflow.get_tracking_uri()
+        run_id, experiment_id = active.info.run_id, active.info.experiment_id
+    run_url = mlflow_run_url(tracking_uri, experiment_id, run_id)
+    print(f"report: {html_path}")
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow run: {run_url}")
+    else:  # a local store: visible once the embedded UI runs
+        print(f"MLflow run: {run_url} (run {run_id} in experiment {experiment_id}; "
+              "start the UI with `flywheel serve mlflow`)")
+    return {"report_path": str(out / "report.md"), "html_path": str(html_path),
+            "mlflow_run_url": run_url, "winner": decision.get("winner"),
             "registered": registered, "promoted": promoted, "champion": after}

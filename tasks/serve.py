@@ -24,7 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.config import get_paths, local_environment, mlflow_artifact_root
+from tasks.config import (
+    MLFLOW_UI_HOST,
+    MLFLOW_UI_PORT,
+    get_paths,
+    local_environment,
+    mlflow_artifact_root,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "mlflow":
         command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri",
                    env["MLFLOW_TRACKING_URI"], "--default-artifact-root",
-                   mlflow_artifact_root(paths), "--host", "127.0.0.1", "--port", "5000"]
+                   mlflow_artifact_root(paths), "--host", MLFLOW_UI_HOST,
+                   "--port", str(MLFLOW_UI_PORT)]
         print("$", " ".join(command), flush=True)
         os.execve(command[0], command, env)
     airflow = str(bin_dir / "airflow")

