@@ -5,6 +5,7 @@
     flywheel ingest / validate / curate   # the data stages
     flywheel attribute / review           # judge the bad ratings; SME review (export/import)
     flywheel finetune / evaluate / gate    # the model stages
+    flywheel register / report --cycle-id C  # a finished cycle's winner; its report, rendered
     flywheel demo                         # traffic, then cycles through Airflow, agent in the loop
     flywheel registry --action show        # aliases; --action promote / rollback
     flywheel agent --query "..."           # route with the champion, log to the landing folder
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-#: sub-command -> module whose ``main(argv)`` runs it
+#: sub-command -> module whose ``main(argv)`` runs it (``module:function`` names another function)
 COMMANDS: dict[str, str] = {
     "simulate": "tasks.simulate",
     "build-base": "tasks.basemodels",
@@ -30,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "finetune": "tasks.finetune",
     "evaluate": "tasks.evaluate",
     "gate": "tasks.gate",
+    "register": "tasks.register:register_main",
+    "report": "tasks.report",
     "demo": "tasks.demo",
     "serve": "tasks.serve",
     "registry": "tasks.register",
@@ -48,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flywheel: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[command].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The gate: one explicit decision per candidate, from named thresholds, with every reason.
 
     flywheel gate --evaluations ~/.flywheel/runs/<cycle>/report.json   # re-judge a cycle
+    flywheel gate --evaluations .../report.json --min-accuracy 0.9 --out decision.json
     flywheel gate --evaluations scores.json --champion champion.json --teacher teacher.json \
         --min-accuracy 0.8 --alpha 0.05
 
@@ -538,6 +539,8 @@ class GateConfig(GateThresholds):
     teacher_evidence: int | None = Field(None, ge=0, description=(
         "How many traffic-audit records teacher_accuracy is measured on."))
     teacher_p95_ms: float | None = Field(None, gt=0, description="Teacher's p95 latency (ms).")
+    out: str | None = Field(None, description=(
+        "Write the decision here as JSON (what `flywheel register --decision` reads)."))
 
 
 def _read_json(path: str, what: str) -> typing.Any:
@@ -580,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     for v in result.verdicts:
         print(f"{v.candidate}: {'PASS' if v.passed else 'FAIL'} ({'; '.join(v.reasons)})")
     print(f"winner: {result.winner or 'none'} ({result.rule})")
+    if config.out:
+        Path(config.out).expanduser().write_text(result.model_dump_json(indent=1))
+        print(f"decision: {config.out}")
     return 0
 
 

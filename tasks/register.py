@@ -4,6 +4,12 @@
     flywheel registry --action promote --version 3 --approved-by alice
     flywheel registry --action rollback                # back to alias previous-champion
     flywheel registry --action rollback --version 2
+    flywheel register --cycle-id <cycle> [--decision decision.json]   # a cycle's winner, again
+
+``flywheel register`` reads the cycle's ``runs/<cycle>/report.json`` (its evaluations and the
+gate's decision) or, with ``--decision``, a decision ``flywheel gate --out`` wrote for that
+report; it registers the winner as a challenger (a winner the cycle already registered is named,
+not registered twice) and records what it did in the report.json.
 
 The winner becomes a new version of ``flywheel-<workload>``: the router packaged as an MLflow pyfunc
 (:mod:`tasks.serving`; base model and adapter as its artifacts), logged in the winner's training
@@ -304,7 +310,7 @@ def register_winner(decision: dict, evaluations: list[dict], workload_id: str, c
         dataset_version=evaluation["dataset_version"], metrics=metrics,
         verdict=verdict["reasons"], gate_rule=decision.get("rule", ""), gate_summary=summary,
         family=evaluation.get("family") or "causal_lm", home=home))
-    return {"registered": True, **result.model_dump(mode="json")}
+    return {"registered": True, "candidate": winner, **result.model_dump(mode="json")}
 
 
 def promote_registered(registered: dict, workload_id: str, approved_by: str,
@@ -344,4 +350,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flywheel registry: {exc}")
         return 1
     print(json.dumps(aliases(config.workload_id, config.home), sort_keys=True))
+    return 0
+
+
+class RegisterCommand(BaseModel):
+    """Settings of ``flywheel register``."""
+
+    cycle_id: str = Field(min_length=1, description=(
+        "The cycle whose runs/<cycle>/report.json holds the evaluations."))
+    decision: str | None = Field(None, description=(
+        "JSON file from `flywheel gate --out` (default: the decision in report.json)."))
+    home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
+
+
+def _json_file(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise PromotionRefused(f"no {path}: {what}")
+    try:
+        loaded = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PromotionRefused(f"{path} is not valid JSON ({exc.msg})") from exc
+    if not isinstance(loaded, dict):
+        raise PromotionRefused(f"{path} holds {type(loaded).__name__}, not an object")
+    return loaded
+
+
+def register_cycle(cycle_id: str, decision_file: str | None = None,
+                   home: str | None = None) -> dict:
+    """Register a finished cycle's winner from its report.json (or a re-run gate's decision).
+
+    Raises:
+        PromotionRefused: no report, a malformed file, or a winner the report has no
+            evaluation of.
+    """
+    source = get_paths(home).runs / cycle_id / "report.json"
+    report = _json_file(source, "the cycle's report task has not run")
+    decision = (_json_file(Path(decision_file).expanduser(), "--decision")
+                if decision_file else report.get("decision"))
+    if not isinstance(decision, dict) or "verdicts" not in decision:
+        raise PromotionRefused(f"no gate decision in {decision_file or source}")
+    winner = decision.get("winner")
+    evaluations = report.get("evaluations") or []
+    if winner and not any(e.get("candidate") == winner for e in evaluations):
+        raise PromotionRefused(f"the decision's winner {winner!r} has no evaluation in {source}")
+    earlier = report.get("registered") or {}
+    if earlier.get("registered") and earlier.get("candidate") == winner:
+        return {**earlier, "already": True}
+    registered = register_winner(decision, evaluations, report.get("workload_id") or "router",
+                                 cycle_id, home)
+    if registered.get("registered"):
+        report["registered"] = registered
+        source.write_text(json.dumps(report, indent=1, default=str))
+    return registered
+
+
+def register_main(argv: list[str] | None = None) -> int:
+    config = parse_config(RegisterCommand, argv, "flywheel register", __doc__)
+    try:
+        registered = register_cycle(config.cycle_id, config.decision, config.home)
+    except PromotionRefused as exc:
+        print(f"flywheel register: {exc}")
+        return 1
+    if not registered.get("registered"):
+        print(f"nothing registered: {registered.get('reason')}")
+    else:
+        print(f"{registered['model_name']} version {registered['version']} "
+              + ("was registered by the cycle already" if registered.get("already") else
+                 "registered") + f" (alias {registered['alias']}); promote it with: flywheel "
+              f"registry --action promote --version {registered['version']} --approved-by NAME")
     return 0

@@ -1,7 +1,12 @@
 """The cycle's report: the funnel as numbers, each model beside the teacher, the gate, the registry.
 
-Written to ``runs/<cycle>/report.md`` and ``report.json`` and logged to MLflow as the cycle's own
-run, so the same summary is in the task log, on disk and in the MLflow UI.
+Written to ``runs/<cycle>/report.md``, ``report.html`` and ``report.json`` and logged to MLflow as
+the cycle's own run, so the same summary is in the task log, on disk and in the MLflow UI.
+
+    flywheel report --cycle-id <cycle>    # render report.md and report.html again from report.json
+
+reads ``runs/<cycle>/report.json`` (what the cycle's ``report`` task recorded) and the charts beside
+it, and writes the two pages again (after an upgrade of the template, say); nothing is logged.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, Field
+
 from tasks.config import MLFLOW_UI_ADDRESS, get_paths
+from tasks.settings import parse_config
 
 TINY_NOTE = ("The tiny Llama-architecture models this project builds (flywheel-llama-*, "
              "tasks/basemodels.py) are test stand-ins, not production-size LLMs.")
@@ -417,7 +425,7 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
                "validated": validated, "dataset": dataset, "teacher": teacher,
                "evaluations": evaluations, "champion_before": champion, "decision": decision,
                "registered": registered, "promoted": promoted, "champion": after,
-               "history": history}
+               "history": history, "images": images}
     html_path = (out / "report.html").resolve()
     (out / "report.md").write_text(text)
     html_path.write_text(to_html(data))
@@ -464,3 +472,52 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
     return {"report_path": str(out / "report.md"), "html_path": str(html_path),
             "mlflow_run_url": run_url, "winner": decision.get("winner"),
             "registered": registered, "promoted": promoted, "champion": after}
+
+
+class ReportCommand(BaseModel):
+    """Settings of ``flywheel report``."""
+
+    cycle_id: str = Field(min_length=1, description=(
+        "The cycle whose runs/<cycle>/report.json is rendered again."))
+    home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
+
+
+def render_again(cycle_id: str, home: str | None = None) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html`` of a finished cycle, from its ``report.json``.
+
+    Raises:
+        FileNotFoundError: the cycle has no report.json (its report task has not run).
+        ValueError: report.json is not a cycle's report.
+    """
+    out = get_paths(home).runs / cycle_id
+    source = out / "report.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"no {source}: the cycle's report task has not run")
+    try:
+        summary = json.loads(source.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} is not valid JSON ({exc.msg})") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("decision"), dict):
+        raise ValueError(f"{source} is not a cycle's report (no gate decision in it)")
+    images = {name: file for name, file in (summary.get("images") or {}).items()
+              if (out / file).is_file()}  # charts deleted since are left out, not linked
+    data = report_data(cycle_id, summary.get("workload_id") or "?",
+                       summary.get("ingested") or {}, summary.get("validated") or {},
+                       summary.get("dataset") or {}, summary.get("teacher") or {},
+                       summary.get("evaluations") or [], summary["decision"],
+                       summary.get("registered") or {}, summary.get("champion_before"),
+                       summary.get("promoted"), summary.get("history"), images)
+    (out / "report.md").write_text(to_markdown(data))
+    (out / "report.html").write_text(to_html(data))
+    return out / "report.md", (out / "report.html").resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(ReportCommand, argv, "flywheel report", __doc__)
+    try:
+        markdown, page = render_again(config.cycle_id, config.home)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"flywheel report: {exc}")
+        return 1
+    print(f"report: {page}\n(and {markdown})")
+    return 0

@@ -206,9 +206,12 @@ def test_cli_re_judges_a_cycle_from_its_report(tmp_path, capsys):
     assert "a: FAIL" in out and "vs champion v3 on the same 1000 test queries" in out
     assert "not enough evidence: the teacher is graded on 12 traffic-audit records" in out
     # a looser margin, typed on the command line, and the teacher check off
+    decided = tmp_path / "decision.json"  # what `flywheel register --decision` reads
     assert main(["--evaluations", str(path), "--min-accuracy", "0.5", "--max-accuracy-drop",
-                 "0.02", "--max-drop-vs-teacher", "none"]) == 0
+                 "0.02", "--max-drop-vs-teacher", "none", "--out", str(decided)]) == 0
     assert "winner: a" in capsys.readouterr().out
+    written = json.loads(decided.read_text())
+    assert written["winner"] == "a" and written["verdicts"][0]["passed"] is True
 
 
 # ------------------------------------------------------------------------ paired comparisons

@@ -84,3 +84,46 @@ def test_no_winner_registers_nothing_and_a_failed_verdict_is_refused(tmp_path):
     ev = evaluation("a", "run", 0.9)
     with pytest.raises(PromotionRefused, match="verdict failed"):
         register_winner(decision("a", passed=False), [ev], "router", "c", str(tmp_path))
+
+
+def test_flywheel_register_registers_a_finished_cycles_winner_once(tmp_path, capsys):
+    """`flywheel register --cycle-id` reads the cycle's report.json: a winner the cycle did not
+    register is registered and recorded; run again, it names the version instead; a decision
+    re-made by `flywheel gate --out` is honoured; a missing or malformed report is refused."""
+    import json
+
+    from tasks.cli import main as cli
+    from tasks.config import get_paths
+
+    home = str(tmp_path / "home")
+    base, adapter = fake_model(tmp_path, "m")
+    ev = evaluation("m", training_run(home, tmp_path, "m", "cli"), 0.8, base, adapter)
+    folder = get_paths(home).runs / "c9"
+    folder.mkdir(parents=True)
+    report = {"workload_id": "cli", "evaluations": [ev],
+              "decision": {"winner": None, "rule": "r", "verdicts": [
+                  {"candidate": "m", "passed": False, "reasons": ["accuracy 0.8 < min 0.9"]}]},
+              "registered": {"registered": False, "reason": "no candidate passed the gate"}}
+    (folder / "report.json").write_text(json.dumps(report))
+
+    assert cli(["register", "--cycle-id", "c9", "--home", home]) == 0
+    assert "nothing registered: no candidate passed the gate" in capsys.readouterr().out
+
+    relaxed = tmp_path / "decision.json"  # `flywheel gate --min-accuracy 0.7 --out ...`
+    relaxed.write_text(json.dumps(decision("m")))
+    args = ["register", "--cycle-id", "c9", "--home", home, "--decision", str(relaxed)]
+    assert cli(args) == 0
+    assert "flywheel-cli version 1 registered (alias challenger)" in capsys.readouterr().out
+    recorded = json.loads((folder / "report.json").read_text())["registered"]
+    assert recorded["registered"] and recorded["candidate"] == "m"
+    assert cli(args) == 0  # again: named, not registered twice
+    assert "version 1 was registered by the cycle already" in capsys.readouterr().out
+
+    assert cli(["register", "--cycle-id", "nope", "--home", home]) == 1
+    assert "the cycle's report task has not run" in capsys.readouterr().out
+    relaxed.write_text(json.dumps({**decision("ghost")}))
+    assert cli(args) == 1
+    assert "'ghost' has no evaluation" in capsys.readouterr().out
+    relaxed.write_text("[1, 2")
+    assert cli(args) == 1
+    assert "is not valid JSON" in capsys.readouterr().out

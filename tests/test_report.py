@@ -147,6 +147,24 @@ def test_write_report_charts_history_and_mlflow(tmp_path, capsys):
     assert failed["winner"] is None and failed["champion"]["version"] == "2"
     assert "no model was trained" in Path(failed["html_path"]).read_text()
 
+    # `flywheel report --cycle-id` renders both pages again from report.json and the charts
+    from tasks.cli import main as cli
+
+    before_md = (out / "report.md").read_text()
+    (out / "report.html").unlink()
+    (out / "report.md").write_text("stale")
+    capsys.readouterr()
+    assert cli(["report", "--cycle-id", "c2", "--home", home]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert (out / "report.md").read_text() == before_md
+    again = (out / "report.html").read_text()
+    assert again == page and 'src="confusion.png"' in again
+    assert cli(["report", "--cycle-id", "c404", "--home", home]) == 1
+    assert "the cycle's report task has not run" in capsys.readouterr().out
+    (out / "report.json").write_text('{"evaluations": []}')
+    assert cli(["report", "--cycle-id", "c2", "--home", home]) == 1
+    assert "not a cycle's report" in capsys.readouterr().out
+
 
 def test_mlflow_run_url_on_a_server_and_on_the_embedded_store():
     assert (mlflow_run_url("https://mlflow.example:5000/", "7", "abc")
