@@ -12,8 +12,9 @@ labels in the demo) → curate a versioned ground truth (frozen test split, sema
 train/test leakage) → fine-tune one LoRA adapter per candidate through DeepSpeed → evaluate each
 with lm-eval and measured latency, beside its base model and the teacher → gate on accuracy and
 latency (vs the champion re-evaluated on the same test set and the teacher) → register the winner as
-alias `challenger` → approval (a reviewer, or the `auto_approve` param) → promote: alias `champion`
-moves, the old one is kept as `previous-champion` → report.
+alias `challenger` and announce it (the Asset `flywheel_challenger`) → report. The cycle ends
+there: approval (a reviewer, or the `auto_approve` param) and promotion run in the DAG
+`flywheel_promotion`, so tonight's cycle never waits on yesterday's reviewer.
 
 Runs nightly at 02:00 UTC; trigger it from the UI to change candidates, thresholds or the window.
 Every task is a thin call into the `tasks` package, which runs the same stages from the `flywheel`
@@ -26,8 +27,11 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.sdk import Param, dag, task
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import Asset, Param, dag, task
+
+#: updated when a cycle registers a challenger (tasks.promotion.CHALLENGER_ASSET)
+CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challenger")
 
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
@@ -141,8 +145,8 @@ def _cycle_id(context) -> str:
                                        description="Price of one device-hour, for cost per "
                                                    "1,000 requests."),
         "auto_approve": Param(False, type="boolean",
-                              description="Promote the gate's winner without waiting for a "
-                                          "reviewer (demo, tests)."),
+                              description="flywheel_promotion promotes this cycle's challenger "
+                                          "without asking a reviewer (demo, tests)."),
         "judge_backend": Param("knn-vote", enum=["knn-vote", "openai"],
                                description="Who flags routing errors: labelled neighbours in "
                                            "Qdrant (offline) or an OpenAI-compatible LLM."),
@@ -346,48 +350,26 @@ def flywheel_cycle():
         return register_winner(decision, list(evaluations), params["workload_id"],
                                _cycle_id(get_current_context()))
 
-    @task.branch(execution_timeout=QUICK)
-    def approval_route(registered: dict, params: dict | None = None) -> list[str]:
-        """A registered challenger waits for a reviewer, unless the run says auto_approve."""
-        if not registered.get("registered"):
-            return []
-        return ["auto_approve"] if params["auto_approve"] else ["approve"]
-
-    @task(execution_timeout=QUICK)
-    def auto_approve() -> dict:
-        return {"approved_by": "auto_approve param"}
-
-    approve = ApprovalOperator(
-        task_id="approve",
-        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} version "
-                "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
-        body="It passed the gate. Verdicts:\n"
-             "{% for v in ti.xcom_pull(task_ids='gate')['verdicts'] %}"
-             "- {{ v.candidate }}: {{ 'PASS' if v.passed else 'FAIL' }} - "
-             "{{ v.reasons | join('; ') }}\n{% endfor %}"
-             "Approve moves alias champion to it (the current one becomes previous-champion); "
-             "Reject leaves it as challenger.",
-        response_timeout=timedelta(days=3),
-        defaults=["Reject"],
-    )
-
-    @task(trigger_rule="none_failed_min_one_success", execution_timeout=QUICK)
-    def promote(registered: dict, params: dict | None = None) -> dict:
+    @task(outlets=[CHALLENGER], execution_timeout=QUICK)
+    def announce(registered: dict, decision: dict, params: dict | None = None) -> dict:
+        """Update the Asset flywheel_challenger: the promotion DAG takes it from here."""
         from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks.register import promote_registered
+        from tasks.promotion import challenger_event
 
-        ti = get_current_context()["ti"]
-        answer = ti.xcom_pull(task_ids="approve") or ti.xcom_pull(task_ids="auto_approve") or {}
-        user = answer.get("responded_by_user") or {}
-        approved_by = answer.get("approved_by") or (
-            user.get("name") or user.get("id") if isinstance(user, dict) else str(user))
-        return promote_registered(registered, params["workload_id"], approved_by)
+        context = get_current_context()
+        event = challenger_event(registered, params["workload_id"], _cycle_id(context),
+                                 params["auto_approve"], decision)
+        if event is None:  # a skipped task updates no Asset
+            raise AirflowSkipException("nothing registered, nothing to approve")
+        context["outlet_events"][CHALLENGER].extra = event
+        return event
 
     @task(trigger_rule="none_failed", execution_timeout=QUICK)
     def report(ingested: dict, validated: dict, dataset: dict, teacher: dict,
                evaluations: list[dict], champion: dict, decision: dict, registered: dict,
-               promoted: dict | None = None, params: dict | None = None) -> dict:
+               params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
         from tasks.report import write_report
@@ -396,7 +378,7 @@ def flywheel_cycle():
             cycle_id=_cycle_id(get_current_context()), workload_id=params["workload_id"],
             ingested=ingested, validated=validated, dataset=dataset, teacher=teacher,
             evaluations=list(evaluations), decision=decision, registered=registered,
-            champion=champion, promoted=promoted)
+            champion=champion)
 
     ingested = ingest()
     validated = validate(ingested)
@@ -411,13 +393,8 @@ def flywheel_cycle():
     champion = evaluate_champion(dataset)
     decision = gate(evaluations, champion, teacher)
     registered = register(decision, evaluations)
-    route = approval_route(registered)
-    approved = [approve, auto_approve()]
-    route >> approved
-    promoted = promote(registered)
-    approved >> promoted
-    report(ingested, validated, dataset, teacher, evaluations, champion, decision, registered,
-           promoted)
+    announce(registered, decision)
+    report(ingested, validated, dataset, teacher, evaluations, champion, decision, registered)
 
 
 flywheel_cycle()

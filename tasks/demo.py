@@ -11,8 +11,9 @@ reference agent serving the champion between them.
    ``--agent-queries`` CLINC150 queries with the current champion through MLflow pyfunc and logs
    them to the landing folder, and simulated users rate some of those answers (from the gold
    labels, as the traffic simulator rates the teacher's); then ``airflow dags test
-   flywheel_cycle`` runs every task for real, with ``auto_approve`` so the approval step does not
-   wait for a person,
+   flywheel_cycle`` runs every task for real, and ``airflow dags test flywheel_promotion`` decides
+   on the challenger it registered, with ``auto_approve`` so the approval does not wait for a
+   person (a scheduler would start that run from the cycle's Asset event),
 5. prints each cycle's report and, at the end, a per-cycle table: dataset, winner, champion,
    its accuracy and p95 latency, and the agent's own routing accuracy (simulation oracle).
 """
@@ -246,6 +247,16 @@ def demo(config: DemoConfig) -> int:
             print(f"\nCycle {cycle} failed (exit {code}); see {log_path}", file=sys.stderr)
             return 1
         report = json.loads(reports[0].read_text())
+        if report["registered"].get("registered"):
+            promotion = {"workload_id": "router", "version": report["registered"]["version"],
+                         "auto_approve": True}
+            print(f"  airflow dags test flywheel_promotion (version {promotion['version']})")
+            if _run_airflow(["dags", "test", "flywheel_promotion", "--conf",
+                             json.dumps(promotion)], env, log_path, show=True) != 0:
+                print(f"\nPromotion after cycle {cycle} failed; see {log_path}",
+                      file=sys.stderr)
+                return 1
+            report = json.loads(reports[0].read_text())  # the promotion is written into it
         print("\n" + reports[0].with_name("report.md").read_text())
         champion = report["champion"]
         rows.append({
@@ -267,7 +278,8 @@ def demo(config: DemoConfig) -> int:
     print(_table(rows))
     print(f"\nDemo wall time: {time.perf_counter() - started:.0f} s")
     print("Open the same state in the UIs:\n"
-          "  make airflow-ui   # http://127.0.0.1:8080  (DAG flywheel_cycle, its runs and logs)\n"
+          "  make airflow-ui   # http://127.0.0.1:8080  (DAGs flywheel_cycle and "
+          "flywheel_promotion, their runs and logs)\n"
           "  make mlflow-ui    # http://127.0.0.1:5000  (experiment flywheel-router, registered "
           "model flywheel-router, aliases champion / previous-champion)")
     return 0

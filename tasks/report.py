@@ -270,7 +270,8 @@ def report_data(cycle_id: str, workload_id: str, ingested: dict, validated: dict
                                         "`previous-champion`." if promoted.get("previous")
                                         else "."))
     elif registered.get("registered"):
-        registry.append("Not promoted in this run: the challenger waits for approval.")
+        registry.append("The challenger waits for approval in the DAG flywheel_promotion (the "
+                        "cycle does not wait for it).")
     winner = decision.get("winner")
     after = champion_after(champion, promoted, evaluations, winner)
     images = dict(images or {})
@@ -378,10 +379,12 @@ def champion_history(workload_id: str, paths) -> list[dict]:
                               order_by=["attributes.start_time ASC"], output_format="list")
     out = []
     for run in runs:
-        params, metrics = run.data.params, run.data.metrics
-        out.append({"cycle": run.data.tags.get("flywheel.cycle_id", run.info.run_name),
-                    "version": params.get("champion_version") or None,
-                    "candidate": params.get("champion_candidate") or None,
+        tags, metrics = run.data.tags, run.data.metrics
+        # cycle runs logged before the tags kept the champion in params
+        tags = {**{f"flywheel.{k}": v for k, v in run.data.params.items()}, **tags}
+        out.append({"cycle": tags.get("flywheel.cycle_id", run.info.run_name),
+                    "version": tags.get("flywheel.champion_version") or None,
+                    "candidate": tags.get("flywheel.champion_candidate") or None,
                     "accuracy": metrics.get("champion_accuracy"),
                     "latency_p95_ms": metrics.get("champion_latency_p95_ms")})
     return out
@@ -446,9 +449,10 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
             ("stored", validated.get("stored")), ("n_train", dataset.get("n_train")),
             ("n_test", dataset.get("n_test"))) if v is not None})
         mlflow.log_params({"dataset_version": dataset.get("version") or "",
-                           "winner": decision.get("winner") or "none",
-                           "champion_version": after["version"] or "",
-                           "champion_candidate": after["candidate"] or ""})
+                           "winner": decision.get("winner") or "none"})
+        # tags, not params: a later approval (tasks.promotion) changes who serves after it
+        mlflow.set_tags({"flywheel.champion_version": after["version"] or "",
+                         "flywheel.champion_candidate": after["candidate"] or ""})
         mlflow.log_metrics({k: v for k, v in (
             ("champion_accuracy", after["accuracy"]),
             ("champion_latency_p95_ms", after["latency_p95_ms"])) if v is not None})

@@ -39,9 +39,23 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
             "max_drop_vs_teacher": None}
     run = dag.test(run_conf=conf)
     assert run.state == DagRunState.SUCCESS
+    announced = [t for t in run.get_task_instances() if t.task_id == "announce"]
+    assert [t.state for t in announced] == ["success"]  # the Asset event for flywheel_promotion
 
     mlflow = tracking.configure(tracking.get_paths(str(session_home)))
     client = mlflow.MlflowClient()
+    # the cycle ends at registration: nothing is served until the promotion DAG approves
+    version = client.get_model_version_by_alias("flywheel-router", "challenger")
+    reports = sorted(session_home.glob("runs/*/report.json"))
+    assert reports, "the cycle wrote no report"
+    before = json.loads(reports[-1].read_text())
+    assert before["promoted"] is None and before["champion"]["version"] is None
+    assert "waits for approval in the DAG flywheel_promotion" in reports[-1].with_name(
+        "report.md").read_text()
+
+    promotion = DagBag(dag_folder="dags").dags["flywheel_promotion"].test(run_conf={
+        "workload_id": "router", "version": str(version.version), "auto_approve": True})
+    assert promotion.state == DagRunState.SUCCESS
     version = client.get_model_version_by_alias("flywheel-router", "champion")
     assert version.tags["candidate"] == "xs-lora"
     assert version.tags["gate"] == "passed"
@@ -54,14 +68,14 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     assert all(version.tags["dataset_version"] in i.dataset.name for i in inputs)
     assert float(version.tags["latency_p95_ms"]) > 0
 
-    reports = sorted(session_home.glob("runs/*/report.json"))
-    assert reports, "the cycle wrote no report"
     report = json.loads(reports[-1].read_text())
     assert report["registered"]["version"] == str(version.version)
-    # registered as challenger, approved (auto_approve), then promoted to champion
+    # registered as challenger, approved (auto_approve) in flywheel_promotion, promoted; the
+    # promotion is written into the cycle's report
     assert report["registered"]["alias"] == "challenger"
     assert report["promoted"]["promoted"] and report["champion"]["version"] == str(version.version)
-    assert "approved_by" in version.tags
+    assert version.tags["approved_by"] == "auto_approve param"
+    assert "Approved and promoted" in reports[-1].with_name("report.html").read_text()
     evaluation = report["evaluations"][0]
     assert evaluation["base_icl"]["prompting"] == "in-context (k=2)"
     assert evaluation["finetuned"]["cost_per_1k_requests"] > 0
@@ -85,6 +99,7 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
                                     filter_string="tags.`flywheel.stage` = 'cycle'",
                                     output_format="list")
     assert len(cycle_runs) == 1
+    assert cycle_runs[0].data.tags["flywheel.champion_version"] == str(version.version)
     artifacts = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id)}
     assert {"report.md", "report.json", "report.html", "pareto.png", "confusion.png",
             "champion_history.png", "validation"} <= artifacts

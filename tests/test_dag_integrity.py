@@ -97,22 +97,39 @@ def test_ingest_dag_runs_often_and_publishes_the_store_asset(dagbag):
     assert outlets == ["flywheel_store"]
 
 
-def test_cycle_promotion_waits_for_approval(dagbag):
+def test_the_cycle_announces_its_challenger_and_never_waits_for_approval(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from tasks.promotion import CHALLENGER_ASSET, CHALLENGER_ASSET_URI
+
     dag = dagbag.dags["flywheel_cycle"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert {"gate", "report"} <= downstream["evaluate_champion"]
     assert "gate" in downstream["evaluate_teacher"]
-    assert "approval_route" in downstream["register"]
-    assert downstream["approval_route"] == {"approve", "auto_approve"}
-    assert downstream["approve"] == {"promote"} and downstream["auto_approve"] == {"promote"}
-    assert downstream["promote"] == {"report"}
+    assert downstream["register"] == {"announce", "report"}
+    assert downstream["announce"] == set()
+    assert not [t for t in dag.tasks if isinstance(t, ApprovalOperator)]  # no person in the way
+    outlets = dag.get_task("announce").outlets
+    assert [(a.name, a.uri) for a in outlets] == [(CHALLENGER_ASSET, CHALLENGER_ASSET_URI)]
+    assert dag.get_task("report").trigger_rule == "none_failed"
+    assert dag.params["auto_approve"] is False
+
+
+def test_promotion_dag_runs_on_the_challenger_asset_and_waits_for_a_reviewer(dagbag):
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
+    from tasks.promotion import CHALLENGER_ASSET
+
+    dag = dagbag.dags["flywheel_promotion"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == [CHALLENGER_ASSET]
+    assert dag.max_active_runs > 1  # one challenger waiting never blocks the next
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream["challenger"] == {"approval_route", "promote"}
+    assert downstream["approval_route"] == {"approve", "auto_approve"}
+    assert downstream["approve"] == {"promote"} and downstream["auto_approve"] == {"promote"}
     approve = dag.get_task("approve")
     assert isinstance(approve, ApprovalOperator) and approve.defaults == ["Reject"]
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
-    assert dag.get_task("report").trigger_rule == "none_failed"
-    assert dag.params["auto_approve"] is False
 
 
 def test_rollback_dag(dagbag):
@@ -135,7 +152,8 @@ def test_every_task_has_a_time_limit(dagbag):
 
     from airflow.providers.standard.operators.hitl import HITLOperator
 
-    for dag_id in ("flywheel_cycle", "flywheel_ingest", "flywheel_rollback"):
+    for dag_id in ("flywheel_cycle", "flywheel_ingest", "flywheel_rollback",
+                   "flywheel_promotion"):
         for t in dagbag.dags[dag_id].tasks:
             if isinstance(t, HITLOperator):  # a person's step waits by its response_timeout
                 assert t.response_timeout is not None, t.task_id

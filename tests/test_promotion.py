@@ -103,3 +103,61 @@ def test_a_crash_between_registration_and_promotion_leaves_the_champion_alone(
     move = promote("crash", "2", home=home)
     assert (move.version, move.previous) == ("2", "1")
     assert aliases("crash", home) == {"champion": "2", "previous-champion": "1"}
+
+
+# ---------------------------------------------------- approval in its own DAG (tasks.promotion)
+
+
+def test_the_promotion_run_decides_on_the_newest_announced_challenger(home, tmp_path):
+    from tasks.promotion import challenger_event, pending_challenger
+
+    registered = register_one(home, tmp_path, "a", 0.8, "c1", workload="announced")
+    event = challenger_event(registered, "announced", "c1", False, decision("a"))
+    assert event["version"] == "1" and event["candidate"] == "a"
+    assert event["verdicts"][0].startswith("a: PASS - accuracy ok")
+    assert challenger_event({"registered": False}, "announced", "c1", True, decision("a")) is None
+    newer = {**event, "version": "2", "cycle_id": "c2"}
+    assert pending_challenger([event, newer], {})["version"] == "2"  # the older was superseded
+    with pytest.raises(ValueError, match="several workloads"):
+        pending_challenger([event, {**newer, "workload_id": "other"}], {})
+    with pytest.raises(ValueError, match="names the version"):
+        pending_challenger([], {"workload_id": "announced"})
+    by_hand = pending_challenger([], {"workload_id": "announced", "version": "1",
+                                      "auto_approve": True, "home": home})
+    assert (by_hand["version"], by_hand["cycle_id"], by_hand["auto_approve"]) == ("1", "c1", True)
+    with pytest.raises(PromotionRefused, match="no version 7"):
+        pending_challenger([], {"workload_id": "announced", "version": "7", "home": home})
+
+
+def test_an_approved_challenger_is_promoted_into_its_cycle_report_and_a_stale_one_is_not(
+        home, tmp_path):
+    import json
+
+    from tasks.config import get_paths
+    from tasks.promotion import challenger_event, promote_challenger
+
+    first = register_one(home, tmp_path, "a", 0.8, "c1", workload="late")
+    second = register_one(home, tmp_path, "b", 0.85, "c2", workload="late")
+    folder = get_paths(home).runs / "c2"
+    folder.mkdir(parents=True)
+    ev = evaluation("b", "run", 0.85)
+    (folder / "report.json").write_text(json.dumps({
+        "workload_id": "late", "evaluations": [ev], "decision": decision("b"),
+        "registered": second, "promoted": None, "champion_before": None,
+        "champion": {"version": None, "candidate": None, "accuracy": None,
+                     "latency_p95_ms": None, "changed": False},
+        "history": [{"cycle": "c2", "version": None}]}))
+
+    promoted = promote_challenger(challenger_event(second, "late", "c2", False, decision("b")),
+                                  "carol", home)
+    assert promoted["promoted"] and promoted["version"] == "2"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["champion"]["version"] == "2" and report["champion"]["accuracy"] == 0.85
+    assert report["history"][-1]["version"] == "2"
+    assert "Approved and promoted: version 2" in (folder / "report.html").read_text()
+
+    # yesterday's challenger, approved after today's: not promoted over the newer champion
+    stale = promote_challenger(challenger_event(first, "late", "c1", False, decision("a")),
+                               "dave", home)
+    assert stale["promoted"] is False and "champion v2 is newer than v1" in stale["reason"]
+    assert str(champion_version("late", home).version) == "2"

@@ -1,10 +1,12 @@
 """The cycle driven through the UIs in a real (headless) browser, as a reviewer drives it.
 
 On the integration tier's servers: the Airflow UI's trigger dialog starts ``flywheel_cycle`` with
-gate thresholds typed into its params form; the run stops at the approval step; the promotion is
-approved on the UI's *Required Actions* page; then the MLflow UI shows the registered model's
-version with alias ``champion`` and its gate tags. REST is only used to observe (when to look, and
-what the run's conf holds), never to act.
+gate thresholds typed into its params form; the cycle ends once its winner is registered, and the
+Asset it updates starts a ``flywheel_promotion`` run that waits for a reviewer (the cycle does
+not); the promotion is approved on the UI's *Required Actions* page; then the MLflow UI shows the
+registered model's version with alias ``champion`` and its gate tags, and the cycle's rendered
+report shows its models table. REST is only used to observe (when to look, and what the run's conf
+holds), never to act.
 
 Screenshots (with each page's HTML and text) are kept for every step under the pytest temporary
 folder and copied to ``$FLYWHEEL_TEST_ARTIFACTS/ui-browser`` when that is set; the path is printed.
@@ -35,9 +37,11 @@ from tests.integration.servers import ANSWERABLE_STATES, AirflowStack, MlflowSer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUN_ID = "ui-browser"
+PROMOTION_DAG = "flywheel_promotion"
 #: typed into the params form; both differ from the DAG's defaults (0.70 and 1000 ms)
 THRESHOLDS = {"min_accuracy": 0.0, "max_p95_latency_ms": 45000}
-#: how long the cycle may take to reach the approval, and then to finish (2 loaded cores)
+#: how long the cycle may take to finish and its challenger to ask for approval, and then how
+#: long the promotion may take (2 loaded cores)
 TO_APPROVAL_S = 1200
 AFTER_APPROVAL_S = 600
 UI_TIMEOUT_S = 90
@@ -62,9 +66,9 @@ def _smallest_conf(stack: AirflowStack, base_model: Path) -> dict:
     return conf
 
 
-def _task_states(stack: AirflowStack, run_id: str) -> dict[str, str]:
+def _task_states(stack: AirflowStack, run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
     return {f"{t['task_id']}[{t['map_index']}]": t["state"]
-            for t in stack.task_instances(DAG_ID, run_id)}
+            for t in stack.task_instances(dag_id, run_id)}
 
 
 def trigger_from_form(browser: Browser, stack: AirflowStack, conf: dict) -> None:
@@ -135,35 +139,51 @@ def trigger_from_form(browser: Browser, stack: AirflowStack, conf: dict) -> None
     browser.shot("triggered")
 
 
-def wait_for_approval_request(stack: AirflowStack, run_id: str, timeout: float) -> dict:
-    """The run's pending approval (REST, read only); fails if the run ends without one."""
+def registered_version(stack: AirflowStack, run_id: str) -> str:
+    """The version the cycle's register task put in the registry (its XCom, read over REST)."""
     quoted = urllib.parse.quote(run_id, safe="")
+    entry = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/register/"
+                             "xcomEntries/return_value")
+    value = entry["value"]
+    value = json.loads(value) if isinstance(value, str) else value
+    assert value.get("registered"), f"the cycle registered nothing: {value}"
+    return str(value["version"])
+
+
+def wait_for_approval_request(stack: AirflowStack, version: str, timeout: float
+                              ) -> tuple[str, dict]:
+    """The flywheel_promotion run (started by the cycle's Asset event) that asks a reviewer
+    about ``version``, and its pending approval (REST, read only)."""
     deadline = time.monotonic() + timeout
+    subject = f"version {version} to champion?"
+    seen: dict[str, str] = {}
     while time.monotonic() < deadline:
         stack.check_alive()
-        run = stack.run(DAG_ID, run_id)
-        if run["state"] in {"success", "failed"}:
-            raise AssertionError(f"run {run_id} ended {run['state']} without asking for approval;"
-                                 f" tasks: {_task_states(stack, run_id)}")
-        pending = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{quoted}/hitlDetails"
-                                   "?response_received=false").get("hitl_details", [])
-        approval = [d for d in pending if d["task_instance"]["task_id"] == "approve"
-                    and d["task_instance"].get("state") in ANSWERABLE_STATES]
-        if approval:
-            return approval[0]
+        for run in stack.api("GET", f"dags/{PROMOTION_DAG}/dagRuns?limit=100")["dag_runs"]:
+            seen[run["dag_run_id"]] = f"{run['run_type']}:{run['state']}"
+            if run["state"] != "running":
+                continue
+            quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+            pending = stack.api("GET", f"dags/{PROMOTION_DAG}/dagRuns/{quoted}/hitlDetails"
+                                       "?response_received=false").get("hitl_details", [])
+            for detail in pending:
+                if (detail["task_instance"]["task_id"] == "approve"
+                        and subject in detail["subject"]
+                        and detail["task_instance"].get("state") in ANSWERABLE_STATES):
+                    return run["dag_run_id"], detail
         time.sleep(5)
-    raise AssertionError(f"run {run_id} asked for no approval in {timeout:.0f}s; "
-                         f"tasks: {_task_states(stack, run_id)}")
+    raise AssertionError(f"no {PROMOTION_DAG} run asked about version {version} in "
+                         f"{timeout:.0f}s; its runs: {seen}")
 
 
 def approve_in_ui(browser: Browser, stack: AirflowStack, run_id: str, subject: str) -> None:
-    """From the Required Actions list, open the approval and press Approve."""
+    """From the Required Actions list, open the promotion run's approval and press Approve."""
     browser.open(f"{stack.url}/required_actions?response_received=false", "Required Action")
     link = browser.wait_for_text(subject, UI_TIMEOUT_S)
     browser.shot("required-actions-pending")
     browser.click(link)
     browser.button("Approve", timeout=UI_TIMEOUT_S)
-    browser.wait_for_text("It passed the gate", UI_TIMEOUT_S)
+    browser.wait_for_text("passed the gate", UI_TIMEOUT_S)
     browser.shot("approval-form")
     browser.click(browser.button("Approve"))
 
@@ -172,7 +192,8 @@ def approve_in_ui(browser: Browser, stack: AirflowStack, run_id: str, subject: s
         # holding the response counts as well
         if browser.visible("//*[contains(text(), 'response successful')]"):
             return True
-        done = stack.api("GET", f"dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        done = stack.api("GET", f"dags/{PROMOTION_DAG}/dagRuns/"
+                                f"{urllib.parse.quote(run_id, safe='')}"
                                 "/hitlDetails?response_received=true").get("hitl_details", [])
         return any(d["task_instance"]["task_id"] == "approve" for d in done)
 
@@ -180,17 +201,18 @@ def approve_in_ui(browser: Browser, stack: AirflowStack, run_id: str, subject: s
     browser.shot("approved")
 
 
-def wait_for_run_end(stack: AirflowStack, run_id: str, timeout: float) -> dict:
-    """Poll the run until it ends, answering nothing (the approval was the UI's job)."""
+def wait_for_run_end(stack: AirflowStack, run_id: str, timeout: float,
+                     dag_id: str = DAG_ID) -> dict:
+    """Poll the run until it ends, answering nothing (the approval is the UI's job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
-        run = stack.run(DAG_ID, run_id)
+        run = stack.run(dag_id, run_id)
         if run["state"] in {"success", "failed"}:
             return run
         time.sleep(5)
-    raise AssertionError(f"run {run_id} not finished {timeout:.0f}s after the approval; "
-                         f"tasks: {_task_states(stack, run_id)}")
+    raise AssertionError(f"{dag_id} run {run_id} not finished after {timeout:.0f}s; "
+                         f"tasks: {_task_states(stack, run_id, dag_id)}")
 
 
 def champion_in_mlflow_ui(browser: Browser, mlflow: MlflowServer, model: str, version: str,
@@ -265,32 +287,46 @@ def ui_cycle(browser: Browser, airflow_stack: AirflowStack, integration_home: Pa
     started = time.monotonic()
     trigger_from_form(browser, airflow_stack, _smallest_conf(airflow_stack, xs_base_model))
     seconds["trigger"] = time.monotonic() - started
-    request = wait_for_approval_request(airflow_stack, RUN_ID, TO_APPROVAL_S)
+    # the cycle ends without anyone approving anything
+    run = wait_for_run_end(airflow_stack, RUN_ID, TO_APPROVAL_S)
+    seconds["cycle"] = time.monotonic() - started
+    assert run["state"] == "success", (run, _task_states(airflow_stack, RUN_ID))
+    version = registered_version(airflow_stack, RUN_ID)
+    promotion_id, request = wait_for_approval_request(airflow_stack, version, TO_APPROVAL_S)
     seconds["to_approval"] = time.monotonic() - started
-    approve_in_ui(browser, airflow_stack, RUN_ID, request["subject"])
-    run = wait_for_run_end(airflow_stack, RUN_ID, AFTER_APPROVAL_S)
-    seconds["run"] = time.monotonic() - started
+    cycle_while_pending = airflow_stack.run(DAG_ID, RUN_ID)["state"]
+    approve_in_ui(browser, airflow_stack, promotion_id, request["subject"])
+    promotion = wait_for_run_end(airflow_stack, promotion_id, AFTER_APPROVAL_S, PROMOTION_DAG)
+    seconds["promotion"] = time.monotonic() - started
     browser.open(f"{airflow_stack.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(RUN_ID)}",
                  RUN_ID)
     browser.wait_for_text("report", UI_TIMEOUT_S)
     browser.shot(f"airflow-run-{run['state']}")
     (browser.artifacts / "seconds.json").write_text(json.dumps(seconds, indent=2))
     print(f"ui cycle: {seconds}", flush=True)
-    return {"run": run, "approval": request, "seconds": seconds}
+    return {"run": run, "approval": request, "seconds": seconds, "version": version,
+            "promotion_id": promotion_id, "promotion": promotion,
+            "cycle_while_pending": cycle_while_pending}
 
 
 def test_run_triggered_and_approved_in_the_ui_succeeds(ui_cycle, airflow_stack):
     run = ui_cycle["run"]
     assert run["state"] == "success", (run, _task_states(airflow_stack, RUN_ID))
     assert run["run_type"] == "manual"
+    # the cycle had ended while its challenger's approval was still pending in the other DAG
+    assert ui_cycle["cycle_while_pending"] == "success"
+    assert "approve[-1]" not in _task_states(airflow_stack, RUN_ID)
+    promotion = ui_cycle["promotion"]
+    assert promotion["state"] == "success"
+    assert promotion["run_type"] == "asset_triggered"  # started by the cycle's Asset event
     # the approval was answered (by the UI: nothing in this module answers it over REST)
-    quoted = urllib.parse.quote(RUN_ID, safe="")
-    details = airflow_stack.api("GET", f"dags/{DAG_ID}/dagRuns/{quoted}/hitlDetails"
+    quoted = urllib.parse.quote(ui_cycle["promotion_id"], safe="")
+    details = airflow_stack.api("GET", f"dags/{PROMOTION_DAG}/dagRuns/{quoted}/hitlDetails"
                                 )["hitl_details"]
     approve = next(d for d in details if d["task_instance"]["task_id"] == "approve")
     assert approve["response_received"] is True
     assert approve["chosen_options"] == ["Approve"]
-    states = _task_states(airflow_stack, RUN_ID)
+    states = _task_states(airflow_stack, ui_cycle["promotion_id"], PROMOTION_DAG)
     assert states["promote[-1]"] == "success"
     assert states["auto_approve[-1]"] == "skipped"
 
@@ -323,3 +359,29 @@ def test_mlflow_ui_shows_the_champion_with_its_gate_tags(ui_cycle, browser, mlfl
     assert shown["candidate"] == "xs-lora"
     # the latency threshold typed in the trigger form is the one the gate applied
     assert f"{THRESHOLDS['max_p95_latency_ms']:.1f} ms" in shown["gate_reasons"], shown
+
+
+def test_the_cycle_report_renders_as_a_page_with_the_models_table(ui_cycle, browser,
+                                                                  integration_home):
+    """The cycle's report.html, opened in the browser: a real table holds the teacher's and the
+    candidate's rows (numbers in their own right-aligned cells), the gate shows badges, and the
+    charts are loaded images."""
+    from tasks.config import run_folder_name
+
+    page = integration_home / "runs" / run_folder_name(RUN_ID) / "report.html"
+    assert page.is_file(), f"no report at {page}"
+    browser.open(page.as_uri(), "Models on the frozen test split")
+    rows = browser.wait(lambda: browser.visible("//section[@id='models']//table//tr[td]"),
+                        UI_TIMEOUT_S, "the models table's rows")
+    texts = [row.text for row in rows]
+    assert any(t.startswith("teacher") for t in texts), texts
+    candidate = next((row for row in rows if row.text.startswith("xs-lora")), None)
+    assert candidate is not None, texts
+    numbers = candidate.find_elements("xpath", "./td[@class='num']")
+    assert numbers and numbers[0].value_of_css_property("text-align") in {"right", "end"}
+    assert float(numbers[0].text) >= 0  # the accuracy, a number in its own cell
+    assert browser.visible("//section[@id='gate']//span[contains(@class, 'badge')]")
+    images = browser.visible("//img")
+    assert images and all(browser.driver.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+    browser.shot("cycle-report")
