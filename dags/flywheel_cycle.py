@@ -36,6 +36,8 @@ CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challen
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
 TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")  # e.g. a Celery GPU queue
+#: When the cycle runs by itself (cron, UTC); "none" turns the schedule off (manual runs only).
+CYCLE_SCHEDULE = os.environ.get("FLYWHEEL_CYCLE_SCHEDULE", "0 2 * * *")
 #: How long each kind of task may run before Airflow fails it (and retries once): a hung judge
 #: endpoint or a stuck training job must not hold the cycle (one run at a time) forever. The
 #: human steps wait by their own response_timeout instead.
@@ -73,7 +75,7 @@ def _cycle_id(context) -> str:
 
 @dag(
     dag_id="flywheel_cycle",
-    schedule="0 2 * * *",
+    schedule=None if CYCLE_SCHEDULE.lower() in {"", "none"} else CYCLE_SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

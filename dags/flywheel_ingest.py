@@ -9,17 +9,20 @@ stores nothing twice. Marks the Asset `flywheel_store` updated, which a cycle ca
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, dag, task
 
 STORE = Asset("flywheel_store", uri="file:///flywheel/store/records")
+#: How often ingestion runs by itself (cron); "none" turns the schedule off (manual runs only).
+INGEST_SCHEDULE = os.environ.get("FLYWHEEL_INGEST_SCHEDULE", "*/15 * * * *")
 
 
 @dag(
     dag_id="flywheel_ingest",
-    schedule="*/15 * * * *",
+    schedule=None if INGEST_SCHEDULE.lower() in {"", "none"} else INGEST_SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

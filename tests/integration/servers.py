@@ -452,8 +452,9 @@ ANSWERABLE_STATES = frozenset({"awaiting_input", "deferred"})
 def airflow_environment(base: dict[str, str], database_url: str, port: int,
                         mlflow_url: str) -> dict[str, str]:
     """The production settings the integration tier switches on: Postgres metadata DB, the API
-    on its own port, MLflow over HTTP. Cron schedules are off (only the runs a test triggers
-    exist), DAGs start unpaused, and task heartbeats time out in a minute, not five."""
+    on its own port, MLflow over HTTP. The cycle's and ingest's cron schedules are off (only the
+    runs a test triggers exist, and those an Asset event starts: flywheel_promotion), DAGs start
+    unpaused, and task heartbeats time out in a minute, not five."""
     return {
         **base,
         "PATH": os.pathsep.join([str(BIN), base.get("PATH", os.environ.get("PATH", ""))]),
@@ -465,7 +466,8 @@ def airflow_environment(base: dict[str, str], database_url: str, port: int,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "FLYWHEEL_CYCLE_SCHEDULE": "none",
+        "FLYWHEEL_INGEST_SCHEDULE": "none",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "MLFLOW_TRACKING_URI": mlflow_url,
