@@ -35,7 +35,13 @@ CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challen
 
 DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
-TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")  # e.g. a Celery GPU queue
+#: The queues candidates train on (a candidate's `resources.queue`), one mapped training task
+#: each: Airflow fixes a task's queue when the DAG is parsed, never per mapped instance. Jobs of
+#: queue "default" go to FLYWHEEL_TRAINING_QUEUE (e.g. to send all training to a GPU queue).
+TRAINING_QUEUES = [queue.strip() for queue in
+                   os.environ.get("FLYWHEEL_TRAINING_QUEUES", "default,gpu").split(",")
+                   if queue.strip()]
+TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")
 #: When the cycle runs by itself (cron, UTC); "none" turns the schedule off (manual runs only).
 CYCLE_SCHEDULE = os.environ.get("FLYWHEEL_CYCLE_SCHEDULE", "0 2 * * *")
 #: How long each kind of task may run before Airflow fails it (and retries once): a hung judge
@@ -64,6 +70,11 @@ Accept the judge's labels (typed lines override them), apply only typed lines, o
 A `traffic_audit` item is a random sample of the teacher's traffic that grades the teacher: it
 needs a typed label (accepting does not label it). The full queue is in `flywheel review export`.
 """
+
+
+def _per_queue(task_id: str, queue: str) -> str:
+    """The training tasks of queue "default" keep the plain id; the others are suffixed."""
+    return task_id if queue == "default" else f"{task_id}_{queue}"
 
 
 def _cycle_id(context) -> str:
@@ -276,11 +287,12 @@ def flywheel_cycle():
         return run(config).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
-    def plan_candidates(params: dict | None = None) -> list[dict]:
-        from tasks.catalog import select_candidates
+    def plan_candidates(queue: str, params: dict | None = None) -> list[dict]:
+        """The selected candidates that train on ``queue`` (every selected one's queue checked)."""
+        from tasks.catalog import on_queue, select_candidates
         from tasks.finetune import check_base_models
 
-        specs = select_candidates(params["candidates"])
+        specs = on_queue(select_candidates(params["candidates"]), queue, TRAINING_QUEUES)
         check_base_models(specs)  # a missing or unloadable base fails here, named, before training
         if params.get("max_train_steps"):
             for spec in specs:
@@ -290,8 +302,8 @@ def flywheel_cycle():
     # Training jobs hold slots of the `flywheel_gpu` pool (tasks.finetune.ensure_training_pool, or
     # `airflow pools set flywheel_gpu N ...`: a task in a missing pool is never scheduled). Airflow
     # fixes pool_slots and queue per task, not per mapped instance, so one job takes one slot on
-    # the training queue; the candidate's `resources.gpus` sets its ranks on the worker.
-    @task(max_active_tis_per_dagrun=1, pool=TRAINING_POOL, pool_slots=1, queue=TRAINING_QUEUE,
+    # its queue's training task; the candidate's `resources.gpus` sets its ranks on the worker.
+    @task(max_active_tis_per_dagrun=1, pool=TRAINING_POOL, pool_slots=1,
           execution_timeout=TRAINING)
     def finetune(candidate: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
@@ -305,6 +317,11 @@ def flywheel_cycle():
                                 workload_id=params["workload_id"],
                                 cycle_id=_cycle_id(get_current_context()))
         return run(config).model_dump(mode="json")
+
+    @task(trigger_rule="none_failed", execution_timeout=QUICK)
+    def trained_models(*per_queue: list[dict] | None) -> list[dict]:
+        """Every queue's trained candidates in one list (a queue with none is skipped: None)."""
+        return [trained for queue in per_queue for trained in (queue or [])]
 
     @task(max_active_tis_per_dagrun=1, execution_timeout=EVALUATING)
     def evaluate(trained: dict, dataset: dict, params: dict | None = None) -> dict:
@@ -389,7 +406,13 @@ def flywheel_cycle():
     route_review() >> [sme_review_ui, reviewed]
     attributed >> sme_review_ui >> reviewed
     dataset = curate(validated, reviewed)
-    trained = finetune.partial(dataset=dataset).expand(candidate=plan_candidates())
+    trained = trained_models(*(
+        finetune.override(task_id=_per_queue("finetune", queue),
+                          queue=TRAINING_QUEUE if queue == "default" else queue)
+        .partial(dataset=dataset)
+        .expand(candidate=plan_candidates.override(task_id=_per_queue("plan_candidates", queue))(
+            queue))
+        for queue in TRAINING_QUEUES))
     evaluations = evaluate.partial(dataset=dataset).expand(trained=trained)
     teacher = evaluate_teacher(dataset)
     champion = evaluate_champion(dataset)

@@ -223,3 +223,16 @@ def select_candidates(selection: list[Any] | None, path: str | Path | None = Non
     _check_unique(chosen, "the candidate selection")
     return chosen
 
+
+def on_queue(specs: list[CandidateSpec], queue: str, served: list[str]) -> list[CandidateSpec]:
+    """The candidates that train on executor ``queue``, once every candidate's queue is checked
+    against ``served``, the queues the cycle DAG has a training task for (a candidate on any
+    other queue would never train: that fails here, named)."""
+    unserved = {s.name: s.resources.queue for s in specs if s.resources.queue not in served}
+    if unserved:
+        raise CatalogError(
+            f"candidates ask for executor queues the cycle has no training task for: {unserved}; "
+            f"it trains on {served} (set FLYWHEEL_TRAINING_QUEUES where the DAG is parsed to add "
+            "one, and run a worker that serves it)")
+    return [s for s in specs if s.resources.queue == queue]
+

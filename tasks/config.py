@@ -188,6 +188,15 @@ def local_environment(paths: Paths | None = None, project_root: Path | None = No
     return {k: v if k in own else os.environ.get(k, v) for k, v in defaults.items()}
 
 
+def worker_hostname() -> str:
+    """The host name Airflow records for the tasks a worker runs (``[core] hostname_callable =
+    tasks.config.worker_hostname``): ``$FLYWHEEL_WORKER_NAME`` when set, so the UI and the API
+    tell apart several workers on one host (say a CPU and a GPU worker); else the FQDN."""
+    import socket
+
+    return os.environ.get("FLYWHEEL_WORKER_NAME") or socket.getfqdn()
+
+
 def utc_window(start, end):
     """A time window ``(start, end)`` with naive datetimes read as UTC; ``end`` must be after
     ``start`` when both are given (either may be None: an open end).

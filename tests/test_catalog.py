@@ -105,3 +105,15 @@ def test_selection_by_name_or_entry_and_its_errors():
         select_candidates(["llama-s-lora", "llama-s-lora"])
     with pytest.raises(CatalogError, match="selected candidate #0 'y' is malformed"):
         select_candidates([{"name": "y", "base_model": "m", "method": "adapter"}])
+
+
+def test_candidates_split_by_queue_and_an_unserved_queue_is_refused():
+    from tasks.catalog import on_queue, select_candidates
+
+    specs = select_candidates(["minilm-router-lora", "minilm-router-lora-gpu"])
+    assert [s.name for s in on_queue(specs, "gpu", ["default", "gpu"])] == [
+        "minilm-router-lora-gpu"]
+    assert [s.name for s in on_queue(specs, "default", ["default", "gpu"])] == [
+        "minilm-router-lora"]
+    with pytest.raises(CatalogError, match="minilm-router-lora-gpu.*FLYWHEEL_TRAINING_QUEUES"):
+        on_queue(specs, "default", ["default"])

@@ -9,7 +9,7 @@ import pytest
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 HEAVY = {"torch", "transformers", "peft", "deepspeed", "pandas", "great_expectations",
-         "qdrant_client", "lm_eval", "mlflow", "sklearn"}
+         "qdrant_client", "qdrant_edge", "lm_eval", "mlflow", "sklearn"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,11 @@ def test_cycle_edges(dagbag):
     assert hitl.options == UI_OPTIONS and hitl.defaults == [UI_LATER]
     assert {"finetune", "evaluate", "evaluate_teacher"} <= downstream["curate"]
     assert "finetune" in downstream["plan_candidates"]
-    assert "evaluate" in downstream["finetune"]
+    # one training task per executor queue (Airflow cannot set the queue per mapped instance),
+    # gathered into one list that evaluation maps over
+    assert downstream["plan_candidates_gpu"] == {"finetune_gpu"}
+    assert downstream["finetune"] == downstream["finetune_gpu"] == {"trained_models"}
+    assert "evaluate" in downstream["trained_models"]
     assert {"gate", "register"} <= downstream["evaluate"]
     assert "register" in downstream["gate"]
     assert "report" in downstream["register"]
@@ -137,6 +141,17 @@ def test_rollback_dag(dagbag):
     assert dag.schedule is None and dag.catchup is False
     assert [t.task_id for t in dag.tasks] == ["rollback"]
     assert {"workload_id", "version", "reason"} <= set(dag.params.keys())
+
+
+def test_each_queue_of_the_catalog_has_its_training_task(dagbag):
+    from tasks.catalog import load_catalog
+
+    cycle = dagbag.dags["flywheel_cycle"]
+    training = {t.queue: t for t in cycle.tasks if t.task_id.startswith("finetune")}
+    assert {s.resources.queue for s in load_catalog().values()} <= set(training)
+    assert training["gpu"].task_id == "finetune_gpu" and training["default"].task_id == "finetune"
+    for queue, task in training.items():
+        assert task.pool == training["default"].pool and task.pool_slots == 1, queue
 
 
 def test_finetune_runs_in_the_training_pool(dagbag):

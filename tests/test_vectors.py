@@ -1,15 +1,20 @@
-"""The Qdrant query index: idempotent indexing, payload updates, filtered search, persistence."""
+"""The Qdrant query index: idempotent indexing, payload updates, filtered search, persistence,
+the move of an earlier local-mode index to Qdrant Edge, and one process at a time."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tasks import vectors as vectors_module
 from tasks.embeddings import embed_queries
-from tasks.vectors import collection_name, open_index, point_id
+from tasks.vectors import EdgeIndex, ServerIndex, collection_name, open_index, point_id
 
 QUERIES = {
     "b1": ("what is my checking account balance", "banking"),
@@ -61,8 +66,8 @@ def test_filtered_search_labels_splits_and_self_exclusion(tmp_path: Path) -> Non
             index.update_payloads({"missing": {"label": "x"}})
 
         vectors = index.vectors(["b2", "t2", "h2"])
-        matrix = index.search(vectors, 2, labelled=True)
-        engine = index.search(vectors, 2, labelled=True, engine=True)
+        matrix = index.search(vectors, 2, labelled=True, engine=False)
+        engine = index.search(vectors, 2, labelled=True)  # inside Qdrant Edge
         assert [[h.record_id for h in hits] for hits in matrix] == \
                [[h.record_id for h in hits] for hits in engine]
         assert matrix[0][0].record_id == "b1" and matrix[0][0].payload["label"] == "banking"
@@ -80,3 +85,84 @@ def test_filtered_search_labels_splits_and_self_exclusion(tmp_path: Path) -> Non
         assert index.search(vectors[:1], 5, within=[]) == [[]]
         with pytest.raises(ValueError, match="k must be"):
             index.search(vectors, 0)
+
+
+def neighbours(index, ids: list[str], **where) -> list[list[tuple[str, float]]]:
+    hits = index.search(index.vectors(ids), 3, exclude=ids, **where)
+    return [[(h.record_id, round(h.score, 5)) for h in found] for found in hits]
+
+
+def test_an_earlier_local_mode_index_moves_to_edge_on_first_open(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    labels = {"b1": {"label": "banking", "split": "train"},
+              "t1": {"label": "travel", "split": "train"},
+              "h1": {"label": "home", "split": "test"}}
+    old = ServerIndex(QdrantClient(path=str(tmp_path / "qdrant")), "router", local=True)
+    try:  # what an earlier version left behind
+        old.index_records(frame(list(QUERIES)))
+        old.update_payloads(labels)
+        before = {r: old.payloads([r])[r] for r in QUERIES}
+        expected = neighbours(old, list(QUERIES), labelled=True)
+        expected_train = neighbours(old, ["b2", "t2"], split="train")
+    finally:
+        old.close()
+    sqlite = tmp_path / "qdrant" / "collection" / "router-queries" / "storage.sqlite"
+    size = sqlite.stat().st_size
+
+    with open_index("router", home=tmp_path) as index:
+        assert isinstance(index, EdgeIndex)
+        assert index.count() == len(QUERIES)
+        assert index.payloads(QUERIES) == before  # ids, payloads and labels kept
+        assert neighbours(index, list(QUERIES), labelled=True) == expected
+        assert neighbours(index, ["b2", "t2"], split="train") == expected_train
+        assert index.index_records(frame(list(QUERIES))) == 0  # nothing to embed again
+    shard = tmp_path / "qdrant-edge" / "router-queries"
+    meta = json.loads((shard / EdgeIndex.META_FILE).read_text())
+    assert meta["points_copied"] == len(QUERIES) and meta["encoder"]
+    assert sqlite.stat().st_size == size  # the old index is left as it was
+    assert not list(shard.parent.glob(".*.tmp"))
+    with open_index("router", home=tmp_path) as index:  # copied once: now the shard is read
+        assert index.count() == len(QUERIES)
+    with open_index("other", home=tmp_path) as index:  # no old collection: an empty shard
+        assert index.count() == 0
+
+
+def test_a_failed_move_leaves_no_shard_and_is_retried(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from qdrant_client import QdrantClient
+
+    old = ServerIndex(QdrantClient(path=str(tmp_path / "qdrant")), "router", local=True)
+    old.index_records(frame(["b1", "t1"]))
+    old.close()
+
+    def broken(folder: Path, index: EdgeIndex) -> int:
+        index.add_points([{"record_id": "b1"}], np.zeros((1, 384), dtype=np.float32) + 0.05)
+        raise OSError("disk full")
+
+    real = vectors_module.copy_local_mode
+    monkeypatch.setattr(vectors_module, "copy_local_mode", broken)
+    with pytest.raises(OSError, match="disk full"), open_index("router", home=tmp_path):
+        pass
+    edge = tmp_path / "qdrant-edge"
+    assert not (edge / "router-queries").exists() and not list(edge.glob(".*.tmp"))
+    monkeypatch.setattr(vectors_module, "copy_local_mode", real)
+    with open_index("router", home=tmp_path) as index:
+        assert index.count() == 2 and index.missing(["b1", "t1"]) == []
+
+
+def test_a_second_opener_waits_for_the_first(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def second() -> None:
+        with open_index("router", home=tmp_path) as index:  # the shard refuses two openers
+            events.append(f"second opened, {index.count()} points")
+
+    with open_index("router", home=tmp_path) as index:
+        index.add_points([{"record_id": "x"}], np.full((1, 384), 0.05, dtype=np.float32))
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.5)
+        events.append("first closing")
+    waiter.join(timeout=30)
+    assert events == ["first closing", "second opened, 1 points"]

@@ -1,15 +1,26 @@
-"""Qdrant local mode: indexing and query times of the flywheel's query index, beside in-memory.
+"""The embedded vector index: qdrant-client's local mode against Qdrant Edge, side by side.
 
 Run it::
 
-    .venv/bin/python tests/benchmarks/bench_qdrant.py --points 5000 --queries 500
+    .venv/bin/python tests/benchmarks/bench_qdrant.py --points 20000 --queries 500
 
-Vectors are random unit vectors (384-d), so the numbers measure Qdrant, not the encoder (which
-embeds ~400 short sentences/s on two cores). Printed: upsert time into local mode on disk
-(``path=``, one SQLite commit per point) against ``:memory:`` measured in the same run, the time
-to reopen the collection from disk, a rerun of indexing that finds every point present, and
-top-10 search for a batch of queries, filtered to labelled train points, inside Qdrant against
-:meth:`tasks.vectors.QueryIndex.search`'s matrix path.
+Both engines index the same random unit vectors (384-d, so the numbers measure Qdrant, not the
+encoder, which embeds ~400 short sentences/s on two cores) with payloads shaped like the flywheel's
+(a label on 3/4 of the points, 2/3 of them in train), in the same run and through the same
+:class:`tasks.vectors.QueryIndex` methods: :class:`~tasks.vectors.ServerIndex` on a local-mode
+client (``QdrantClient(path=...)``, the embedded index of earlier versions) and
+:class:`~tasks.vectors.EdgeIndex` (the embedded default). Printed per engine, with the ratio:
+
+* upsert rate, in chunks of 256 (local mode: one SQLite commit per point; Edge: a write-ahead log);
+* close (Edge flushes its segments here), reopen from disk, and a rerun of indexing that finds
+  every point present;
+* top-10 search, one query at a time and as a batch, unfiltered and filtered to labelled train
+  points, inside the engine and through the matrix path (:meth:`QueryIndex.search` with
+  ``engine=False``); "default" is what :meth:`QueryIndex.search` does on that engine;
+* whether the neighbours equal exact (numpy) search, id for id and in order.
+
+Local mode's in-engine search is slow (a Python loop over every point), so it is timed on
+``--sample`` queries and reported per query.
 """
 
 from __future__ import annotations
@@ -18,82 +29,123 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _size_mb(folder: Path) -> float:
+    """Bytes in use (files are preallocated sparse, so not their apparent size)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def main() -> None:
     import numpy as np
     from qdrant_client import QdrantClient
-    from qdrant_client.http import models
 
-    from tasks.vectors import QueryIndex, point_id
+    from tasks.vectors import EdgeIndex, QueryIndex, ServerIndex, collection_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--sample", type=int, default=20,
+                        help="queries timed one at a time (and local mode's in-engine batch)")
     args = parser.parse_args()
 
+    n, workload = args.points, "bench"
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(args.points, 384)).astype(np.float32)
+    vectors = rng.normal(size=(n, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = [f"r{i}" for i in range(args.points)]
+    ids = [f"r{i}" for i in range(n)]
     labels = ["banking", "travel", "home", None]
+    payloads = [{"record_id": rid, "query": f"random query number {i}", "route": labels[i % 3],
+                 "rating": 1, "timestamp": "2026-11-20T09:00:00+00:00",
+                 "label": labels[i % 4], "label_source": "feedback" if i % 4 != 3 else None,
+                 "split": "train" if i % 3 else "test"} for i, rid in enumerate(ids)]
+    queries = vectors[rng.choice(n, size=min(args.queries, n), replace=False)]
+    sample = queries[:max(1, min(args.sample, len(queries)))]
 
-    def points(workload: str) -> list[models.PointStruct]:
-        return [models.PointStruct(
-            id=point_id(workload, rid), vector=v.tolist(),
-            payload={"record_id": rid, "query": rid, "label": labels[i % 4],
-                     "split": "train" if i % 3 else "test"})
-            for i, (rid, v) in enumerate(zip(ids, vectors, strict=True))]
+    # exact neighbours, for checking both engines
+    admitted = np.array([p["label"] is not None and p["split"] == "train" for p in payloads])
+    scores = queries @ vectors.T
+    truth_all = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    scores[:, ~admitted] = -np.inf
+    truth_filtered = np.argsort(-scores, axis=1, kind="stable")[:, :10]
 
-    def upsert(index: QueryIndex) -> float:
-        batch = points(index.workload_id)
-        start = time.perf_counter()
-        for s in range(0, len(batch), 256):
-            index.client.upsert(index.collection, batch[s:s + 256], wait=True)
-        return time.perf_counter() - start
+    def agree(hits: list[list[Any]], truth: np.ndarray) -> int:
+        return sum([h.record_id for h in found] == [ids[j] for j in want]
+                   for found, want in zip(hits, truth, strict=False))
 
-    memory = QueryIndex(QdrantClient(location=":memory:"), "bench", local=True)
-    t_memory = upsert(memory)
-    with tempfile.TemporaryDirectory() as folder:
-        path = str(Path(folder) / "qdrant")
-        disk = QueryIndex(QdrantClient(path=path), "bench", local=True)
-        t_disk = upsert(disk)
-        disk.client.close()
-        start = time.perf_counter()
-        disk = QueryIndex(QdrantClient(path=path), "bench", local=True)
-        t_open = time.perf_counter() - start
-        start = time.perf_counter()
-        missing = disk.missing(ids)
-        t_missing = time.perf_counter() - start
-        assert not missing
+    def measure(open_: Any, folder: Path) -> dict[str, Any]:
+        r: dict[str, Any] = {}
+        index: QueryIndex = open_()
+        _, r["upsert"] = _timed(index.add_points, payloads, vectors)
+        _, r["close"] = _timed(index.close)
+        index, r["reopen"] = _timed(open_)
+        missing, r["rerun"] = _timed(index.missing, ids)
+        assert not missing and index.count() == n
+        r["size"] = _size_mb(folder)
+        local = index.engine_default is False  # local mode: time its engine on the sample only
 
-        queries = vectors[rng.choice(args.points, size=args.queries, replace=False)]
-        start = time.perf_counter()
-        matrix = disk.search(queries, 10, labelled=True, split="train", engine=False)
-        t_matrix = time.perf_counter() - start
-        sample = max(1, min(args.queries, 50))
-        start = time.perf_counter()
-        engine = disk.search(queries[:sample], 10, labelled=True, split="train", engine=True)
-        t_engine = (time.perf_counter() - start) * args.queries / sample
-        assert [[h.record_id for h in hits] for hits in engine] == \
-               [[h.record_id for h in hits] for hits in matrix[:sample]]
-        start = time.perf_counter()
-        disk.search(queries[:sample], 10, engine=True)
-        t_unfiltered = (time.perf_counter() - start) / sample
-        disk.client.close()
+        one, t = _timed(lambda: [index.search(q[None], 10, engine=True)[0] for q in sample])
+        r["one unfiltered"] = t / len(sample) * 1000
+        _, t = _timed(lambda: [index.search(q[None], 10, labelled=True, split="train",
+                                            engine=True) for q in sample])
+        r["one filtered"] = t / len(sample) * 1000
+        batch = sample if local else queries
+        engine, t = _timed(index.search, batch, 10, labelled=True, split="train", engine=True)
+        r["batch engine"] = t / len(batch) * 1000
+        matrix, t = _timed(index.search, queries, 10, labelled=True, split="train",
+                           engine=False)
+        r["batch matrix"] = t / len(queries) * 1000
+        r["batch default"] = r["batch engine"] if index.engine_default else r["batch matrix"]
+        r["exact"] = (f"{agree(one, truth_all) + agree(engine, truth_filtered)}"
+                      f"/{len(one) + len(engine)} in engine, "
+                      f"{agree(matrix, truth_filtered)}/{len(matrix)} matrix")
+        index.close()
+        return r
 
-    n = args.points
-    print(f"Qdrant local mode, {n} points x 384-d, {args.queries} queries (random unit vectors)")
-    print(f"  upsert :memory:           {t_memory:8.2f} s  ({n / t_memory:8.0f} points/s)")
-    print(f"  upsert path= (disk)       {t_disk:8.2f} s  ({n / t_disk:8.0f} points/s)  "
-          f"{t_disk / t_memory:.1f}x :memory:")
-    print(f"  reopen from disk          {t_open:8.2f} s")
-    print(f"  rerun: all present        {t_missing:8.2f} s  (retrieve {n} ids, nothing to embed)")
-    print(f"  top-10 unfiltered, engine {t_unfiltered * 1000:8.1f} ms/query")
-    print(f"  top-10 filtered, engine   {t_engine / args.queries * 1000:8.1f} ms/query "
-          f"({t_engine:.2f} s for the batch, from {sample} queries)")
-    print(f"  top-10 filtered, matrix   {t_matrix / args.queries * 1000:8.1f} ms/query "
-          f"({t_matrix:.2f} s for the batch)  {t_engine / t_matrix:.0f}x faster than engine")
+    with tempfile.TemporaryDirectory() as tmp:
+        local_dir, edge_dir = Path(tmp) / "qdrant", Path(tmp) / "qdrant-edge"
+        local = measure(lambda: ServerIndex(QdrantClient(path=str(local_dir)), workload,
+                                            local=True), local_dir)
+        edge = measure(lambda: EdgeIndex.open(edge_dir / collection_name(workload), workload),
+                       edge_dir)
+
+    rows = [  # label, key, unit, lower is better
+        ("upsert", "upsert", "points/s", False),
+        ("close (Edge: flush segments)", "close", "s", True),
+        ("reopen from disk", "reopen", "s", True),
+        ("rerun: all present", "rerun", "s", True),
+        ("top-10 unfiltered, one query", "one unfiltered", "ms", True),
+        ("top-10 filtered, one query", "one filtered", "ms", True),
+        (f"top-10 filtered, batch of {len(queries)}, engine", "batch engine", "ms/query", True),
+        (f"top-10 filtered, batch of {len(queries)}, matrix", "batch matrix", "ms/query", True),
+        (f"top-10 filtered, batch of {len(queries)}, default", "batch default", "ms/query",
+         True),
+        ("size on disk", "size", "MB", True),
+    ]
+    print(f"Embedded Qdrant, {n} points x 384-d, {len(queries)} queries, top-10 "
+          f"(random unit vectors; filtered = labelled and train, {admitted.sum()} points)")
+    print(f"  {'':44s} {'local mode':>12s} {'Qdrant Edge':>12s}  Edge vs local mode")
+    for label, key, unit, lower in rows:
+        a, b = local[key], edge[key]
+        if key == "upsert":
+            a, b = n / a, n / b
+        ratio = (a / b if lower else b / a) if min(a, b) > 0 else float("nan")
+        word = "faster" if key != "size" else "smaller"
+        if ratio < 1:
+            ratio, word = 1 / ratio, {"faster": "slower", "smaller": "larger"}[word]
+        print(f"  {label:44s} {a:12.{0 if key == 'upsert' else 3}f} "
+              f"{b:12.{0 if key == 'upsert' else 3}f}  {ratio:7.1f}x {word}  ({unit})")
+    a, b = local["upsert"] + local["close"], edge["upsert"] + edge["close"]
+    print(f"  {'upsert + close':44s} {a:12.3f} {b:12.3f}  {a / b:7.1f}x faster  (s)")
+    print(f"  same neighbours as exact search: local mode {local['exact']}; "
+          f"Edge {edge['exact']}")
 
 
 if __name__ == "__main__":

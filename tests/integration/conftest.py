@@ -4,6 +4,8 @@ One PostgreSQL cluster holds Airflow's metadata DB and MLflow's backend store; a
 server and Airflow's components (api-server, scheduler, dag-processor, triggerer) run as their own
 processes on 127.0.0.1. The pipeline's tasks run in the scheduler's LocalExecutor workers with
 their own flywheel home, exactly as a deployment runs them; only the sizes are small.
+``test_celery_cycle.py`` runs a cycle under the CeleryExecutor instead, with a Redis broker and
+two workers (its own databases, MLflow server and home).
 
 Without PostgreSQL server binaries the tier is skipped on a developer's machine and fails in CI
 (``CI`` set), where ``.ci/run`` installs them.
@@ -54,14 +56,19 @@ def integration_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Paths(tmp_path_factory.mktemp("integration-home")).ensure().home
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres: Postgres, integration_home: Path) -> MlflowServer:
+def start_mlflow(postgres: Postgres, database: str, home: Path) -> MlflowServer:
+    """An MLflow server on its own Postgres database, its artifacts and log under ``home``."""
     server = MlflowServer(
-        backend_uri=postgres.url("mlflow"), artifacts=integration_home / "mlflow-server-artifacts",
-        log_path=integration_home / "server-logs" / "mlflow.log",
+        backend_uri=postgres.url(database), artifacts=home / "mlflow-server-artifacts",
+        log_path=home / "server-logs" / "mlflow.log",
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     server.artifacts.mkdir(parents=True, exist_ok=True)
-    server.start()
+    return server.start()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: Postgres, integration_home: Path) -> MlflowServer:
+    server = start_mlflow(postgres, "mlflow", integration_home)
     yield server
     server.stop()
 
