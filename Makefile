@@ -57,6 +57,7 @@ lint: setup
 bench: setup
 	-$(BIN)/python tests/benchmarks/bench_redact.py
 	-$(BIN)/python tests/benchmarks/bench_ingest.py
+	-$(BIN)/python tests/benchmarks/bench_ingest_growth.py
 	-$(BIN)/python tests/benchmarks/bench_qdrant.py --points 20000
 	-$(BIN)/python tests/benchmarks/bench_intake_http.py
 	-$(BIN)/python tests/benchmarks/bench_train_cpu.py

@@ -26,22 +26,32 @@ ranges) with great-expectations.
 The batch goes to ``staging/<run_id>/`` (``records.parquet``, ``feedback.parquet`` and
 ``_batch.json``, the result, written last as the commit marker) and rejected rows to
 ``quarantine/<run_id>-ingest.parquet``. Only then are the files added to
-``landing/_manifest.jsonl`` (file name + sha256), so a file is skipped once its content has been
-staged, a re-delivered copy of the same content is skipped too, and a task retried with the same
-``run_id`` returns the batch it already wrote.
+``landing/_manifest.jsonl`` (file name, sha256, size, modification time, inode), so a file is
+skipped once its content has been staged, a re-delivered copy of the same content is skipped too,
+and a task retried with the same ``run_id`` returns the batch it already wrote.
+
+A run costs the new files, not the folder's history: a delivered file is recognised by its name
+and inode straight from the folder listing (no ``stat``, no hash, no read), the manifest is read
+through its Arrow index (``_manifest.arrow``, only lines appended since are parsed), and only new
+files are hashed. Files are expected to arrive whole, renamed into place (a replaced file is read
+again); set ``recheck_delivered`` for producers that append to delivered files in place.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import gzip
 import hashlib
 import json
 import os
+import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -50,18 +60,21 @@ from tasks.config import Paths, get_paths
 from tasks.locks import file_lock
 from tasks.records import (
     FLAT_COLUMNS,
+    MAX_NESTING,
     SCHEMA_VERSION,
     RecordError,
     nesting_error,
     query_of,
     route_of,
 )
-from tasks.redact import redact, redact_record
+from tasks.redact import KEEP_FIELDS, redact
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 MANIFEST_NAME = "_manifest.jsonl"
+#: The manifest's columns in Arrow's file format, derived from it (see :func:`_read_manifest`).
+MANIFEST_INDEX_NAME = "_manifest.arrow"
 BATCH_MARKER = "_batch.json"
 
 #: Columns of every quarantine file (ingest and validate write the same schema).
@@ -80,11 +93,19 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,199}$"
 CHUNK_ROWS = 20_000
 #: Rows read at a time from a landing Parquet file.
 PARQUET_BATCH_ROWS = 10_000
+#: Distinct strings whose redaction one ingest run remembers (see :class:`_Stager`).
+REDACT_CACHE_SIZE = 50_000
+#: Longer strings are redacted without being remembered (they rarely repeat).
+REDACT_CACHE_MAX_CHARS = 2_000
 
 
 def default_run_id() -> str:
     """A run id from the current UTC time (Airflow passes its own)."""
     return datetime.now(UTC).strftime("manual-%Y%m%dT%H%M%S%fZ")
+
+
+#: Set (true/1) where producers append to delivered landing files in place.
+RECHECK_ENV = "FLYWHEEL_RECHECK_DELIVERED"
 
 
 class IngestConfig(BaseModel):
@@ -96,6 +117,14 @@ class IngestConfig(BaseModel):
                                description="Names the staging batch; a retry with the same id "
                                            "returns the batch already written (default: "
                                            "'manual-' + the UTC time)")
+    recheck_delivered: bool = Field(
+        default_factory=lambda: os.environ.get(RECHECK_ENV, "").lower() in {"1", "true", "yes"},
+        description="Stat every landing file each run and look again at one whose size "
+                           "or modification time changed: for producers that append to or "
+                           "rewrite delivered files in place. Off, a delivered file is known by "
+                           "name and inode from the folder listing alone (one replaced by a "
+                           "rename is looked at again), so a run's cost does not grow with the "
+                           "folder's history. Default: $FLYWHEEL_RECHECK_DELIVERED (true/1)")
     patterns: list[str] = Field(["*.jsonl", "*.jsonl.gz", "*.parquet"], min_length=1,
                                 max_length=20,
                                 description="Glob patterns of landing files to read; names "
@@ -117,7 +146,14 @@ class IngestResult(BaseModel):
     run_id: str = Field(description="Staging batch id")
     files: list[str] = Field(description="Landing files read into this batch (names)")
     skipped_files: list[str] = Field(default_factory=list,
-                                     description="Landing files skipped: content already staged")
+                                     description="New or changed landing files skipped after "
+                                                 "hashing: their content was already staged "
+                                                 "(a re-delivered copy)")
+    known_files: int = Field(0, ge=0, description="Landing files recognised as delivered before "
+                                                  "(by name and inode; with recheck_delivered, "
+                                                  "by size and modification time), neither "
+                                                  "hashed nor read; counted, not listed, as the "
+                                                  "history grows with every run")
     lines_in: int = Field(ge=0, description="Non-blank lines/rows read")
     records_parsed: int = Field(ge=0, description="Lines staged as records")
     feedback_events: int = Field(ge=0, description="Lines staged as feedback events")
@@ -161,18 +197,29 @@ def rows_to_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pa.Ta
     """Rows as a table with a fixed schema: numbers as float64 (``line`` int64), the rest text."""
     import pyarrow as pa
 
-    schema = pa.schema([
+    return pa.Table.from_pylist([{c: _cell(row.get(c)) for c in columns} for row in rows],
+                                schema=_schema(columns))
+
+
+def _schema(columns: tuple[str, ...]) -> pa.Schema:
+    """The fixed schema of a staging or quarantine table: numbers as float64 (``line`` int64),
+    the rest text."""
+    import pyarrow as pa
+
+    return pa.schema([
         (name, pa.int64() if name == "line" else pa.float64() if name in _NUMERIC else pa.string())
         for name in columns
     ])
-    return pa.Table.from_pylist([{c: _cell(row.get(c)) for c in columns} for row in rows],
-                                schema=schema)
 
 
 class ChunkedTableWriter:
     """Rows in, one Parquet file out: written a chunk at a time to a hidden temporary file and
     renamed over ``path`` on :meth:`commit`, so memory is bounded by ``chunk_rows`` and readers see
     the old file or the whole new one, never a part.
+
+    Rows are kept column by column (one list per column) and each chunk becomes one Parquet row
+    group through ``pyarrow.array`` per column. Values must be what the schema says: ``str`` or
+    None for text, a number or None for numbers (a float NaN is stored as null).
 
     Used as a context manager, leaving the block by an exception removes the temporary file.
     """
@@ -181,25 +228,34 @@ class ChunkedTableWriter:
         self.path, self.columns = path, columns
         self.chunk_rows = chunk_rows or CHUNK_ROWS
         self.count = 0
-        self._rows: list[dict[str, Any]] = []
+        self._schema = _schema(columns)
+        self._data: list[list[Any]] = [[] for _ in columns]
+        self._buffered = 0
         self._writer: Any = None
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def append(self, row: dict[str, Any]) -> None:
-        self._rows.append(row)
+        for column, name in zip(self._data, self.columns, strict=True):
+            column.append(row.get(name))
         self.count += 1
-        if len(self._rows) >= self.chunk_rows:
+        self._buffered += 1
+        if self._buffered >= self.chunk_rows:
             self._flush()
 
     def _flush(self) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = rows_to_table(self._rows, self.columns)
+        table = pa.Table.from_arrays(
+            [pa.array(values, type=field.type, from_pandas=True)
+             for values, field in zip(self._data, self._schema, strict=True)],
+            schema=self._schema)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
         self._writer.write_table(table)
-        self._rows = []
+        self._data = [[] for _ in self.columns]
+        self._buffered = 0
 
     def commit(self, keep_empty: bool = True) -> bool:
         """Move the file into place; with ``keep_empty=False`` an empty one is removed instead.
@@ -208,7 +264,7 @@ class ChunkedTableWriter:
             self.abort()
             self.path.unlink(missing_ok=True)
             return False
-        if self._rows or self._writer is None:
+        if self._buffered or self._writer is None:
             self._flush()  # the last chunk (or the schema of an empty file)
         self._writer.close()
         self._writer = None
@@ -219,7 +275,8 @@ class ChunkedTableWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._rows = []
+        self._data = [[] for _ in self.columns]
+        self._buffered = 0
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ChunkedTableWriter:
@@ -268,9 +325,12 @@ def _parse_text(number: int, text: str) -> Parsed:
         return number, text, None, "invalid JSON: nested too deeply to parse"
     if not isinstance(obj, dict):
         return number, text, None, f"not a JSON object (got {type(obj).__name__})"
-    too_deep = nesting_error(obj)
-    if too_deep:  # writing it back (staging, redaction) would recurse as deep
-        return number, text, None, too_deep
+    # Writing a deep object back (staging, redaction) would recurse as deep. It nests no deeper
+    # than the brackets its text opens, so most lines are cleared by counting them.
+    if text.count("{") + text.count("[") > MAX_NESTING:
+        too_deep = nesting_error(obj)
+        if too_deep:
+            return number, text, None, too_deep
     return number, text, obj, None
 
 
@@ -439,30 +499,159 @@ def flatten_feedback(obj: dict[str, Any]) -> dict[str, Any]:
 # the manifest of processed landing files
 
 
-def _read_manifest(paths: Paths) -> list[dict[str, Any]]:
+def _manifest_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("file", pa.string()), ("sha256", pa.string()), ("size", pa.int64()),
+                      ("mtime_ns", pa.int64()), ("inode", pa.int64())])
+
+
+def _read_manifest(paths: Paths) -> pa.Table:
+    """The manifest's ``file``, ``sha256``, ``size``, ``mtime_ns`` and ``inode`` as a table.
+
+    ``_manifest.jsonl`` is the record. :data:`MANIFEST_INDEX_NAME` beside it holds the same
+    columns in Arrow's file format, with how many bytes of the manifest they cover, so a run
+    parses only the lines appended since (pyarrow's JSON reader) and maps the rest from disk. The
+    index is derived data: missing, unreadable, or not matching the manifest's inode and the bytes
+    it ends on (the manifest was replaced or cut), it is rebuilt from the whole manifest. Entries
+    written before sizes, times or inodes were kept have nulls there.
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+
     manifest = paths.landing / MANIFEST_NAME
+    schema = _manifest_schema()
     if not manifest.exists():
-        return []
-    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        return schema.empty_table()
+    index_path = paths.landing / MANIFEST_INDEX_NAME
+    with open(manifest, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        table, covered = _manifest_index(index_path, handle, info.st_ino, info.st_size)
+        if covered == info.st_size:
+            return table
+        handle.seek(covered)
+        tail = handle.read(info.st_size - covered)
+        ends = _manifest_end(handle, info.st_size)
+    if tail.strip():
+        table = pa.concat_tables([table, pj.read_json(io.BytesIO(tail), parse_options=(
+            pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")))])
+    sign = {"inode": str(info.st_ino), "bytes": str(info.st_size), "ends": ends}
+    tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_file(sink, schema.with_metadata(sign)) as writer:
+            writer.write_table(table)
+        os.replace(tmp, index_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return table
 
 
-def _record_in_manifest(paths: Paths, entries: list[dict[str, Any]]) -> None:
-    """Append the entries not there yet (a retry repairs a run that died before this step)."""
-    seen = {(e["file"], e["sha256"]) for e in _read_manifest(paths)}
-    new = [e for e in entries if (e["file"], e["sha256"]) not in seen]
-    if new:
+def _manifest_end(handle: Any, size: int) -> str:
+    """The last bytes (up to 64) before ``size`` of the open manifest, as hex."""
+    handle.seek(max(0, size - 64))
+    return handle.read(size - max(0, size - 64)).hex()
+
+
+def _manifest_index(path: Path, manifest: Any, inode: int, size: int) -> tuple[pa.Table, int]:
+    """``(table, bytes of the manifest it covers)`` from the index at ``path``; an empty table
+    and 0 when there is none or it does not match the open ``manifest``."""
+    import pyarrow as pa
+
+    schema = _manifest_schema()
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        sign = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        covered = int(sign["bytes"])
+        if (int(sign["inode"]) == inode and 0 < covered <= size and table.schema.equals(schema)
+                and _manifest_end(manifest, covered) == sign["ends"]):
+            return table.replace_schema_metadata(None), covered
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        pass  # none yet, or not one this code wrote: rebuilt from the manifest
+    return schema.empty_table(), 0
+
+
+def _record_in_manifest(paths: Paths, entries: list[dict[str, Any]],
+                        check_existing: bool = True) -> None:
+    """Append ``entries`` to the manifest. With ``check_existing`` (a retry repairing a run that
+    died before this step) only those not there yet; a first try's entries are new by
+    construction (checked under the same lock), so it skips reading the manifest again."""
+    if check_existing and entries:
+        manifest = _read_manifest(paths)
+        seen = set(zip(manifest["file"].to_pylist(), manifest["sha256"].to_pylist(),
+                       strict=True))
+        entries = [e for e in entries if (e["file"], e["sha256"]) not in seen]
+    if entries:
         with open(paths.landing / MANIFEST_NAME, "a") as handle:
-            handle.writelines(json.dumps(e, sort_keys=True) + "\n" for e in new)
+            handle.writelines(json.dumps(e, sort_keys=True) + "\n" for e in entries)
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def _landing_files(paths: Paths, patterns: list[str]) -> list[Path]:
-    found: set[Path] = set()
-    for pattern in patterns:
-        found.update(p for p in paths.landing.glob(pattern)
-                     if p.is_file() and not p.name.startswith(("_", ".")))
-    return sorted(found, key=lambda p: p.name)
+#: A landing file to look at: (name, path, stat result).
+Candidate = tuple[str, Path, os.stat_result]
+
+
+def _new_landing_files(paths: Paths, patterns: list[str], manifest: pa.Table,
+                       recheck: bool = False) -> tuple[list[Candidate], int]:
+    """The landing files matching ``patterns`` that the manifest does not know, by name.
+
+    A delivered file is known by its name and inode, both read from the folder itself (one scan,
+    no ``stat`` per file), so a run costs the new files, not the history. A file replaced under
+    its name by a rename (written aside first, as the intake, the agent and the simulator
+    deliver) has a new inode and is looked at again. One appended to or rewritten in place keeps
+    its inode and is not, and one deleted and written again may get its inode back: for such
+    producers, ``recheck`` stats every file instead and looks again at one whose size or
+    modification time the manifest does not hold (the check entries written before inodes were
+    kept always get). Names starting with '_' or '.' never match.
+
+    Returns:
+        ``(candidates, known)``: the files to hash, by name, and how many were known.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names: list[str] = []
+    inodes: list[int] = []
+    with os.scandir(paths.landing) as scan:
+        for entry in scan:
+            names.append(entry.name)
+            inodes.append(entry.inode())
+    plain = [p for p in patterns if "/" not in p and os.sep not in p]
+    below = {path.name: path for pattern in patterns if pattern not in plain
+             for path in paths.landing.glob(pattern) if path.is_file()}  # rare: stat-ed
+    for name, path in below.items():
+        names.append(name)
+        inodes.append(path.stat().st_ino)
+    table = pa.table({"file": pa.array(names, pa.string()), "inode": pa.array(inodes, pa.int64())})
+    by_stat = manifest
+    if not recheck:
+        known_inodes = manifest.filter(pc.is_valid(manifest["inode"]))
+        table = table.join(known_inodes.select(["file", "inode"]), keys=["file", "inode"],
+                           join_type="left anti")
+        by_stat = manifest.filter(pc.is_null(manifest["inode"]))
+    known = len(names) - table.num_rows
+    stamps = set(zip(by_stat["file"].to_pylist(), by_stat["size"].to_pylist(),
+                     by_stat["mtime_ns"].to_pylist(), strict=True))
+    match = re.compile("|".join(fnmatch.translate(p) for p in plain)).match if plain else None
+    candidates: list[Candidate] = []
+    for name in sorted(set(table["file"].to_pylist())):
+        if name[0] in "_." or not (name in below or (match and match(name))):
+            continue
+        path = below.get(name, paths.landing / name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # gone since the scan
+            continue
+        if not S_ISREG(stat.st_mode):
+            continue
+        if (name, stat.st_size, stat.st_mtime_ns) in stamps:
+            known += 1
+            continue
+        candidates.append((name, path, stat))
+    return candidates, known
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +666,9 @@ def ingest(config: IngestConfig) -> IngestResult:
     Returns:
         The counts (``lines_in == records_parsed + feedback_events + quarantined``) and paths.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     paths = get_paths(config.home)
     run_id = config.run_id or default_run_id()
     staging_dir = paths.staging / run_id
@@ -488,94 +680,126 @@ def ingest(config: IngestConfig) -> IngestResult:
             return IngestResult.model_validate(saved["result"])
 
         manifest = _read_manifest(paths)
-        done = {entry["sha256"] for entry in manifest}
-        # a file delivered before is known by name, size and modification time without reading
-        # it again: a run costs the new files, not the history (the hash is for new names only)
-        known = {(e["file"], e.get("size"), e.get("mtime_ns")) for e in manifest
-                 if e.get("mtime_ns") is not None}
+        candidates, known = _new_landing_files(paths, config.patterns, manifest,
+                                               recheck=config.recheck_delivered)
+        # only new files are hashed; content staged before (a re-delivered copy) is skipped
+        digests = [sha256_of(path) for _, path, _ in candidates]
+        staged_before = pc.is_in(pa.array(digests, pa.string()),
+                                 value_set=manifest["sha256"]).to_pylist()
         quarantine_path = paths.quarantine / f"{run_id}-ingest.parquet"
         files: list[str] = []
         skipped: list[str] = []
         entries: list[dict[str, Any]] = []
         lines_in = 0
-        pii: dict[str, int] = {}
+        seen: set[str] = set()
         with (ChunkedTableWriter(staging_dir / "records.parquet", STAGED_COLUMNS) as records,
               ChunkedTableWriter(staging_dir / "feedback.parquet", FEEDBACK_COLUMNS) as events,
               ChunkedTableWriter(quarantine_path, QUARANTINE_COLUMNS) as rejected):
-            for path in _landing_files(paths, config.patterns):
-                stat = path.stat()
-                if (path.name, stat.st_size, stat.st_mtime_ns) in known:
-                    skipped.append(path.name)
+            stager = _Stager(records, events, rejected)
+            for (name, path, stat), digest, before in zip(candidates, digests, staged_before,
+                                                           strict=True):
+                if before or digest in seen:  # the same content twice in one delivery: once
+                    skipped.append(name)
                     continue
-                digest = sha256_of(path)
-                if digest in done:
-                    skipped.append(path.name)
-                    continue
-                done.add(digest)  # the same content twice in one delivery is read once
-                files.append(path.name)
+                seen.add(digest)
+                files.append(name)
                 file_lines = 0
                 for number, raw, obj, error in read_landing_file(path):
                     file_lines += 1
-                    _stage_line(path.name, number, raw, obj, error, pii, records, events,
-                                rejected)
+                    stager.stage(name, number, raw, obj, error)
                 lines_in += file_lines
-                entries.append({"file": path.name, "sha256": digest, "run_id": run_id,
+                entries.append({"file": name, "sha256": digest, "run_id": run_id,
                                 "lines": file_lines, "size": stat.st_size,
-                                "mtime_ns": stat.st_mtime_ns})
+                                "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino})
 
             assert lines_in == records.count + events.count + rejected.count, "ingest lost lines"
             has_quarantine = rejected.commit(keep_empty=False)
             records.commit()
             events.commit()
         result = IngestResult(
-            run_id=run_id, files=files, skipped_files=skipped, lines_in=lines_in,
-            records_parsed=records.count, feedback_events=events.count,
+            run_id=run_id, files=files, skipped_files=skipped, known_files=known,
+            lines_in=lines_in, records_parsed=records.count, feedback_events=events.count,
             quarantined=rejected.count, staging_dir=str(staging_dir),
             quarantine_path=str(quarantine_path) if has_quarantine else None,
-            pii_redacted=dict(sorted(pii.items())))
+            pii_redacted=dict(sorted(stager.pii.items())))
         payload = {"result": result.model_dump(mode="json"), "manifest": entries}
         write_bytes_atomic(marker, json.dumps(payload, indent=2).encode())  # the commit point
-        _record_in_manifest(paths, entries)
+        _record_in_manifest(paths, entries, check_existing=False)
     return result
 
 
-def _stage_line(source: str, number: int, raw: str, obj: Any, error: str | None,
-                pii: dict[str, int], records: ChunkedTableWriter, events: ChunkedTableWriter,
-                rejected: ChunkedTableWriter) -> None:
-    """Redact one line, then stage it as a record, a feedback event or a quarantined row."""
-    raw, obj = _redacted(raw, obj, pii)
-    where = {"source_file": source, "line": number, "raw": raw}
-    if obj is not None and error is None:
-        try:
-            if obj.get("kind") == "feedback":
-                events.append({**flatten_feedback(obj), **where})
-                return
-            if obj.get("kind") not in (None, "record"):
-                raise RecordError(f"unknown kind {obj.get('kind')!r}")
-            records.append({**flatten_record(obj), **where})
-            return
-        except RecordError as exc:
-            error = str(exc)
-    ids = obj if isinstance(obj, dict) else {}
-    rejected.append({"stage": "ingest", "reason": error, **where, "id": _maybe_str(ids.get("id")),
-                     "client_id": _maybe_str(ids.get("client_id"))})
+class _Stager:
+    """Redacts each line, then stages it as a record, a feedback event or a quarantined row.
 
-
-def _redacted(raw: str, obj: Any, total: dict[str, int]) -> tuple[str, Any]:
-    """``(raw, obj)`` with PII replaced, adding the counts per kind to ``total``.
-
-    A parsed object is redacted field by field and its raw text re-serialised from it (redacting
-    JSON text directly could split an escape sequence); text that did not parse is redacted as is.
+    Redaction results are cached per string: most of a chat log's strings (the system prompt,
+    tool definitions, role names, a route's arguments) repeat on every line, and each costs a
+    dictionary look-up instead of the redactor's scans. The cache is bounded, and holds only what
+    :func:`tasks.redact.redact` returned, so the output is the same as without it.
     """
-    if isinstance(obj, dict):
-        obj, counts = redact_record(obj)
-        if counts:
-            raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-    else:
-        raw, counts = redact(raw)
-    for kind, n in counts.items():
-        total[kind] = total.get(kind, 0) + n
-    return raw, obj
+
+    def __init__(self, records: ChunkedTableWriter, events: ChunkedTableWriter,
+                 rejected: ChunkedTableWriter):
+        self.records, self.events, self.rejected = records, events, rejected
+        self.pii: dict[str, int] = {}
+        self._cached: Callable[[str], tuple[str, dict[str, int]]] = functools.lru_cache(
+            maxsize=REDACT_CACHE_SIZE)(redact)
+
+    def _redact(self, text: str) -> tuple[str, dict[str, int]]:
+        return self._cached(text) if len(text) <= REDACT_CACHE_MAX_CHARS else redact(text)
+
+    def stage(self, source: str, number: int, raw: str, obj: Any, error: str | None) -> None:
+        raw, obj = self._redacted(raw, obj)
+        where = {"source_file": source, "line": number, "raw": raw}
+        if obj is not None and error is None:
+            try:
+                if obj.get("kind") == "feedback":
+                    self.events.append({**flatten_feedback(obj), **where})
+                    return
+                if obj.get("kind") not in (None, "record"):
+                    raise RecordError(f"unknown kind {obj.get('kind')!r}")
+                self.records.append({**flatten_record(obj), **where})
+                return
+            except RecordError as exc:
+                error = str(exc)
+        ids = obj if isinstance(obj, dict) else {}
+        self.rejected.append({"stage": "ingest", "reason": error, **where,
+                              "id": _maybe_str(ids.get("id")),
+                              "client_id": _maybe_str(ids.get("client_id"))})
+
+    def _redacted(self, raw: str, obj: Any) -> tuple[str, Any]:
+        """``(raw, obj)`` with PII replaced, the counts per kind added to :attr:`pii`.
+
+        A parsed object is redacted value by value, as :func:`tasks.redact.redact_record` does,
+        and its raw text re-serialised from it (redacting JSON text directly could split an
+        escape sequence); text that did not parse is redacted as is.
+        """
+        counts: dict[str, int] = {}
+        if isinstance(obj, dict):
+            obj = self._walk(obj, counts)
+            if counts:
+                raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+        else:
+            raw, counts = self._redact(raw)
+        for kind, n in counts.items():
+            self.pii[kind] = self.pii.get(kind, 0) + n
+        return raw, obj
+
+    def _walk(self, value: dict[str, Any] | list[Any], total: dict[str, int]) -> Any:
+        """``redact_record``'s walk (every string redacted but keys and the values of
+        :data:`KEEP_FIELDS`), with the strings handled in the loop: most nodes are strings."""
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        out: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else [None] * len(value)
+        for key, item in pairs:
+            if isinstance(item, str):
+                if not (key in KEEP_FIELDS and isinstance(value, dict)):
+                    item, counts = self._redact(item)
+                    if counts:
+                        for kind, n in counts.items():
+                            total[kind] = total.get(kind, 0) + n
+            elif isinstance(item, dict | list):
+                item = self._walk(item, total)
+            out[key] = item
+        return out
 
 
 def _maybe_str(value: Any) -> str | None:
@@ -589,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                           description=__doc__.split("\n\n")[0] if __doc__ else None)
     result = ingest(config)
     print(f"ingest {result.run_id}: {len(result.files)} file(s) read, "
-          f"{len(result.skipped_files)} already staged")
+          f"{result.known_files + len(result.skipped_files)} already staged")
     print(f"  lines in        {result.lines_in:>8}")
     print(f"  records         {result.records_parsed:>8}")
     print(f"  feedback events {result.feedback_events:>8}")

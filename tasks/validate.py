@@ -29,6 +29,12 @@ count and sample failing rows).
 
 A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent.
 
+A run costs its batch, not the store's history: ids are looked up in an index of each store
+table (:class:`IdIndex`, ``_ids.arrow`` beside the parts, brought up to date from the parts when
+they change behind it), so only parts holding one of the batch's ids are read; the events still
+pending are carried from run to run in ``pending.parquet`` rather than worked out from the whole
+feedback history; and membership tests run in pyarrow.
+
 When the share of the batch's record lines rejected (at ingestion or here) exceeds
 ``max_invalid_fraction``, the valid records are stored all the same and the rest quarantined: one
 client's bad file never strands the other clients' good rows (ingestion has already marked the
@@ -40,7 +46,6 @@ set, which the cycle's report shows at the top, so one bad client does not stop 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -350,10 +355,11 @@ def _write_part(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _raw_texts(staged_path: Path, rows: Any, batch_rows: int = 50_000
-               ) -> Iterator[tuple[int, str | None]]:
-    """``(row, raw)`` for the staged rows at positions ``rows`` (ascending), reading the ``raw``
-    column one batch at a time."""
+def _raw_batches(staged_path: Path, rows: Any, batch_rows: int = 50_000
+                 ) -> Iterator[tuple[Any, pa.Array]]:
+    """``(positions, raw)`` per staged batch for the staged rows at positions ``rows`` (ascending):
+    the ``raw`` column is read one batch at a time and taken in pyarrow, never as Python
+    strings."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -363,16 +369,21 @@ def _raw_texts(staged_path: Path, rows: Any, batch_rows: int = 50_000
                                                            columns=["raw"]):
         lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
         if hi > lo:
-            texts = batch.column(0).take(rows[lo:hi] - offset).to_pylist()
-            yield from zip(rows[lo:hi].tolist(), texts, strict=True)
+            yield rows[lo:hi], batch.column(0).take(rows[lo:hi] - offset)
         offset += batch.num_rows
+
+
+def _raw_texts(staged_path: Path, rows: Any) -> Iterator[tuple[int, str | None]]:
+    """``(row, raw)`` for the staged rows at positions ``rows`` (ascending)."""
+    for positions, raw in _raw_batches(staged_path, rows):
+        yield from zip(positions.tolist(), raw.to_pylist(), strict=True)
 
 
 def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
                         chunk_rows: int = 50_000) -> None:
     """This run's records part: ``frame`` (no ``raw``; ``_row`` ascending) with each row's raw
-    text from the staged file, written a chunk at a time and renamed into place; none when empty."""
-    import pyarrow as pa
+    text from the staged file, written one staged batch of ``chunk_rows`` at a time and renamed
+    into place; none when empty."""
     import pyarrow.parquet as pq
 
     if not len(frame):
@@ -380,19 +391,18 @@ def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
         return
     schema = _record_schema()
     raw_at = schema.get_field_index("raw")
-    texts = _raw_texts(staged_path, frame["_row"].to_numpy())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    start = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for start in range(0, len(frame), chunk_rows):
-                chunk = frame.iloc[start:start + chunk_rows]
-                pairs = list(itertools.islice(texts, len(chunk)))
-                assert [row for row, _ in pairs] == chunk["_row"].tolist(), "raw out of step"
-                raw = [text for _, text in pairs]
-                table = _to_table(chunk, schema).set_column(raw_at, "raw",
-                                                            pa.array(raw, pa.string()))
-                writer.write_table(table)
+            for positions, raw in _raw_batches(staged_path, frame["_row"].to_numpy(),
+                                               batch_rows=chunk_rows):
+                chunk = frame.iloc[start:start + len(positions)]
+                start += len(positions)
+                assert (chunk["_row"].to_numpy() == positions).all(), "raw out of step"
+                writer.write_table(_to_table(chunk, schema).set_column(raw_at, "raw", raw))
+        assert start == len(frame), "raw out of step"
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -414,15 +424,161 @@ def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
     return pa.concat_tables(tables).to_pandas()
 
 
-def _reused_ids(work: pd.DataFrame, records_dir: Path, exclude: str) -> list[int]:
+def _text_array(values: Any) -> pa.Array:
+    """Ids (a pandas Series or Index, a list, a pyarrow array) as one pyarrow string array."""
+    import pyarrow as pa
+
+    if not isinstance(values, pa.Array | pa.ChunkedArray):
+        values = pa.array(list(values) if isinstance(values, set) else values,
+                          type=pa.string(), from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):  # what pandas' arrow-backed text hands over
+        values = values.combine_chunks()
+    return values.cast(pa.string())
+
+
+def _isin(values: Any, value_set: Any) -> Any:
+    """``values.isin(value_set)`` for ids, as a numpy bool array, by pyarrow's hash lookup:
+    pandas' own ``isin`` on text builds a Python scalar per member of the set, seconds once the
+    set holds a store's ids. Missing values match nothing."""
+    import pyarrow.compute as pc
+
+    return pc.is_in(_text_array(values), value_set=_text_array(value_set),
+                    skip_nulls=True).to_numpy(zero_copy_only=False)
+
+
+class IdIndex:
+    """Which part file of a store table holds each id: ``_ids.arrow`` beside the parts.
+
+    The store grows by one part per run, so looking an id up part by part costs every run a read
+    of every part. The index is the ``id`` column of all parts with each row's part name, in
+    Arrow's file format (mapped from disk, looked up by pyarrow's hash join), so a run reads only
+    the parts that hold one of its ids. It is derived data: it records each part's size and
+    modification time, and a part added, rewritten or removed behind its back (a retry, an older
+    version of this code, a hand edit) is read again, or dropped, when the index is opened.
+
+    Args:
+        folder: the store table's folder (``store/records`` or ``store/feedback``).
+        save: write the index back when it had to be brought up to date (only under the store's
+            lock; readers outside it refresh their copy in memory).
+    """
+
+    NAME = "_ids.arrow"
+
+    def __init__(self, folder: Path, save: bool = True):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.folder, self.path = folder, folder / self.NAME
+        self.table, self.covered = self._load()
+        on_disk = {}
+        for part in folder.glob("part-*.parquet"):
+            stat = part.stat()
+            on_disk[part.name] = [stat.st_size, stat.st_mtime_ns]
+        stale = sorted(name for name, sign in on_disk.items() if self.covered.get(name) != sign)
+        gone = sorted(set(self.covered) - set(on_disk))
+        if stale or gone:
+            keep = pc.invert(pc.is_in(self.table["part"], value_set=pa.array(stale + gone,
+                                                                             pa.string())))
+            self.table = pa.concat_tables([self.table.filter(keep),
+                                           *(self._part_ids(name) for name in stale)])
+            self.covered = on_disk
+            if save:
+                self._save()
+
+    @staticmethod
+    def _schema() -> pa.Schema:
+        import pyarrow as pa
+
+        return pa.schema([("id", pa.string()), ("part", pa.string())])
+
+    def _load(self) -> tuple[pa.Table, dict[str, list[int]]]:
+        import pyarrow as pa
+
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+            covered = json.loads(table.schema.metadata[b"covered"])
+            if table.schema.remove_metadata().equals(self._schema()):
+                return table.replace_schema_metadata(None), covered
+        except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+            pass  # none yet, or unreadable: rebuilt from the parts
+        return self._schema().empty_table(), {}
+
+    def _save(self) -> None:
+        import pyarrow as pa
+
+        schema = self._schema().with_metadata({"covered": json.dumps(self.covered)})
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                writer.write_table(self.table.replace_schema_metadata(schema.metadata))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _part_ids(self, name: str) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids = pq.read_table(self.folder / name, columns=["id"]).column(0)
+        return pa.table({"id": ids.cast(pa.string()),
+                         "part": pa.repeat(pa.scalar(name, pa.string()), len(ids))})
+
+    def _hits(self, ids: Any, exclude: str) -> pa.Table:
+        import pyarrow.compute as pc
+
+        value_set = _text_array(ids)
+        if not len(value_set) or not self.table.num_rows:
+            return self._schema().empty_table()
+        found = pc.and_(pc.is_in(self.table["id"], value_set=value_set, skip_nulls=True),
+                        pc.not_equal(self.table["part"], exclude))
+        return self.table.filter(found)
+
+    def found(self, ids: Any, exclude: str) -> pa.Array:
+        """Those of ``ids`` that a part other than ``exclude`` holds."""
+        return _text_array(self._hits(ids, exclude)["id"]).unique()
+
+    def rows(self, ids: Any, exclude: str, schema: pa.Schema,
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows whose id is one of ``ids`` in the parts other than ``exclude`` (only the
+        parts holding one are read)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        columns = columns or schema.names
+        hits = self._hits(ids, exclude)
+        value_set = _text_array(hits["id"]).unique()
+        tables = [pq.read_table(self.folder / name, columns=columns,
+                                filters=pc.field("id").isin(value_set))
+                  for name in sorted(set(hits["part"].to_pylist()))]
+        return pa.concat_tables(tables or [schema.empty_table().select(columns)]).to_pandas()
+
+    def update(self, part: str) -> None:
+        """Bring ``part`` (just written, or removed) into the index, and save it."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        tables = [self.table.filter(pc.not_equal(self.table["part"], part))]
+        self.covered.pop(part, None)
+        path = self.folder / part
+        if path.exists():
+            stat = path.stat()
+            tables.append(self._part_ids(part))
+            self.covered[part] = [stat.st_size, stat.st_mtime_ns]
+        self.table = pa.concat_tables(tables)
+        self._save()
+
+
+def _reused_ids(work: pd.DataFrame, index: IdIndex, exclude: str) -> list[int]:
     """Rows of ``work`` whose id the store (all parts but ``exclude``) already holds with other
     content: a different timestamp or any of :data:`REUSED_ID_FIELDS`."""
     import pandas as pd
 
-    stored = _read_parts(records_dir, _record_schema(), exclude=exclude,
-                         columns=["id", "timestamp", *REUSED_ID_FIELDS])
+    stored = index.rows(work["id"].dropna(), exclude, _record_schema(),
+                        columns=["id", "timestamp", *REUSED_ID_FIELDS])
     stored = stored.drop_duplicates(subset="id").set_index("id")
-    mine = work[work["id"].isin(stored.index)]
+    mine = work[_isin(work["id"], stored.index)]
     if not len(mine):
         return []
     theirs = stored.loc[mine["id"]]
@@ -477,9 +633,9 @@ def load_store(home: str | os.PathLike[str] | None = None, workload_id: str | No
     records = _read_parts(paths.store / "records", _record_schema(), filters=filters)
     records = records.drop_duplicates(subset="id", keep="first")
     events = _read_parts(paths.store / "feedback", _feedback_schema())
-    latest = latest_feedback(events[events["id"].isin(records["id"])])
+    latest = latest_feedback(events[_isin(events["id"], records["id"])])
     records = records.set_index("id", drop=False)
-    has_event = records.index.isin(latest.index)
+    has_event = _isin(records.index, latest.index)
     matched = latest.reindex(records.index)
     inline = records["rating"].notna() & ~has_event  # normally every inline rating is an event
     records["rating"] = matched["rating"].where(has_event, records["rating"]).astype("Int64")
@@ -519,6 +675,18 @@ def _latest_batch(paths: Paths) -> str:
     return max(batches, key=lambda p: (p / BATCH_MARKER).stat().st_mtime).name
 
 
+def _pending_before(feedback_dir: Path, part: str) -> pd.DataFrame:
+    """The feedback events waiting for their record before this run: ``pending.parquet``, or,
+    in a store that has none yet, every event of the other parts (the first run works it out)."""
+    import pandas as pd
+
+    pending = feedback_dir / PENDING_NAME
+    if pending.exists():
+        return pd.read_parquet(pending)
+    events = _read_parts(feedback_dir, _feedback_schema(), exclude=part)
+    return events[~_event_keys(events).duplicated()]
+
+
 def _blame(invalid: pd.DataFrame) -> str:
     """Which clients and files the invalid rows came from, worst first."""
     groups = (invalid.fillna({"client_id": "<no client_id>"})
@@ -547,6 +715,7 @@ def validate(config: ValidateConfig) -> ValidateResult:
         FileNotFoundError: the staging batch does not exist.
     """
     import pandas as pd
+    import pyarrow as pa
 
     paths = get_paths(config.home)
     run_id = config.run_id or _latest_batch(paths)
@@ -580,7 +749,7 @@ def validate(config: ValidateConfig) -> ValidateResult:
         result_json = {"success": True, "results": [], "note": "empty batch"}
     part = f"part-{run_id}.parquet"
     records_dir, feedback_dir = paths.store / "records", paths.store / "feedback"
-    reused = _reused_ids(work, records_dir, part)
+    reused = _reused_ids(work, IdIndex(records_dir, save=False), part)
     for index in reused:
         failures.setdefault(index, []).append(ID_NOT_REUSED)
     summary[ID_NOT_REUSED] = ExpectationSummary(success=not reused, unexpected_count=len(reused))
@@ -619,31 +788,45 @@ def validate(config: ValidateConfig) -> ValidateResult:
                  f"{paths.quarantine} (reasons in {validation_html_path})")
 
     # 3. The store: ids held by other runs' parts are duplicates; the rest is this run's part.
+    # The store is looked up for the ids at hand only (this batch's, its late events', the
+    # events still pending), so a run costs its batch, not the history.
     valid = work[~failed]
     with file_lock(paths.store / ".store.lock"):
-        known = set(_read_parts(records_dir, _record_schema(), exclude=part, columns=["id"])["id"])
-        seen = valid["id"].isin(known)
-        new = valid[~seen]
-        new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
-        stored_ids = set(new["id"])
-        _write_records_part(new, staged_path, records_dir / part)
-
-        # 4. Feedback history: this run's events (late + inline, duplicates' included).
         late = events.assign(
             timestamp=pd.to_datetime(events["timestamp"], utc=True, format="ISO8601"),
             origin="event", run_id=run_id).reindex(columns=list(FEEDBACK_HISTORY))
+        before = _pending_before(feedback_dir, part)
+        records_index = IdIndex(records_dir)
+        known = records_index.found(
+            pd.concat([valid["id"], late["id"], before["id"]]).dropna().unique(), part)
+        seen = _isin(valid["id"], known)
+        new = valid[~seen]
+        new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
+        stored_ids = _text_array(new["id"])
+        _write_records_part(new, staged_path, records_dir / part)
+        records_index.update(part)
+
+        # 4. Feedback history: this run's events (late + inline, duplicates' included).
         own = pd.concat([frame for frame in (late, _inline_events(valid, run_id)) if len(frame)]
                         or [late], ignore_index=True)
+        feedback_index = IdIndex(feedback_dir)
         _write_part(own, _feedback_schema(), feedback_dir / part)
-        earlier = _read_parts(feedback_dir, _feedback_schema(), exclude=part)
-        all_ids = known | stored_ids
-        # An event delivered twice (a re-sent feedback file) is one event.
+        feedback_index.update(part)
+        all_ids = pa.concat_arrays([known, stored_ids])
+        # Earlier events that matter here: those of this run's ids (an event delivered twice,
+        # say by a re-sent feedback file, is one event) and of the records stored just now.
+        earlier = feedback_index.rows(pa.concat_arrays([_text_array(own["id"]), stored_ids]),
+                                      part, _feedback_schema())
         earlier = earlier[~_event_keys(earlier).duplicated()]
         keys = _event_keys(own)
         own = own[~keys.isin(set(_event_keys(earlier))) & ~keys.duplicated()]
-        merged = int(own["id"].isin(all_ids).sum() + earlier["id"].isin(stored_ids).sum())
-        history = pd.concat([earlier, own], ignore_index=True)
-        pending = history[~history["id"].isin(all_ids)]
+        merged = int(_isin(own["id"], all_ids).sum() + _isin(earlier["id"], stored_ids).sum())
+        # Pending: the events that were waiting, and this run's new ones, whose record is still
+        # not stored.
+        waiting = pd.concat([frame for frame in (before, own) if len(frame)] or [before],
+                            ignore_index=True)
+        waiting = waiting[~_event_keys(waiting).duplicated()]
+        pending = waiting[~_isin(waiting["id"], all_ids)]
         write_table_atomic(_to_table(pending, _feedback_schema()), feedback_dir / PENDING_NAME)
 
     result = ValidateResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -171,21 +172,42 @@ def test_truncated_gzip_keeps_what_it_can(tmp_path: Path) -> None:
     assert reason.startswith(f"unreadable file after line {result.records_parsed}")
 
 
+def replace(path: Path, items: list[Any]) -> Path:
+    """Deliver ``path`` again as producers do: written aside, then renamed over the old file."""
+    os.replace(write_jsonl(path.with_name(f".{path.name}.tmp"), items), path)
+    return path
+
+
 def test_redelivery_of_the_same_content_is_skipped(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     first = write_jsonl(landing / "router-2026-11-20.jsonl", [record(1), record(2)])
     assert run(tmp_path, "b1").records_parsed == 2
 
     (landing / "router-2026-11-20-copy.jsonl").write_bytes(first.read_bytes())
-    first.write_bytes(first.read_bytes())  # the same file delivered again
+    replace(first, [record(1), record(2)])  # the same file delivered again
     again = run(tmp_path, "b2")
     assert again.files == [] and again.lines_in == 0
     assert again.skipped_files == ["router-2026-11-20-copy.jsonl", "router-2026-11-20.jsonl"]
 
-    write_jsonl(first, [record(1), record(2), record(3)])  # same name, new content: read
+    replace(first, [record(1), record(2), record(3)])  # same name, new content: read
     assert run(tmp_path, "b3").records_parsed == 3
     manifest = (landing / MANIFEST_NAME).read_text().splitlines()
     assert [json.loads(line)["run_id"] for line in manifest] == ["b1", "b3"]
+
+
+def test_files_changed_in_place_are_read_again_only_when_rechecked(tmp_path: Path) -> None:
+    """A file appended to in place keeps its inode: by default it stays known (no stat per file
+    and run); ``recheck_delivered`` stats every file and reads a changed one again."""
+    landing = tmp_path / "landing"
+    log = write_jsonl(landing / "router-2026-11-20.jsonl", [record(1)])
+    assert run(tmp_path, "b1").records_parsed == 1
+    with open(log, "ab") as handle:
+        handle.write(json.dumps(record(2)).encode() + b"\n")
+    unchanged = run(tmp_path, "b2")
+    assert (unchanged.files, unchanged.known_files) == ([], 1)
+    rechecked = ingest(IngestConfig(home=str(tmp_path), run_id="b3", recheck_delivered=True))
+    assert rechecked.files == ["router-2026-11-20.jsonl"] and rechecked.records_parsed == 2
+    assert run(tmp_path, "b4").files == []  # known again, by its new entry
 
 
 def test_delivered_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None:
@@ -201,7 +223,8 @@ def test_delivered_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None
                         or real(path))
     write_jsonl(landing / "router-2026-11-20.jsonl", [record(9)])
     second = run(tmp_path, "b2")
-    assert second.files == ["router-2026-11-20.jsonl"] and len(second.skipped_files) == 5
+    assert second.files == ["router-2026-11-20.jsonl"]
+    assert (second.known_files, second.skipped_files) == (5, [])  # counted, not listed
     assert hashed == ["router-2026-11-20.jsonl"]  # the history is known by name, size, mtime
 
 
@@ -217,7 +240,7 @@ def test_retry_with_the_same_run_id_returns_the_batch(tmp_path: Path) -> None:
     assert [json.loads(x)["file"] for x in (landing / MANIFEST_NAME).read_text().splitlines()] \
         == ["a.jsonl"]  # repaired by the retry
     nxt = run(tmp_path, "b2")
-    assert nxt.files == ["b.jsonl"] and nxt.skipped_files == ["a.jsonl"]
+    assert nxt.files == ["b.jsonl"] and (nxt.known_files, nxt.skipped_files) == (1, [])
 
 
 def test_config_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,3 +316,55 @@ def test_a_failed_run_leaves_no_partial_staging(tmp_path: Path,
 
     monkeypatch.setattr(ingest_module, "flatten_record", real)
     assert run(tmp_path, "crash").records_parsed == 10
+
+
+def test_redaction_is_the_same_as_redact_record(tmp_path: Path) -> None:
+    """Ingest redacts with a per-run cache of strings; each staged line is what
+    ``redact_record`` gives, and the counts add up line by line."""
+    from tasks.redact import redact_record
+
+    pii = "mail jane.doe@example.com or call +1-555-201-7788"
+    items = [record(1, query=pii), record(2, query=pii),
+             record(3, feedback={"rating": -1, "comment": f"wrong: {pii}"}), record(4)]
+    items[3]["request"]["messages"][0]["content"] = "for Dr. Okonkwo: " + pii  # system prompt
+    write_jsonl(tmp_path / "landing" / "a.jsonl", items)
+    result = run(tmp_path, "b1")
+    staged = pd.read_parquet(Path(result.staging_dir) / "records.parquet")
+    totals: dict[str, int] = {}
+    for item, raw in zip(items, staged["raw"], strict=True):
+        expected, counts = redact_record(item)
+        assert json.loads(raw) == expected
+        for kind, n in counts.items():
+            totals[kind] = totals.get(kind, 0) + n
+    assert result.pii_redacted == dict(sorted(totals.items()))
+    assert totals["email"] == 4 and totals["name"] == 1
+    assert "jane.doe" not in "".join(staged["raw"]) + "".join(staged["query"].dropna())
+
+
+def test_the_manifest_index_is_derived_from_the_manifest(tmp_path: Path) -> None:
+    """``_manifest.arrow`` only saves parsing: lost, corrupt or stale (the manifest cut), it is
+    rebuilt; entries written before inodes were kept are matched by size and mtime."""
+    from tasks.ingest import MANIFEST_INDEX_NAME
+
+    landing = tmp_path / "landing"
+    for name in ("a", "b", "c"):
+        write_jsonl(landing / f"{name}.jsonl", [record(ord(name))])
+    assert run(tmp_path, "b1").records_parsed == 3
+    index = landing / MANIFEST_INDEX_NAME
+    assert run(tmp_path, "b2").known_files == 3 and index.exists()  # written by the next read
+
+    index.write_bytes(b"not arrow")
+    again = run(tmp_path, "b2a")
+    assert (again.files, again.known_files) == ([], 3)
+
+    manifest = landing / MANIFEST_NAME
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:2]))  # c.jsonl's entry removed by hand: read it again
+    assert run(tmp_path, "b3").files == ["c.jsonl"]
+
+    # Entries without inodes (older manifests) are known by name, size and mtime.
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "inode"}) + "\n"
+                                for e in entries))
+    old = run(tmp_path, "b4")
+    assert (old.files, old.known_files) == ([], 3)

@@ -261,3 +261,51 @@ def test_partitioned_validation_and_store_match_one_pass(tmp_path: Path,
                                                              parts_store["raw"], strict=True))
     assert all(raw_by_line[line] == raw for line, raw in zip(parts_q["line"], parts_q["raw"],
                                                              strict=True))
+
+
+def test_the_store_id_index_follows_the_parts(tmp_path: Path) -> None:
+    """Ids are looked up in ``_ids.arrow`` beside the parts; lost, corrupt, or behind a part
+    rewritten or removed, it is brought up to date from the parts themselves."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tasks.validate import IdIndex
+
+    deliver(tmp_path, "day1.jsonl", [record(1), record(2)])
+    cycle(tmp_path, "b1")
+    deliver(tmp_path, "day2.jsonl", [record(3)])
+    cycle(tmp_path, "b2")
+    records_dir = tmp_path / "store" / "records"
+    index = records_dir / IdIndex.NAME
+    assert sorted(IdIndex(records_dir).table["id"].to_pylist()) == ["r1", "r2", "r3"]
+
+    index.write_bytes(b"garbage")  # corrupt: rebuilt
+    deliver(tmp_path, "day3.jsonl", [record(1)])
+    assert cycle(tmp_path, "b3").duplicates == 1
+
+    # r2 removed from its part behind the index's back: a re-delivered r2 is new again
+    part = records_dir / "part-b1.parquet"
+    table = pq.read_table(part)
+    pq.write_table(table.filter(pc.not_equal(table["id"], "r2")), part)
+    deliver(tmp_path, "day4.jsonl", [record(2)])
+    fourth = cycle(tmp_path, "b4")
+    assert (fourth.stored, fourth.duplicates) == (1, 0)
+    (records_dir / "part-b2.parquet").unlink()  # a part removed: its ids are gone
+    assert "r3" not in IdIndex(records_dir).table["id"].to_pylist()
+    assert sorted(load_store(tmp_path)["id"]) == ["r1", "r2"]
+
+
+def test_pending_feedback_is_worked_out_again_without_its_file(tmp_path: Path) -> None:
+    """``pending.parquet`` carries the waiting events from run to run; a store without one
+    (written by older code, or the file lost) works them out from the history once."""
+    deliver(tmp_path, "day1.jsonl", [record(1)])
+    deliver(tmp_path, "feedback-day1.jsonl", [event(9, -1, "2026-11-20T12:00:00Z"),
+                                              event(8, 1, "2026-11-20T12:00:00Z")])
+    assert cycle(tmp_path, "b1").feedback_pending == 2
+    (tmp_path / "store" / "feedback" / "pending.parquet").unlink()
+    deliver(tmp_path, "day2.jsonl", [record(9)])
+    second = cycle(tmp_path, "b2")
+    assert (second.stored, second.feedback_merged, second.feedback_pending) == (1, 1, 1)
+    assert load_store(tmp_path).set_index("id").loc["r9", "rating"] == -1
+    pending = pd.read_parquet(tmp_path / "store" / "feedback" / "pending.parquet")
+    assert list(pending["id"]) == ["r8"]
