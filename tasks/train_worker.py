@@ -772,6 +772,17 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def leave_process_group() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits: a
+    rank that leaves first (only rank 0 saves) with gloo's threads still running aborts at exit
+    ("terminate called without an active exception"), failing a training that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local")]
@@ -779,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tasks.train_worker JOB.json", file=sys.stderr)
         return 2
     train(Path(args[0]))
+    leave_process_group()
     return 0
 
 
