@@ -32,6 +32,10 @@ CHROMIUM_FLAGS = (
 )
 
 
+#: how long a click waits for an element covered or not yet shown (an opening section)
+CLICK_PATIENCE_S = 20.0
+
+
 class BrowserError(AssertionError):
     """A page did not reach the state a step waited for; the message says where to look."""
 
@@ -152,18 +156,24 @@ class Browser:
 
     def click(self, element) -> None:
         """Scroll ``element`` to the middle of the view, then click it as a user would."""
-        from selenium.common.exceptions import ElementClickInterceptedException, WebDriverException
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+            WebDriverException,
+        )
 
-        for attempt in range(3):
+        deadline = time.monotonic() + CLICK_PATIENCE_S
+        while True:
             try:
                 self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})",
                                            element)
                 element.click()
                 return
-            except ElementClickInterceptedException as exc:
-                # a toast or a sticky header over it (a long form scrolls inside its dialog):
-                # give it a moment, then scroll again; a person would do the same
-                if attempt == 2:
+            except (ElementClickInterceptedException, ElementNotInteractableException) as exc:
+                # a toast or a sticky header over it (a long form scrolls inside its dialog), or
+                # a section still opening around it (slow on a busy machine): give it a moment,
+                # then scroll again; a person would do the same
+                if time.monotonic() > deadline:
                     raise self.fail(f"could not click {self.describe(element)}: "
                                     f"{exc.msg}") from exc
                 time.sleep(1.0)
