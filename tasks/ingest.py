@@ -180,6 +180,20 @@ def write_bytes_atomic(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_arrow_atomic(table: pa.Table, path: Path) -> None:
+    """Write a table as an Arrow IPC file to ``path`` atomically (its schema metadata kept)."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write a Parquet table to ``path`` atomically (readers see the old file or the new one)."""
     import pyarrow.parquet as pq
@@ -538,14 +552,7 @@ def _read_manifest(paths: Paths) -> pa.Table:
         table = pa.concat_tables([table, pj.read_json(io.BytesIO(tail), parse_options=(
             pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")))])
     sign = {"inode": str(info.st_ino), "bytes": str(info.st_size), "ends": ends}
-    tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, \
-                pa.ipc.new_file(sink, schema.with_metadata(sign)) as writer:
-            writer.write_table(table)
-        os.replace(tmp, index_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_arrow_atomic(table.replace_schema_metadata(sign), index_path)
     return table
 
 

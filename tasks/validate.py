@@ -62,6 +62,7 @@ from tasks.ingest import (
     QUARANTINE_COLUMNS,
     STAGED_COLUMNS,
     rows_to_table,
+    write_arrow_atomic,
     write_bytes_atomic,
     write_table_atomic,
 )
@@ -504,17 +505,8 @@ class IdIndex:
         return self._schema().empty_table(), {}
 
     def _save(self) -> None:
-        import pyarrow as pa
-
-        schema = self._schema().with_metadata({"covered": json.dumps(self.covered)})
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                writer.write_table(self.table.replace_schema_metadata(schema.metadata))
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_arrow_atomic(self.table.replace_schema_metadata(
+            {"covered": json.dumps(self.covered)}), self.path)
 
     def _part_ids(self, name: str) -> pa.Table:
         import pyarrow as pa
