@@ -96,6 +96,10 @@ def _cycle_id(context) -> str:
     params={
         "workload_id": Param("router", type="string", minLength=1,
                              description="Which agent node's logs to learn from."),
+        "workloads_dir": Param(None, type=["null", "string"],
+                               description="Folder of workload files (<workload_id>.yaml); "
+                                           "empty = $FLYWHEEL_WORKLOADS, then the shipped "
+                                           "ones."),
         # items typed: the trigger form shows a JSON field, so a whole entry reads as JSON
         "candidates": Param(DEFAULT_CANDIDATES, type="array", minItems=1,
                             items={"type": ["string", "object"]},
@@ -207,13 +211,14 @@ def flywheel_cycle():
         return run(IngestConfig(run_id=_cycle_id(get_current_context()))).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
-    def validate(ingested: dict) -> dict:
+    def validate(ingested: dict, params: dict | None = None) -> dict:
         from tasks.validate import ValidateConfig
         from tasks.validate import validate as run
 
         # a batch over the invalid limit is flagged (the report leads with it), not a failed
         # cycle: the good rows are stored and tonight's cycle learns from every other client
-        return run(ValidateConfig(run_id=ingested["run_id"], on_excess="flag")).model_dump(
+        return run(ValidateConfig(run_id=ingested["run_id"], on_excess="flag",
+                                  workloads_dir=params.get("workloads_dir"))).model_dump(
             mode="json")
 
     @task(execution_timeout=JUDGING)

@@ -15,16 +15,16 @@ on them arrives as separate events keyed by the record id.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from tasks.config import get_paths
+from tasks.core.clock import now_iso
+from tasks.core.clock import stamp as clock_stamp
+from tasks.core.files import write_jsonl_atomic
 from tasks.settings import parse_config
 
 
@@ -53,10 +53,6 @@ class AgentResult(BaseModel):
     model: str = Field(description="flywheel-<workload>/v<version> that routed the queries.")
     routed: list[Routed]
     landing_file: str | None = None
-
-
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def route_and_log(queries: list[str], workload_id: str = "router", alias: str = "champion",
@@ -95,7 +91,8 @@ def route_and_log(queries: list[str], workload_id: str = "router", alias: str = 
         routed.append(Routed(id=record_id, query=query, expert=expert,
                              latency_ms=round(latency_ms, 2)))
         records.append({
-            "schema_version": SCHEMA_VERSION, "id": record_id, "timestamp": _iso_now(),
+            "schema_version": SCHEMA_VERSION, "id": record_id,
+            "timestamp": now_iso("milliseconds", z=True),
             "workload_id": workload_id, "client_id": client_id, "model": served,
             "request": make_request(query), "response": make_response(expert, f"call_{record_id}"),
             "latency_ms": round(latency_ms, 2)})
@@ -107,11 +104,9 @@ def route_and_log(queries: list[str], workload_id: str = "router", alias: str = 
             for record in records:
                 intake.post("v1/records", record)
         return result
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    stamp = clock_stamp("%Y%m%dT%H%M%S%f")
     path = paths.landing / f"{workload_id}-agent-{stamp}.jsonl"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, records)
     result.landing_file = str(path)
     return result
 

@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.config import EXPERTS, ROUTE_TOOL, get_paths
-from tasks.locks import file_lock
+from tasks.core.files import file_lock
 
 log = logging.getLogger(__name__)
 

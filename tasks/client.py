@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from tasks.core.clock import utc_now
 from tasks.records import SCHEMA_VERSION
 
 URL_ENV = "FLYWHEEL_INTAKE_URL"
@@ -50,7 +51,7 @@ class IntakeError(RuntimeError):
 def _iso_utc(value: datetime | str | None) -> str:
     if isinstance(value, str):
         return value
-    moment = value or datetime.now(UTC)
+    moment = value or utc_now()
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -65,13 +65,15 @@ import shutil
 import sys
 import unicodedata
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from tasks.config import EXPERTS, FALLBACK_EXPERT, STUDENT_PREFIX, get_paths, utc_window
+from tasks.core.clock import now_iso
+from tasks.core.files import write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,13 +184,8 @@ def _read_assigned(path: Path) -> tuple[set[str], set[str]]:
     return set(data.get("ids", [])), set(data.get("queries", []))
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_json(path: Path, data: Any) -> None:
+    write_json_atomic(path, data, indent=1, ensure_ascii=False, sort_keys=True)
 
 
 def _jsonl(frame: pd.DataFrame) -> bytes:
@@ -349,8 +346,8 @@ def curate(config: CurateConfig) -> CurateResult:
     """
     import pandas as pd
 
+    from tasks.core.files import file_lock
     from tasks.embeddings import MODEL_NAME
-    from tasks.ingest import file_lock
     from tasks.review import ReviewStore, announce_calibration, confirmed_labels
     from tasks.validate import load_store
     from tasks.vectors import open_index, resolve_url
@@ -522,7 +519,7 @@ def curate(config: CurateConfig) -> CurateResult:
         if created:
             manifest = {
                 "version": version, "digest": digest, "workload_id": config.workload_id,
-                "created_at": datetime.now(UTC).isoformat(),
+                "created_at": now_iso(),
                 "window": {"start": config.start.isoformat() if config.start else None,
                            "end": config.end.isoformat() if config.end else None},
                 "test_fraction": config.test_fraction, "seed": config.seed,
@@ -554,18 +551,18 @@ def curate(config: CurateConfig) -> CurateResult:
             tmp.mkdir()
             (tmp / "train.jsonl").write_bytes(train_bytes)
             (tmp / "test.jsonl").write_bytes(test_bytes)
-            _write_json_atomic(tmp / "manifest.json", manifest)
+            _write_json(tmp / "manifest.json", manifest)
             shutil.rmtree(dataset_dir, ignore_errors=True)  # a half-written dir of a dead run
             os.rename(tmp, dataset_dir)
 
         # Remember the assignments only after the version exists (a crash before is redone).
-        _write_json_atomic(root / "test_ids.json", {
+        _write_json(root / "test_ids.json", {
             "ids": sorted(test_ids | set(test["id"])),
             "queries": sorted(test_queries | set(test["norm"]))})
-        _write_json_atomic(root / "train_ids.json", {
+        _write_json(root / "train_ids.json", {
             "ids": sorted(train_ids | set(train["id"])),
             "queries": sorted(train_queries | set(train["norm"]))})
-        _write_json_atomic(latest_path, {
+        _write_json(latest_path, {
             "version": version, "digest": digest, "dataset_dir": str(dataset_dir)})
 
     if review_counts["judge_alarm"]:

@@ -33,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tasks.config import get_paths, local_environment
+from tasks.core.clock import now_iso
 from tasks.settings import parse_config
 
 #: lines of the Airflow log worth showing live (the rest goes to the log file)
@@ -126,7 +127,7 @@ def _agent_turn(config: DemoConfig, paths, cycle: int) -> dict:
 
     from tasks.agent import route_and_log
     from tasks.clinc150 import examples
-    from tasks.ingest import write_bytes_atomic
+    from tasks.core.files import write_bytes_atomic
     from tasks.simulate import SimulateConfig
 
     users = SimulateConfig()  # the same rating behaviour the teacher's users have
@@ -144,7 +145,7 @@ def _agent_turn(config: DemoConfig, paths, cycle: int) -> dict:
             continue
         p_negative = users.p_negative_if_right if right else users.p_negative_if_wrong
         events.append({"kind": "feedback", "id": routed.id, "source": "user",
-                       "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                       "timestamp": now_iso(z=True),
                        "rating": -1 if rng.random() < p_negative else 1})
     write_bytes_atomic(paths.landing / f"router-agent-feedback-cycle{cycle}.jsonl",
                        "".join(json.dumps(e) + "\n" for e in events).encode())

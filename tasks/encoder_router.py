@@ -30,8 +30,16 @@ from pathlib import Path
 from pydantic import Field
 
 from tasks.config import EXPERTS, get_paths
-from tasks.evaluate import EvaluateConfig, EvaluateResult
 from tasks.scope_guard import ScopeGuard
+from tasks.scoring import (
+    EvaluateConfig,
+    EvaluateResult,
+    classification_report,
+    correctness,
+    hardware,
+    log_evaluation,
+    percentile,
+)
 from tasks.settings import parse_config
 
 #: Names under which the package-shipped all-MiniLM-L6-v2 can be referenced offline.
@@ -43,7 +51,7 @@ BASE_NOTE = ("pretrained encoder with an untrained, randomly initialised classif
 
 
 class EncoderEvaluateResult(EvaluateResult):
-    """:class:`tasks.evaluate.EvaluateResult` plus a note on what the numbers mean."""
+    """:class:`tasks.scoring.EvaluateResult` plus a note on what the numbers mean."""
 
     note: str | None = Field(None, description="What this model is, where it is not obvious.")
 
@@ -143,8 +151,6 @@ def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: 
     the scope guard's look (embedding the query) when the model has one."""
     import torch
 
-    from tasks.evaluate import _percentile
-
     torch.set_num_threads(threads)
     if not queries:
         raise ValueError("no queries to time")
@@ -159,15 +165,13 @@ def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: 
             elapsed = (time.perf_counter() - start) * 1000
             if i >= warmup:
                 times.append(elapsed)
-    p50, p95 = statistics.median(times), _percentile(times, 0.95)
+    p50, p95 = statistics.median(times), percentile(times, 0.95)
     return {"latency_p50_ms": p50, "latency_p95_ms": p95, "ttft_p50_ms": p50, "ttft_p95_ms": p95}
 
 
 def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> EncoderEvaluateResult:
     """Accuracy and latency of an encoder router on the dataset's frozen test split."""
     import torch
-
-    from tasks.evaluate import _log_to_mlflow, classification_report, correctness, hardware
 
     paths = get_paths(config.home)
     dataset_dir = Path(config.dataset_dir)
@@ -212,7 +216,7 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
         json.dumps({"id": d.get("id"), "query": d["query"], "gold": g, "predicted": p}) + "\n"
         for d, g, p in zip(docs, gold, predicted, strict=True)))
     if config.track:
-        result.mlflow_run_id = _log_to_mlflow(config, result, work_dir)
+        result.mlflow_run_id = log_evaluation(config, result, work_dir)
     (work_dir / "evaluate_result.json").write_text(result.model_dump_json(indent=1))
     return result
 

@@ -28,35 +28,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.catalog import CandidateSpec, CatalogError, Hyperparameters, load_catalog
-from tasks.config import EXPERTS, get_paths
+from tasks.catalog import CandidateSpec, CatalogError, load_catalog
+from tasks.config import get_paths
 from tasks.scope_guard import build_for_training_set
 from tasks.settings import parse_config
+from tasks.train_worker import CHECKPOINT_DIR, TrainJob, die_with_parent, latest_checkpoint
 
 #: The Airflow pool that limits concurrent training jobs (one slot per GPU a job needs).
 TRAINING_POOL = "flywheel_gpu"
-
-
-class TrainJob(BaseModel):
-    """What the training worker reads: everything resolved to paths."""
-
-    candidate: str
-    family: Literal["causal_lm", "encoder"] = "causal_lm"
-    method: Literal["lora", "full", "prompt_tuning", "p_tuning"] = "lora"
-    base_model: str = Field("", description="The catalog's base model reference.")
-    base_model_path: str
-    train_path: str
-    dataset_digest: str = ""
-    output_dir: str
-    deepspeed_config: str
-    hyperparameters: Hyperparameters
-    labels: list[str] = Field(default_factory=lambda: list(EXPERTS),
-                              description="Classifier labels (encoder family), in order.")
-    seed: int = 0
-    threads: int = 2
-    fingerprint: str = Field("", description="Identity of the job, for resuming on retry.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI for live metrics.")
-    mlflow_run_id: str | None = Field(None, description="MLflow run the worker logs into.")
 
 
 class FinetuneConfig(BaseModel):
@@ -195,7 +174,6 @@ def _previous_attempt(out: Path, fingerprint: str) -> str:
         return "none"
     if (out / "train_metrics.json").is_file():
         return "done"
-    from tasks.train_worker import CHECKPOINT_DIR, latest_checkpoint
 
     if latest_checkpoint(out / CHECKPOINT_DIR) is not None:
         return "resumable"
@@ -275,7 +253,6 @@ def _launch(job: TrainJob, out: Path, config: FinetuneConfig, nproc: int) -> Non
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     command = launch_command(job_path, config.launcher, nproc)
     print("launch:", " ".join(command), flush=True)
-    from tasks.train_worker import die_with_parent
 
     completed = subprocess.run(command, env=env, cwd=out, preexec_fn=die_with_parent)
     if completed.returncode != 0:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -57,7 +56,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.config import Paths, get_paths
-from tasks.locks import file_lock
+from tasks.core.clock import stamp
+from tasks.core.files import (
+    file_lock,
+    publish,
+    sha256_of,
+    temporary_beside,
+    write_arrow_atomic,
+    write_bytes_atomic,
+)
 from tasks.records import (
     FLAT_COLUMNS,
     MAX_NESTING,
@@ -101,7 +108,7 @@ REDACT_CACHE_MAX_CHARS = 2_000
 
 def default_run_id() -> str:
     """A run id from the current UTC time (Airflow passes its own)."""
-    return datetime.now(UTC).strftime("manual-%Y%m%dT%H%M%S%fZ")
+    return stamp("manual-%Y%m%dT%H%M%S%fZ")
 
 
 #: Set (true/1) where producers append to delivered landing files in place.
@@ -165,48 +172,6 @@ class IngestResult(BaseModel):
                                                      "kind (email, phone, card, ...)")
 
 
-# --------------------------------------------------------------------------------------------
-# small file helpers (validate reuses them)
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` beside ``path`` and rename it over ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_arrow_atomic(table: pa.Table, path: Path) -> None:
-    """Write a table as an Arrow IPC file to ``path`` atomically (its schema metadata kept)."""
-    import pyarrow as pa
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet table to ``path`` atomically (readers see the old file or the new one)."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def rows_to_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pa.Table:
     """Rows as a table with a fixed schema: numbers as float64 (``line`` int64), the rest text."""
     import pyarrow as pa
@@ -246,7 +211,7 @@ class ChunkedTableWriter:
         self._data: list[list[Any]] = [[] for _ in columns]
         self._buffered = 0
         self._writer: Any = None
-        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._tmp = temporary_beside(path)
 
     def append(self, row: dict[str, Any]) -> None:
         for column, name in zip(self._data, self.columns, strict=True):
@@ -282,7 +247,7 @@ class ChunkedTableWriter:
             self._flush()  # the last chunk (or the schema of an empty file)
         self._writer.close()
         self._writer = None
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         return True
 
     def abort(self) -> None:
@@ -305,14 +270,6 @@ def _cell(value: Any) -> Any:
     if value is None or type(value).__name__ in ("NAType", "NaTType"):
         return None
     return None if isinstance(value, float) and value != value else value
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import json
 import os
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tasks.config import get_paths
+from tasks.core.clock import now_iso
+from tasks.core.clock import stamp as clock_stamp
+from tasks.core.files import write_bytes_atomic
 from tasks.records import nesting_error
 
 TOKEN_ENV = "FLYWHEEL_INTAKE_TOKEN"
@@ -65,11 +67,6 @@ class IntakeRejection(Exception):
         if self.item is not None:
             body["item"] = self.item
         return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-def utc_now_iso() -> str:
-    """The current UTC time as ISO 8601 with a ``Z`` (milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +209,7 @@ def check_feedback(payload: Any) -> list[dict[str, Any]]:
                                   f"item {i}: 'kind' must be 'feedback', got {event['kind']!r}",
                                   item=i)
         events.append({**event, "kind": "feedback",
-                       "timestamp": event.get("timestamp") or utc_now_iso()})
+                       "timestamp": event.get("timestamp") or now_iso("milliseconds", z=True)})
     return events
 
 
@@ -222,38 +219,21 @@ def check_feedback(payload: Any) -> list[dict[str, Any]]:
 
 def landing_file_name() -> str:
     """``http-<UTC timestamp>-<uuid4 hex>.jsonl``: unique, sortable by arrival."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = clock_stamp()
     return f"http-{stamp}-{uuid.uuid4().hex}.jsonl"
 
 
 def write_landing_file(landing: Path, items: list[dict[str, Any]]) -> Path:
     """Write ``items`` as one new JSONL file in ``landing``, atomically.
 
-    The lines go to a hidden ``.<name>.tmp`` beside the target (ingestion never reads names that
-    start with '.'), are fsynced, then renamed into place, so a reader sees the whole file or none.
+    The lines go to a hidden temporary file beside the target (ingestion never reads names that
+    start with '.'), are fsynced, then renamed into place (the folder fsynced too), so a reader
+    sees the whole file or none (:func:`tasks.core.files.atomic_path`).
     """
-    name = landing_file_name()
-    target = landing / name
-    tmp = landing / f".{name}.tmp"
-    data = "".join(json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n"
-                   for item in items).encode("utf-8")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        dir_fd = os.open(landing, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    target = landing / landing_file_name()
+    write_bytes_atomic(target, "".join(
+        json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n" for item in items
+    ).encode("utf-8"), durable=True)
     return target
 
 

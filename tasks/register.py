@@ -27,7 +27,6 @@ leave ``champion`` on a model that failed the gate: aliases move only by :func:`
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from tasks import tracking
 from tasks.config import get_paths
+from tasks.core.clock import now_iso
 from tasks.settings import parse_config
 
 GATE_PASSED = "passed"
@@ -137,7 +137,7 @@ def register(config: RegisterConfig) -> RegisterResult:
             "dataset_version": config.dataset_version, "cycle_id": config.cycle_id,
             "gate": GATE_PASSED, "gate_reasons": "; ".join(config.verdict),
             "gate_rule": config.gate_rule, "family": config.family,
-            "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "registered_at": now_iso("seconds"),
         }
         weights = (f"fine-tuned weights of {config.base_model}" if not config.adapter_dir else
                    f"adapter on {config.base_model}, packaged with its base,")
@@ -201,7 +201,7 @@ def promote(workload_id: str, version: str, approved_by: str = "", home: str | N
     client = _client(home)
     name = tracking.registered_model_name(workload_id)
     move = _move_champion(client, name, str(version), {
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "promoted_at": now_iso("seconds"),
         "approved_by": approved_by or "unknown"})
     challenger = _version_or_none(client, name, tracking.CHALLENGER)
     if challenger is not None and str(challenger.version) == move.version:
@@ -228,10 +228,10 @@ def rollback(workload_id: str, version: str | None = None, home: str | None = No
         version = str(previous.version)
     current = _version_or_none(client, name, tracking.CHAMPION)
     move = _move_champion(client, name, str(version), {
-        "rolled_back_to_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        "rolled_back_to_at": now_iso("seconds")})
     if move.changed and current is not None:
         client.set_model_version_tag(name, current.version, "rolled_back_from_at",
-                                     datetime.now(UTC).isoformat(timespec="seconds")
+                                     now_iso("seconds")
                                      + (f" ({reason})" if reason else ""))
     return move
 

@@ -46,14 +46,15 @@ import csv
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from tasks.config import EXPERTS, get_paths
-from tasks.locks import file_lock
+from tasks.core.clock import now_iso
+from tasks.core.files import atomic_path, file_lock, write_jsonl_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,10 +151,6 @@ class ReviewStore:
         """Queue items without a decision, oldest first."""
         decided = self.decisions()
         return [item for rid, item in self.queue().items() if rid not in decided]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def make_decision(record_id: str, label: str, reviewer: str, source: str,
@@ -582,19 +579,15 @@ def export_queue(store: ReviewStore, out: Path, include_decided: bool = False) -
             "judge_rationale": verdict.get("rationale") or "",
             "label": decided.get(rid, {}).get("label", ""),
             "note": decided.get(rid, {}).get("note") or ""})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if out.suffix == ".csv":
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif out.suffix == ".jsonl":
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                       encoding="utf-8")
-    else:
+    if out.suffix not in (".csv", ".jsonl"):
         raise ReviewError(f"{out}: export to .csv or .jsonl")
-    os.replace(tmp, out)
+    if out.suffix == ".jsonl":
+        write_jsonl_atomic(out, rows, ensure_ascii=False)
+        return len(rows)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
     return len(rows)
 
 

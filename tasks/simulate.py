@@ -33,7 +33,6 @@ import gzip
 import io
 import json
 import math
-import os
 import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.config import DOMAIN_EXPERTS, EXPERTS, FALLBACK_EXPERT, get_paths
+from tasks.core.files import write_bytes_atomic, write_table_atomic
 from tasks.records import SCHEMA_VERSION, make_request, make_response
 
 if TYPE_CHECKING:
@@ -397,26 +397,19 @@ def _simulate_day(config: SimulateConfig, day: int, gold: np.ndarray, teacher: n
 def _write_atomic(path: Path, lines: list[str], file_format: str) -> None:
     """Write ``lines`` in ``file_format`` to a temporary file beside ``path``, then rename it, so
     ingestion never sees half a file and a rerun replaces the old one in one step."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if file_format == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+    if file_format == "parquet":
+        import pyarrow as pa
 
-            pq.write_table(pa.table({"record": pa.array(lines, type=pa.string())}), tmp,
-                           compression="zstd")
-        else:
-            payload = "".join(line + "\n" for line in lines).encode("utf-8")
-            if file_format == "jsonl.gz":
-                buffer = io.BytesIO()
-                # mtime=0 and no file name in the header: the same lines give the same bytes.
-                with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
-                    gz.write(payload)
-                payload = buffer.getvalue()
-            tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_table_atomic(pa.table({"record": pa.array(lines, type=pa.string())}), path)
+        return
+    payload = "".join(line + "\n" for line in lines).encode("utf-8")
+    if file_format == "jsonl.gz":
+        buffer = io.BytesIO()
+        # mtime=0 and no file name in the header: the same lines give the same bytes.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
+            gz.write(payload)
+        payload = buffer.getvalue()
+    write_bytes_atomic(path, payload)
 
 
 def simulate(config: SimulateConfig) -> SimulateResult:
@@ -430,7 +423,6 @@ def simulate(config: SimulateConfig) -> SimulateResult:
     """
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from tasks.clinc150 import examples
 
@@ -472,9 +464,7 @@ def simulate(config: SimulateConfig) -> SimulateResult:
         ("rating", pa.int8()), ("feedback_late", pa.bool_()), ("malformed", pa.string()),
         ("duplicated", pa.bool_()), ("pii", pa.bool_()),
     ]))
-    tmp = truth_path.with_name(f".{truth_path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, truth_path)
+    write_table_atomic(table, truth_path)
 
     good = [r for r in truth if r["malformed"] is None]
     return SimulateResult(

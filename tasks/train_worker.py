@@ -5,7 +5,7 @@ It is started by :mod:`tasks.finetune` under a launcher, one process per device:
 
     python -m torch.distributed.run --standalone --nproc_per_node 1 -m tasks.train_worker JOB.json
 
-``JOB.json`` is a :class:`tasks.finetune.TrainJob`. On a CPU it runs one gloo rank; on GPUs the
+``JOB.json`` is a :class:`TrainJob`. On a CPU it runs one gloo rank; on GPUs the
 same file trains one rank per GPU (NCCL), and a hostfile spreads it over nodes. DeepSpeed comes in
 through its config file (``TrainingArguments(deepspeed=PATH)``; ``auto`` values come from the job).
 
@@ -40,7 +40,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.catalog import Hyperparameters
+from tasks.config import EXPERTS
+from tasks.core.files import write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -48,6 +54,29 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "flywheel_state.json"
 #: Batches whose rows are sorted by length together (a seeded shuffle first, then this grouping).
 LENGTH_GROUP_BATCHES = 16
+
+
+class TrainJob(BaseModel):
+    """What the training worker reads: everything resolved to paths."""
+
+    candidate: str
+    family: Literal["causal_lm", "encoder"] = "causal_lm"
+    method: Literal["lora", "full", "prompt_tuning", "p_tuning"] = "lora"
+    base_model: str = Field("", description="The catalog's base model reference.")
+    base_model_path: str
+    train_path: str
+    dataset_digest: str = ""
+    output_dir: str
+    deepspeed_config: str
+    hyperparameters: Hyperparameters
+    labels: list[str] = Field(default_factory=lambda: list(EXPERTS),
+                              description="Classifier labels (encoder family), in order.")
+    seed: int = 0
+    threads: int = 2
+    fingerprint: str = Field("", description="Identity of the job, for resuming on retry.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI for live metrics.")
+    mlflow_run_id: str | None = Field(None, description="MLflow run the worker logs into.")
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,9 +560,7 @@ def _callbacks(ledger: Ledger, live: LiveMetrics, sampler: EpochSampler, candida
             if rank != 0:
                 return
             folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            partial = folder / (STATE_FILE + ".tmp")
-            partial.write_text(json.dumps(ledger.snapshot(state.global_step)))
-            partial.replace(folder / STATE_FILE)
+            write_json_atomic(folder / STATE_FILE, ledger.snapshot(state.global_step))
 
         def on_train_end(self, args, state, control, **kwargs):
             live.flush(state.global_step, force=True)
@@ -612,8 +639,6 @@ def train(job_path: Path) -> dict:
 
     import torch
     from transformers import PrinterCallback, TrainingArguments
-
-    from tasks.finetune import TrainJob
 
     job = TrainJob.model_validate_json(Path(job_path).read_text())
     hp = job.hyperparameters

@@ -56,17 +56,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.config import EXPERTS, Paths, get_paths
-from tasks.ingest import (
-    BATCH_MARKER,
-    QUARANTINE_COLUMNS,
-    STAGED_COLUMNS,
-    rows_to_table,
+from tasks.config import Paths, get_paths
+from tasks.core.clock import utc_now
+from tasks.core.files import (
+    atomic_path,
+    file_lock,
     write_arrow_atomic,
     write_bytes_atomic,
     write_table_atomic,
 )
-from tasks.locks import file_lock
+from tasks.ingest import BATCH_MARKER, QUARANTINE_COLUMNS, STAGED_COLUMNS, rows_to_table
 from tasks.records import FLAT_COLUMNS
 
 if TYPE_CHECKING:
@@ -92,8 +91,12 @@ class ValidateConfig(BaseModel):
                                                "or ~/.flywheel)")
     run_id: str | None = Field(None, min_length=1, max_length=200,
                                description="Staging batch to validate (default: the newest one)")
-    experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
-                               description="Allowed routes: the router's expert agents")
+    experts: list[str] | None = Field(None, min_length=1, max_length=1000, description=(
+        "Allowed routes for every workload alike (none: each record's own workload file's "
+        "experts, and a record of a workload without a file is quarantined)"))
+    workloads_dir: str | None = Field(None, description=(
+        "Folder of workload files (default $FLYWHEEL_WORKLOADS; the shipped ones are found "
+        "too)"))
     max_query_chars: int = Field(4000, ge=1, le=1_000_000,
                                  description="Longest query accepted, in characters")
     max_latency_ms: float = Field(600_000.0, gt=0, le=86_400_000,
@@ -153,15 +156,29 @@ class ValidateResult(BaseModel):
 # the expectation suite
 
 
-def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str, Any]:
+def batch_workloads(config: ValidateConfig, workload_ids: set[str]) -> dict[str, tuple[str, ...]]:
+    """The experts of each workload of the batch that has a file (read and checked here: a
+    malformed file stops validation before anything is stored, with the file's path)."""
+    from tasks.core.workload import list_workloads, read_workload
+
+    files = list_workloads(config.workloads_dir)
+    return {w: read_workload(files[w]).expert_names for w in sorted(workload_ids) if w in files}
+
+
+def build_suite(config: ValidateConfig, now: datetime | None = None,
+                workloads: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """The expectations, by name, that a flattened record must meet.
 
     Timestamps are checked on ``_timestamp``, the parsed value (NaT when missing or not ISO 8601).
+    Routes are checked against the record's own workload's experts (``workloads``: id -> experts,
+    :func:`batch_workloads`), as pairs of (workload_id, route), and a record whose workload has
+    no file fails ``workload_known``; ``config.experts`` instead checks every route against one
+    list.
     """
     import great_expectations as gx
 
     E = gx.expectations
-    latest = (now or datetime.now(UTC)) + timedelta(days=config.max_future_days)
+    latest = (now or utc_now()) + timedelta(days=config.max_future_days)
     suite: dict[str, Any] = {
         "id_not_null": E.ExpectColumnValuesToNotBeNull(column="id"),
         "id_unique": E.ExpectColumnValuesToBeUnique(column="id"),
@@ -173,8 +190,12 @@ def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str
                                                                   regex=r"\S"),
         "client_id_not_null": E.ExpectColumnValuesToNotBeNull(column="client_id"),
         "client_id_non_empty": E.ExpectColumnValuesToMatchRegex(column="client_id", regex=r"\S"),
-        "route_in_experts": E.ExpectColumnValuesToBeInSet(column="route",
-                                                          value_set=list(config.experts)),
+        "route_in_experts": (
+            E.ExpectColumnValuesToBeInSet(column="route", value_set=list(config.experts))
+            if config.experts is not None else E.ExpectColumnPairValuesToBeInSet(
+                column_A="workload_id", column_B="route", ignore_row_if="neither",
+                value_pairs_set=[(w, e) for w, experts in (workloads or {}).items()
+                                 for e in experts] or [("", "")])),
         "latency_ms_not_null": E.ExpectColumnValuesToNotBeNull(column="latency_ms"),
         "latency_ms_in_range": E.ExpectColumnValuesToBeBetween(
             column="latency_ms", min_value=0, max_value=config.max_latency_ms),
@@ -185,6 +206,9 @@ def build_suite(config: ValidateConfig, now: datetime | None = None) -> dict[str
         "query_length": E.ExpectColumnValueLengthsToBeBetween(
             column="query", min_value=1, max_value=config.max_query_chars),
     }
+    if config.experts is None:
+        suite["workload_known"] = E.ExpectColumnValuesToBeInSet(
+            column="workload_id", value_set=sorted(workloads or {}) or [""])
     for name, expectation in suite.items():
         expectation.meta = {"name": name}
     return suite
@@ -205,7 +229,8 @@ SUITE_COLUMNS = ("id", "_timestamp", "workload_id", "client_id", "route", "laten
 SUITE_CHUNK_ROWS = 100_000
 
 
-def run_suite(frame: pd.DataFrame, config: ValidateConfig, chunk_rows: int | None = None
+def run_suite(frame: pd.DataFrame, config: ValidateConfig, chunk_rows: int | None = None,
+              workloads: dict[str, tuple[str, ...]] | None = None
               ) -> tuple[dict[int, list[str]], dict[str, ExpectationSummary], dict[str, Any]]:
     """Run the suite on ``frame`` (a unique integer index) in an ephemeral GX context.
 
@@ -224,13 +249,14 @@ def run_suite(frame: pd.DataFrame, config: ValidateConfig, chunk_rows: int | Non
     columns = frame[list(SUITE_COLUMNS)]
     parts = -(-len(frame) // chunk_rows)
     if parts <= 1:
-        return _run_suite_once(columns, config)
+        return _run_suite_once(columns, config, workloads)
     bucket = pd.util.hash_array(frame["id"].fillna("").to_numpy(dtype=object)) % parts
     failures: dict[int, list[str]] = {}
     summary: dict[str, ExpectationSummary] = {}
     results = []
     for part in range(parts):
-        part_failures, part_summary, part_json = _run_suite_once(columns[bucket == part], config)
+        part_failures, part_summary, part_json = _run_suite_once(columns[bucket == part], config,
+                                                                 workloads)
         failures.update(part_failures)
         for name, item in part_summary.items():
             seen = summary.get(name, ExpectationSummary(success=True, unexpected_count=0))
@@ -243,7 +269,8 @@ def run_suite(frame: pd.DataFrame, config: ValidateConfig, chunk_rows: int | Non
         "partitioned_by": f"hash(id) mod {parts}", "partitions": results}
 
 
-def _run_suite_once(frame: pd.DataFrame, config: ValidateConfig
+def _run_suite_once(frame: pd.DataFrame, config: ValidateConfig,
+                    workloads: dict[str, tuple[str, ...]] | None = None
                     ) -> tuple[dict[int, list[str]], dict[str, ExpectationSummary], dict[str, Any]]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
@@ -255,7 +282,7 @@ def _run_suite_once(frame: pd.DataFrame, config: ValidateConfig
              .add_dataframe_asset("records")
              .add_batch_definition_whole_dataframe("batch"))
     suite = gx.ExpectationSuite(name="flywheel_records")
-    for expectation in build_suite(config).values():
+    for expectation in build_suite(config, workloads=workloads).values():
         suite.add_expectation(expectation)
     suite = context.suites.add(suite)
     definition = context.validation_definitions.add(
@@ -392,10 +419,8 @@ def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
         return
     schema = _record_schema()
     raw_at = schema.get_field_index("raw")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     start = 0
-    try:
+    with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for positions, raw in _raw_batches(staged_path, frame["_row"].to_numpy(),
                                                batch_rows=chunk_rows):
@@ -404,9 +429,6 @@ def _write_records_part(frame: pd.DataFrame, staged_path: Path, path: Path,
                 assert (chunk["_row"].to_numpy() == positions).all(), "raw out of step"
                 writer.write_table(_to_table(chunk, schema).set_column(raw_at, "raw", raw))
         assert start == len(frame), "raw out of step"
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_parts(folder: Path, schema: pa.Schema, exclude: str | None = None,
@@ -732,8 +754,10 @@ def validate(config: ValidateConfig) -> ValidateResult:
 
     # 2. The expectation suite.
     validation_path = staging / "validation.json"
+    workloads = (None if config.experts is not None
+                 else batch_workloads(config, set(work["workload_id"].dropna())))
     if len(work):
-        failures, summary, result_json = run_suite(work, config)
+        failures, summary, result_json = run_suite(work, config, workloads=workloads)
     else:
         failures = {}
         summary = {name: ExpectationSummary(success=True, unexpected_count=0)

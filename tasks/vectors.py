@@ -586,7 +586,7 @@ def copy_local_mode(folder: Path, index: QueryIndex) -> int:
         return 0
     from qdrant_client import QdrantClient
 
-    from tasks.locks import file_lock
+    from tasks.core.files import file_lock
 
     with file_lock(folder.parent / f".{folder.name}.lock"):
         client = QdrantClient(path=str(folder))
@@ -644,7 +644,7 @@ def open_index(workload_id: str, home: str | os.PathLike[str] | None = None,
             client.close()
         return
 
-    from tasks.locks import file_lock
+    from tasks.core.files import file_lock
 
     home_dir = Path(get_paths(home).home)
     folder = home_dir / EDGE_DIR / collection_name(workload_id)

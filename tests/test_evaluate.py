@@ -8,12 +8,12 @@ import yaml
 from tasks.evaluate import (
     NO_EXPERT,
     EvaluateConfig,
-    _percentile,
     classification_report,
     correctness,
     cost_per_1k_requests,
     evaluate,
     hardware,
+    percentile,
     score_generations,
     teacher_baseline,
     write_general_text,
@@ -40,9 +40,9 @@ def test_classification_report_counts_per_expert():
 
 
 def test_percentile_interpolates():
-    assert _percentile([1, 2, 3, 4], 0.5) == pytest.approx(2.5)
-    assert _percentile([10.0] * 7, 0.95) == 10.0
-    assert _percentile(list(range(101)), 0.95) == pytest.approx(95)
+    assert percentile([1, 2, 3, 4], 0.5) == pytest.approx(2.5)
+    assert percentile([10.0] * 7, 0.95) == 10.0
+    assert percentile(list(range(101)), 0.95) == pytest.approx(95)
 
 
 def test_prompt_round_trip():

@@ -179,8 +179,7 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
     else:
         from peft import get_peft_model_state_dict
 
-        from tasks.finetune import TrainJob
-        from tasks.train_worker import build_model
+        from tasks.train_worker import TrainJob, build_model
 
         assert result.trainable_parameters < result.total_parameters
         prompt = load_file(weights_dir / "adapter_model.safetensors")

@@ -87,7 +87,7 @@ def test_suite_flags_bad_rows_with_every_reason(tmp_path: Path) -> None:
     assert json.loads(reasons.loc[11, "raw"])["id"] == "r10"
 
     validation = json.loads(Path(result.validation_path).read_text())
-    assert validation["success"] is False and len(validation["results"]) == 15
+    assert validation["success"] is False and len(validation["results"]) == 16
     store = load_store(tmp_path)
     assert sorted(store["id"]) == sorted(f"r{i}" for i in range(1, 10))
     assert str(store["timestamp"].dtype) == "datetime64[us, UTC]"
@@ -201,7 +201,64 @@ def test_a_bad_batch_stores_its_good_rows_and_raises_the_alarm(tmp_path: Path) -
         cycle(garbage, "b1")
 
 
-def test_load_store_filters_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+PLANNER = """\
+workload_id: planner
+experts:
+  - {name: banking, description: "Money"}
+  - {name: calendar, description: "Meetings"}
+decision: {kind: tool_call, tool: route_to, argument: expert}
+"""
+
+
+def test_each_record_is_checked_against_its_own_workload(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workloads in one batch, each with its own experts; a record of a workload without a
+    file is quarantined as such; a malformed workload file stops validation, naming it, before
+    anything is stored."""
+    from tasks.core.workload import WorkloadError
+
+    workloads = tmp_path / "workloads"
+    workloads.mkdir()
+    (workloads / "planner.yaml").write_text(PLANNER)
+    monkeypatch.setenv("FLYWHEEL_WORKLOADS", str(workloads))
+    home = tmp_path / "home"
+    deliver(home, "a.jsonl", [
+        record(1), record(2, expert="calendar"),  # calendar: not a router expert
+        record(3, workload_id="planner"), record(4, workload_id="planner", expert="calendar"),
+        record(5, workload_id="planner", expert="travel"),  # travel: not a planner expert
+        record(6, workload_id="billing"),  # no such workload file
+    ])
+    result = cycle(home, "b1", max_invalid_fraction=1.0)
+    assert balanced(result) and (result.stored, result.quarantined) == (3, 3)
+    stored = load_store(home).set_index("id")
+    assert stored["workload_id"].to_dict() == {"r1": "router", "r3": "planner", "r4": "planner"}
+    reasons = pd.read_parquet(home / "quarantine" / "b1-validate.parquet").set_index("id")
+    assert reasons.loc["r2", "reason"] == reasons.loc["r5", "reason"] == "route_in_experts"
+    assert set(reasons.loc["r6", "reason"].split("; ")) == {"route_in_experts", "workload_known"}
+    assert result.expectations["workload_known"].unexpected_count == 1
+
+    # one list for every workload, as before workload files
+    other = tmp_path / "other"
+    deliver(other, "a.jsonl", [record(7, workload_id="billing"), record(8, expert="calendar")])
+    assert cycle(other, "b1", experts=["banking"], max_invalid_fraction=1.0).stored == 1
+
+    (workloads / "planner.yaml").write_text(PLANNER.replace("calendar", "banking"))
+    broken = tmp_path / "broken"
+    deliver(broken, "a.jsonl", [record(9, workload_id="planner")])
+    ingest(IngestConfig(home=str(broken), run_id="b1"))
+    with pytest.raises(WorkloadError, match="planner.yaml: .*duplicate expert names: banking"):
+        validate(ValidateConfig(home=str(broken), run_id="b1"))
+    assert not (broken / "store" / "records").exists() or not list(
+        (broken / "store" / "records").glob("part-*"))
+    assert (broken / "staging" / "b1" / "records.parquet").exists()  # the batch waits, whole
+
+
+def test_load_store_filters_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    workloads = tmp_path / "workloads"
+    workloads.mkdir()
+    (workloads / "planner.yaml").write_text(PLANNER)
+    monkeypatch.setenv("FLYWHEEL_WORKLOADS", str(workloads))
     deliver(tmp_path, "a.jsonl", [
         record(1, timestamp="2026-11-19T10:00:00Z"),
         record(2, timestamp="2026-11-20T10:00:00Z"),

@@ -95,7 +95,7 @@ def write_data(folder: Path, n: int = 512) -> Path:
 def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads: int,
              config: str, method: str, base: str) -> Path:
     from tasks.catalog import CONFIG_DIR, Hyperparameters
-    from tasks.finetune import TrainJob
+    from tasks.train_worker import TrainJob
 
     out = work / f"run-{time.monotonic_ns()}"
     out.mkdir()
@@ -125,8 +125,14 @@ def run_plain(job_path: Path) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from tasks.finetune import TrainJob
-    from tasks.train_worker import build_model, causal_rows, collate, epoch_order, read_examples
+    from tasks.train_worker import (
+        TrainJob,
+        build_model,
+        causal_rows,
+        collate,
+        epoch_order,
+        read_examples,
+    )
 
     job = TrainJob.model_validate_json(job_path.read_text())
     hp = job.hyperparameters

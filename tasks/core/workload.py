@@ -1,0 +1,187 @@
+"""A workload is a file: which agent's decisions the flywheel learns, over which experts.
+
+One YAML file per workload, named ``<workload_id>.yaml``, in the folder ``$FLYWHEEL_WORKLOADS``
+names (or the one a caller passes); the demo's own router ships in the package
+(``tasks/workloads/router.yaml``) and is found when no user file has its id. A file is checked
+whole when it is read, and every problem is reported with the file's path: an unknown field, a
+duplicate or malformed expert name, an empty expert list, a fallback that is not one of the
+experts, a ``workload_id`` that differs from the file's name.
+
+    from tasks.core.workload import load_workload
+    workload = load_workload("router")
+    workload.expert_names          # ('banking', ..., 'out_of_scope')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core.errors import validation_problems
+
+#: The folder of the workload files that ship with the package (the demo's router).
+SHIPPED = Path(__file__).resolve().parent.parent / "workloads"
+#: Setting: the folder of a deployment's own workload files.
+WORKLOADS_ENV = "FLYWHEEL_WORKLOADS"
+#: A workload id or an expert name: what can be a file name, a metric name and a label.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class WorkloadError(ValueError):
+    """A workload file that is missing or wrong; the message names the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Expert(_Strict):
+    """One expert agent the router can send a query to."""
+
+    name: str = Field(description="The label: what the router's decision names (letters, digits, "
+                                  "'_', '.', '-'; at most 64).")
+    description: str = Field(min_length=1, max_length=500, description=(
+        "One line on what the expert handles; shown in prompts, to the judge and to reviewers."))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"expert name {value!r} must match {NAME.pattern}")
+        return value
+
+
+class Decision(_Strict):
+    """Where a logged record holds the agent's decision."""
+
+    kind: Literal["tool_call", "function_name", "content"] = Field("tool_call", description=(
+        "'tool_call': an argument of a named tool call (a router's route_to(expert=...)); "
+        "'function_name': the name of the function a tool-calling agent called is the label; "
+        "'content': the assistant message's text is the label."))
+    tool: str | None = Field("route_to", description="tool_call: the function's name.")
+    argument: str | None = Field("expert", description="tool_call: the argument naming the expert.")
+    check_request_choices: bool = Field(True, description=(
+        "Where a record's request lists the choices (tools[].function.parameters.properties."
+        "<argument>.enum), records whose list differs from this file's experts are flagged."))
+
+    @model_validator(mode="after")
+    def _tool_call_names_its_argument(self) -> Decision:
+        if self.kind == "tool_call" and not (self.tool and self.argument):
+            raise ValueError("decision kind 'tool_call' needs 'tool' and 'argument'")
+        return self
+
+
+class GateDefaults(_Strict):
+    """This workload's gate thresholds (none: the DAG's defaults)."""
+
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_p95_latency_ms: float | None = Field(None, gt=0)
+    max_drop_vs_teacher: float | None = Field(None, ge=0, le=1)
+    min_speedup: float | None = Field(None, gt=0)
+
+
+class Workload(_Strict):
+    """One agent's routing task: its experts and how its logs say what it decided."""
+
+    workload_id: str = Field(description="The id records carry in 'workload_id'; the file's name.")
+    description: str = Field("", max_length=2000, description="What the agent does, for people.")
+    experts: list[Expert] = Field(min_length=1, max_length=1000, description=(
+        "The experts, in a fixed order (a classifier's label order)."))
+    fallback_expert: str | None = Field(None, description=(
+        "The expert a query no other expert fits goes to (one of 'experts'; none: every query "
+        "has an expert)."))
+    decision: Decision = Field(default_factory=Decision)
+    teacher_models: list[str] = Field(default_factory=list, description=(
+        "Logged model names of the production teacher (empty: every model not named "
+        "flywheel-..., the flywheel's own routers)."))
+    prompt: str = Field(
+        "Route the user's question to the one expert who should answer it. Experts: {experts}. "
+        "Answer with the expert's name only.", min_length=1, max_length=20_000, description=(
+            "The system prompt of causal routers: {experts} becomes the names, comma-separated, "
+            "{expert_list} one '- name: description' line per expert (one of them is needed)."))
+    candidates: list[str] = Field(default_factory=list, description=(
+        "Catalog candidates a cycle trains by default (empty: the DAG's default)."))
+    gate: GateDefaults = Field(default_factory=GateDefaults)
+
+    @field_validator("workload_id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"workload_id {value!r} must match {NAME.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _experts(self) -> Workload:
+        names = [e.name for e in self.experts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"duplicate expert names: {', '.join(repeated)}")
+        if self.fallback_expert is not None and self.fallback_expert not in names:
+            raise ValueError(f"fallback_expert {self.fallback_expert!r} is not one of the experts")
+        if "{experts}" not in self.prompt and "{expert_list}" not in self.prompt:
+            raise ValueError("prompt must contain {experts} or {expert_list}")
+        return self
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.experts)
+
+    def system_prompt(self) -> str:
+        return self.prompt.replace("{experts}", ", ".join(self.expert_names)).replace(
+            "{expert_list}", "\n".join(f"- {e.name}: {e.description}" for e in self.experts))
+
+
+def workloads_dir(folder: str | os.PathLike[str] | None = None) -> Path | None:
+    """The user's workload folder: ``folder``, else ``$FLYWHEEL_WORKLOADS``, else none."""
+    chosen = folder or os.environ.get(WORKLOADS_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def read_workload(path: Path) -> Workload:
+    """One workload file, checked; :class:`WorkloadError` names the file and every problem."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WorkloadError(f"{path}: no such workload file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise WorkloadError(f"{path}: not YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise WorkloadError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        workload = Workload.model_validate(data)
+    except ValidationError as error:
+        raise WorkloadError(f"{path}: {validation_problems(error, 'file')}") from None
+    if workload.workload_id != path.stem:
+        raise WorkloadError(f"{path}: workload_id {workload.workload_id!r} differs from the "
+                            f"file's name {path.stem!r}")
+    return workload
+
+
+def load_workload(workload_id: str, folder: str | os.PathLike[str] | None = None) -> Workload:
+    """The workload ``workload_id``: the user's file first, then the shipped one."""
+    if not NAME.match(workload_id):
+        raise WorkloadError(f"workload id {workload_id!r} must match {NAME.pattern}")
+    searched = [d for d in (workloads_dir(folder), SHIPPED) if d is not None]
+    for directory in searched:
+        for suffix in (".yaml", ".yml"):
+            path = directory / f"{workload_id}{suffix}"
+            if path.is_file():
+                return read_workload(path)
+    raise WorkloadError(f"no workload file for {workload_id!r} in "
+                        f"{' or '.join(str(d) for d in searched)} (one YAML file per workload, "
+                        f"named <workload_id>.yaml; set {WORKLOADS_ENV} to your folder)")
+
+
+def list_workloads(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Every workload id found -> its file (the user's shadow shipped ones of the same id)."""
+    found: dict[str, Path] = {}
+    for directory in [d for d in (SHIPPED, workloads_dir(folder)) if d is not None]:
+        if directory.is_dir():
+            for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+                found[path.stem] = path
+    return found
