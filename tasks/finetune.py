@@ -174,7 +174,6 @@ def _previous_attempt(out: Path, fingerprint: str) -> str:
         return "none"
     if (out / "train_metrics.json").is_file():
         return "done"
-
     if latest_checkpoint(out / CHECKPOINT_DIR) is not None:
         return "resumable"
     return "none"
@@ -253,7 +252,6 @@ def _launch(job: TrainJob, out: Path, config: FinetuneConfig, nproc: int) -> Non
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     command = launch_command(job_path, config.launcher, nproc)
     print("launch:", " ".join(command), flush=True)
-
     completed = subprocess.run(command, env=env, cwd=out, preexec_fn=die_with_parent)
     if completed.returncode != 0:
         raise RuntimeError(f"training {job.candidate} failed (exit {completed.returncode}); "

@@ -78,7 +78,6 @@ class TrainJob(BaseModel):
     mlflow_run_id: str | None = Field(None, description="MLflow run the worker logs into.")
 
 
-
 # --------------------------------------------------------------------------------------------
 # Data
 

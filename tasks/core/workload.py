@@ -17,10 +17,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from tasks.core.errors import validation_problems
 
@@ -30,6 +37,16 @@ SHIPPED = Path(__file__).resolve().parent.parent / "workloads"
 WORKLOADS_ENV = "FLYWHEEL_WORKLOADS"
 #: A workload id or an expert name: what can be a file name, a metric name and a label.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _checked_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError(f"{value!r} must match {NAME.pattern}")
+    return value
+
+
+#: A workload id or an expert name, checked against :data:`NAME`.
+Name = Annotated[str, AfterValidator(_checked_name)]
 
 
 class WorkloadError(ValueError):
@@ -43,17 +60,10 @@ class _Strict(BaseModel):
 class Expert(_Strict):
     """One expert agent the router can send a query to."""
 
-    name: str = Field(description="The label: what the router's decision names (letters, digits, "
-                                  "'_', '.', '-'; at most 64).")
+    name: Name = Field(description="The label: what the router's decision names (letters, "
+                                   "digits, '_', '.', '-'; at most 64).")
     description: str = Field(min_length=1, max_length=500, description=(
         "One line on what the expert handles; shown in prompts, to the judge and to reviewers."))
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError(f"expert name {value!r} must match {NAME.pattern}")
-        return value
 
 
 class Decision(_Strict):
@@ -88,7 +98,7 @@ class GateDefaults(_Strict):
 class Workload(_Strict):
     """One agent's routing task: its experts and how its logs say what it decided."""
 
-    workload_id: str = Field(description="The id records carry in 'workload_id'; the file's name.")
+    workload_id: Name = Field(description="The id records carry in 'workload_id'; the file's name.")
     description: str = Field("", max_length=2000, description="What the agent does, for people.")
     experts: list[Expert] = Field(min_length=1, max_length=1000, description=(
         "The experts, in a fixed order (a classifier's label order)."))
@@ -107,13 +117,6 @@ class Workload(_Strict):
     candidates: list[str] = Field(default_factory=list, description=(
         "Catalog candidates a cycle trains by default (empty: the DAG's default)."))
     gate: GateDefaults = Field(default_factory=GateDefaults)
-
-    @field_validator("workload_id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError(f"workload_id {value!r} must match {NAME.pattern}")
-        return value
 
     @model_validator(mode="after")
     def _experts(self) -> Workload:
