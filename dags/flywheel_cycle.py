@@ -33,7 +33,9 @@ from airflow.sdk import Asset, Param, dag, task
 #: updated when a cycle registers a challenger (tasks.promotion.CHALLENGER_ASSET)
 CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challenger")
 
-DEFAULT_CANDIDATES = ["llama-s-lora", "llama-m-lora"]
+#: What a cycle trains when neither the run nor the workload's file names candidates: the
+#: pretrained small routers of the catalog (an encoder classifier and a causal LM).
+DEFAULT_CANDIDATES = ["minilm-router-lora", "smollm2-router-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
 #: The queues candidates train on (a candidate's `resources.queue`), one mapped training task
 #: each: Airflow fixes a task's queue when the DAG is parsed, never per mapped instance. Jobs of
@@ -77,6 +79,17 @@ def _per_queue(task_id: str, queue: str) -> str:
     return task_id if queue == "default" else f"{task_id}_{queue}"
 
 
+def _settings(params: dict) -> dict:
+    """The run's params with the workload file's defaults (candidates, gate thresholds) for
+    those the run's conf leaves out (tasks.core.workload.cycle_params)."""
+    from airflow.sdk import get_current_context
+
+    from tasks.core.workload import cycle_params
+
+    run = get_current_context().get("dag_run")
+    return cycle_params(params, getattr(run, "conf", None) or {})
+
+
 def _cycle_id(context) -> str:
     """A file-name-safe id of this DAG run."""
     from tasks.config import run_folder_name
@@ -103,7 +116,9 @@ def _cycle_id(context) -> str:
         # items typed: the trigger form shows a JSON field, so a whole entry reads as JSON
         "candidates": Param(DEFAULT_CANDIDATES, type="array", minItems=1,
                             items={"type": ["string", "object"]},
-                            description="Candidate names from the catalog (or whole entries)."),
+                            description="Candidate names from the catalog (or whole entries). "
+                                        "Left as it is, the workload file's candidates are "
+                                        "trained where it names some."),
         "min_accuracy": Param(0.70, type="number", minimum=0, maximum=1,
                               description="Gate: minimum test accuracy."),
         "max_p95_latency_ms": Param(1000.0, type="number", exclusiveMinimum=0,
@@ -172,9 +187,10 @@ def _cycle_id(context) -> str:
                                                 "$FLYWHEEL_JUDGE_API_KEY)."),
         "judge_model": Param(None, type=["null", "string"],
                              description="openai judge: model name."),
-        "sme_review": Param("simulated", enum=["simulated", "ui", "skip"],
-                            description="Who reviews the judge's flags: a simulated SME (demo), "
-                                        "experts in the UI (waits up to 12 h), or nobody."),
+        "sme_review": Param("ui", enum=["ui", "skip", "simulated"],
+                            description="Who reviews the judge's flags: experts in the UI "
+                                        "(waits up to 12 h), nobody, or a simulated SME (the "
+                                        "demo only: it reads the simulator's gold labels)."),
         "sme_capacity": Param(200, type="integer", minimum=0,
                               description="Flagged, audit and novel items the simulated SME "
                                           "answers per cycle."),
@@ -208,7 +224,10 @@ def flywheel_cycle():
         from tasks.ingest import IngestConfig
         from tasks.ingest import ingest as run
 
-        return run(IngestConfig(run_id=_cycle_id(get_current_context()))).model_dump(mode="json")
+        context = get_current_context()
+        return run(IngestConfig(run_id=_cycle_id(context),
+                                workloads_dir=context["params"].get("workloads_dir"))
+                   ).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
     def validate(ingested: dict, params: dict | None = None) -> dict:
@@ -230,6 +249,7 @@ def flywheel_cycle():
 
         end = get_current_context().get("data_interval_end") or pendulum.now("UTC")
         config = JudgeConfig(workload_id=params["workload_id"],
+                             workloads_dir=params.get("workloads_dir"),
                              start=end - timedelta(days=params["window_days"]), end=end,
                              backend=params["judge_backend"],
                              endpoint_url=params.get("judge_endpoint_url"),
@@ -265,6 +285,7 @@ def flywheel_cycle():
             answer = context["ti"].xcom_pull(task_ids="sme_review_ui")
         end = context.get("data_interval_end") or pendulum.now("UTC")
         config = ReviewConfig(workload_id=params["workload_id"], mode=params["sme_review"],
+                              workloads_dir=params.get("workloads_dir"),
                               start=end - timedelta(days=params["window_days"]), end=end,
                               sme_capacity=params["sme_capacity"],
                               traffic_audit_size=params["traffic_audit_size"],
@@ -284,6 +305,7 @@ def flywheel_cycle():
         # a run triggered without a logical date (REST, UI, CLI in Airflow 3) has no interval
         end = context.get("data_interval_end") or pendulum.now("UTC")
         config = CurateConfig(workload_id=params["workload_id"],
+                              workloads_dir=params.get("workloads_dir"),
                               start=end - timedelta(days=params["window_days"]), end=end,
                               near_duplicate_threshold=params["near_duplicate_threshold"],
                               min_judge_agreement=params["min_judge_agreement"],
@@ -297,7 +319,8 @@ def flywheel_cycle():
         from tasks.catalog import on_queue, select_candidates
         from tasks.finetune import check_base_models
 
-        specs = on_queue(select_candidates(params["candidates"]), queue, TRAINING_QUEUES)
+        specs = on_queue(select_candidates(_settings(params)["candidates"]), queue,
+                         TRAINING_QUEUES)
         check_base_models(specs)  # a missing or unloadable base fails here, named, before training
         if params.get("max_train_steps"):
             for spec in specs:
@@ -362,7 +385,8 @@ def flywheel_cycle():
              params: dict | None = None) -> dict:
         from tasks.gate import gate_cycle
 
-        return gate_cycle(list(evaluations), params["workload_id"], params, champion=champion,
+        return gate_cycle(list(evaluations), params["workload_id"], _settings(params),
+                          champion=champion,
                           teacher=teacher).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)

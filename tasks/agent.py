@@ -40,6 +40,9 @@ class AgentConfig(BaseModel):
     intake_url: str | None = Field(None, description=(
         "Send records to this HTTP intake instead of the landing folder."))
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
+    workloads_dir: str | None = Field(None, description=(
+        "Folder of workload files: the workload's 'decision' says how records hold the route "
+        "(default $FLYWHEEL_WORKLOADS; the shipped ones are found too)"))
 
 
 class Routed(BaseModel):
@@ -57,7 +60,8 @@ class AgentResult(BaseModel):
 
 def route_and_log(queries: list[str], workload_id: str = "router", alias: str = "champion",
                   client_id: str = "router-agent", home: str | None = None,
-                  intake_url: str | None = None) -> AgentResult:
+                  intake_url: str | None = None, workloads_dir: str | None = None
+                  ) -> AgentResult:
     """Route ``queries`` with the model under ``alias`` and log each interaction.
 
     Raises:
@@ -66,6 +70,7 @@ def route_and_log(queries: list[str], workload_id: str = "router", alias: str = 
     """
     import mlflow
     from tasks import tracking
+    from tasks.core.workload import WorkloadError, load_workload
     from tasks.records import SCHEMA_VERSION, make_request, make_response
     from tasks.serving import timed_predict
 
@@ -84,6 +89,15 @@ def route_and_log(queries: list[str], workload_id: str = "router", alias: str = 
     # load the very version looked up, so the logged model name is the one that answered
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     served = f"{name}/v{version.version}"
+    # the served model's own label space; the decision's place as its workload's file says
+    experts = list((getattr(model, "model_config", None) or {}).get("experts") or [])
+    try:
+        workload = load_workload(workload_id, workloads_dir)
+    except WorkloadError:
+        workload = None
+    decision = workload.decision if workload else None
+    experts = experts or list(workload.expert_names if workload else [])
+    system = workload.system_prompt() if workload else None
     routed, records = [], []
     for query in queries:
         expert, latency_ms = timed_predict(model, query)
@@ -94,7 +108,8 @@ def route_and_log(queries: list[str], workload_id: str = "router", alias: str = 
             "schema_version": SCHEMA_VERSION, "id": record_id,
             "timestamp": now_iso("milliseconds", z=True),
             "workload_id": workload_id, "client_id": client_id, "model": served,
-            "request": make_request(query), "response": make_response(expert, f"call_{record_id}"),
+            "request": make_request(query, experts, decision, system),
+            "response": make_response(expert, f"call_{record_id}", decision),
             "latency_ms": round(latency_ms, 2)})
     result = AgentResult(model=served, routed=routed)
     if intake_url:
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         queries += [line.strip() for line in file.read_text().splitlines() if line.strip()]
     try:
         result = route_and_log(queries, config.workload_id, config.alias, config.client_id,
-                               config.home, config.intake_url)
+                               config.home, config.intake_url, config.workloads_dir)
     except (ValueError, LookupError) as exc:
         print(f"flywheel agent: {exc}", file=sys.stderr)
         return 2

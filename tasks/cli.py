@@ -6,6 +6,7 @@
     flywheel attribute / review           # judge the bad ratings; SME review (export/import)
     flywheel finetune / evaluate / gate    # the model stages
     flywheel register / report --cycle-id C  # a finished cycle's winner; its report, rendered
+    flywheel cycle --workload-id desk     # one cycle of your workload on the embedded stack
     flywheel demo                         # traffic, then cycles through Airflow, agent in the loop
     flywheel registry --action show        # aliases; --action promote / rollback
     flywheel agent --query "..."           # route with the champion, log to the landing folder
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "gate": "tasks.gate",
     "register": "tasks.register:register_main",
     "report": "tasks.report",
+    "cycle": "tasks.cycle",
     "demo": "tasks.demo",
     "serve": "tasks.serve",
     "registry": "tasks.register",

@@ -71,9 +71,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT, STUDENT_PREFIX, get_paths, utc_window
+from tasks.config import STUDENT_PREFIX, get_paths, utc_window
 from tasks.core.clock import now_iso
 from tasks.core.files import write_json_atomic
+from tasks.core.workload import (
+    WorkloadSettings,
+    teacher_models,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,17 +88,19 @@ if TYPE_CHECKING:
 SOURCE_RANK = {"sme": 0, "feedback": 1, "teacher": 2}
 
 
+class LabelSpaceError(ValueError):
+    """The workload's experts dropped one the dataset's previous version has."""
+
+
 class NotEnoughData(RuntimeError):
     """Fewer labelled examples than ``min_examples``; the message shows the funnel."""
 
 
-class CurateConfig(BaseModel):
+class CurateConfig(WorkloadSettings):
     """Settings of ``flywheel curate``."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
                                                "or ~/.flywheel)")
-    workload_id: str = Field("router", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
-                             description="Which agent node's records to curate")
     start: datetime | None = Field(None, description="Window start, inclusive (UTC if naive; "
                                                      "default: the first record)")
     end: datetime | None = Field(None, description="Window end, exclusive (UTC if naive; "
@@ -105,8 +111,6 @@ class CurateConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the train/test split")
     min_examples: int = Field(20, ge=1, le=10_000_000,
                               description="Fail when the dataset would have fewer examples")
-    experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
-                               description="Labels allowed: the router's expert agents")
     near_duplicate_threshold: float = Field(
         0.95, gt=0.0, le=1.0, description="Cosine similarity at or above which two queries "
                                           "are near-duplicates (semantic de-dup, leakage check)")
@@ -114,8 +118,8 @@ class CurateConfig(BaseModel):
                                        description="Cap of train examples per expert (class "
                                                    "balance); examples already in train stay")
     out_of_scope: Literal["label", "drop"] = Field(
-        "label", description=f"Queries labelled {FALLBACK_EXPERT!r}: keep them as a class the "
-                             "router learns ('label') or leave them out ('drop')")
+        "label", description="Queries labelled with the fallback expert: keep them as a class "
+                             "the router learns ('label') or leave them out ('drop')")
     novelty_threshold: float = Field(0.55, ge=-1.0, le=1.0,
                                      description="An unlabelled query whose nearest labelled "
                                                  "query is less similar (cosine) is novel")
@@ -165,6 +169,8 @@ class CurateResult(BaseModel):
     n_test: int = Field(ge=0)
     label_counts: dict[str, dict[str, int]] = Field(
         description="split ('train'/'test') -> expert -> examples")
+    label_space_change: dict[str, list[str]] | None = Field(
+        None, description="Experts added since the previous version (none: unchanged)")
     funnel: dict[str, int | float | None] = Field(
         description="records_in_window, with_feedback, positive, negative, judged, "
                     "judge_flagged, sme_confirmed, labelled, teacher_eligible, ground_truth, "
@@ -257,22 +263,24 @@ def _near_duplicates(index: Any, ids: list[str], within: list[str], threshold: f
 
 
 def teacher_labelled(window: pd.DataFrame, decisions: dict[str, dict[str, Any]],
-                     experts: list[str], teacher_model: str | None = None) -> pd.DataFrame:
+                     experts: list[str], teacher_model: str | list[str] | None = None
+                     ) -> pd.DataFrame:
     """The records of ``window`` whose label can only be the teacher's own route.
 
     A record qualifies when nobody rated it (a thumbs-up already makes it a curated example; a
     thumbs-down says the route may be wrong, and only an expert's label can save it), no expert
     decided it (an expert's label or ``discard`` wins), its route is one of ``experts`` and the
-    production teacher routed it: ``teacher_model`` if given, else any model not named
+    production teacher routed it: ``teacher_model`` (one name or several) if given, else any
+    model not named
     ``flywheel-...`` (the flywheel's students must not learn from each other's answers).
 
     Returns:
         The qualifying rows of ``window`` with ``label`` (the route) and
         ``label_source="teacher"``.
     """
-    model = window["model"].astype(str)
-    by_teacher = (model == teacher_model) if teacher_model else ~model.str.startswith(
-        STUDENT_PREFIX)
+    from tasks.review import teacher_mask
+
+    by_teacher = teacher_mask(window, teacher_model)
     chosen = window[window["rating"].isna() & ~window["id"].isin(list(decisions))
                     & window["route"].isin(experts) & by_teacher]
     return chosen.assign(label=chosen["route"], label_source="teacher")
@@ -356,8 +364,12 @@ def curate(config: CurateConfig) -> CurateResult:
     root = paths.datasets / config.workload_id
     root.mkdir(parents=True, exist_ok=True)
     experts = list(config.experts)
-    keep = [e for e in experts if not (config.out_of_scope == "drop" and e == FALLBACK_EXPERT)]
+    keep = [e for e in experts
+            if not (config.out_of_scope == "drop" and e == config.fallback_expert)]
+    change = label_space_change(root, experts, config)
     thr = config.near_duplicate_threshold
+    workload = config.workload()
+    teachers = teacher_models(config.teacher_model, workload)
     with file_lock(root / ".curate.lock"):
         store = load_store(config.home, workload_id=config.workload_id)
         window = store
@@ -387,7 +399,7 @@ def curate(config: CurateConfig) -> CurateResult:
             # queries labelled with more than one expert: the experts', else the majority, wins
             "label_conflicts": int((labelled.groupby("norm")["label"].nunique() > 1).sum()),
         }
-        from_teacher = teacher_labelled(window, decisions, experts, config.teacher_model)
+        from_teacher = teacher_labelled(window, decisions, experts, teachers)
         funnel["teacher_eligible"] = len(from_teacher)
         pool = labelled
         if config.teacher_labels == "train" and len(from_teacher):
@@ -406,7 +418,7 @@ def curate(config: CurateConfig) -> CurateResult:
 
         candidates = pool[~pool["id"].isin(test_ids) & ~pool["norm"].isin(test_queries)]
         examples = _dedup(candidates, prefer=train_ids)
-        out_of_scope = examples["expert"] == FALLBACK_EXPERT
+        out_of_scope = examples["expert"] == config.fallback_expert
         funnel["out_of_scope"] = int(out_of_scope.sum())
         if config.out_of_scope == "drop":
             examples = examples[~out_of_scope]
@@ -502,8 +514,10 @@ def curate(config: CurateConfig) -> CurateResult:
                     test["id"], test["expert"], strict=True)}})
 
         train_bytes, test_bytes = _jsonl(train), _jsonl(test)
-        digest = hashlib.sha256(b"train.jsonl\n" + train_bytes + b"test.jsonl\n"
-                                + test_bytes).hexdigest()
+        # the label space is part of the version: the same examples over other experts
+        # train another classifier
+        digest = hashlib.sha256(b"train.jsonl\n" + train_bytes + b"test.jsonl\n" + test_bytes
+                                + b"experts\n" + json.dumps(experts).encode()).hexdigest()
         version = "v" + digest[:12]
         dataset_dir = root / version
         label_counts = {
@@ -523,7 +537,9 @@ def curate(config: CurateConfig) -> CurateResult:
                 "window": {"start": config.start.isoformat() if config.start else None,
                            "end": config.end.isoformat() if config.end else None},
                 "test_fraction": config.test_fraction, "seed": config.seed,
-                "experts": list(config.experts),
+                "experts": experts, "fallback_expert": config.fallback_expert,
+                "system_prompt": workload.system_prompt() if workload else None,
+                "teacher_models": teachers, "label_space_change": change,
                 "n_train": len(train), "n_test": len(test), "counts": label_counts,
                 "funnel": funnel, "files": ["train.jsonl", "test.jsonl"],
                 "lineage": {
@@ -533,7 +549,7 @@ def curate(config: CurateConfig) -> CurateResult:
                     "label_sources_by_split": sources,
                     "teacher_labels": config.teacher_labels,
                     "max_teacher_labelled": config.max_teacher_labelled,
-                    "teacher_model": config.teacher_model or f"not {STUDENT_PREFIX}*",
+                    "teacher_model": ", ".join(teachers) or f"not {STUDENT_PREFIX}*",
                     "sme_decisions": {r: d for r, d in review_lineage["decisions"].items()
                                       if r in in_version},
                     "judges": review_lineage["judges"],
@@ -571,7 +587,37 @@ def curate(config: CurateConfig) -> CurateResult:
         workload_id=config.workload_id, version=version, digest=digest, created=created,
         dataset_dir=str(dataset_dir), train_path=str(dataset_dir / "train.jsonl"),
         test_path=str(dataset_dir / "test.jsonl"), n_train=len(train), n_test=len(test),
-        label_counts=label_counts, funnel=funnel)
+        label_counts=label_counts, funnel=funnel, label_space_change=change)
+
+
+def label_space_change(root: Path, experts: list[str],
+                       config: CurateConfig) -> dict[str, list[str]] | None:
+    """How ``experts`` differ from the label space of the workload's newest dataset version:
+    ``{"added": [...], "removed": []}``, or None when unchanged or there is no version yet.
+
+    An added expert is a supported change: the frozen test set grows to include it, and the
+    champion, re-evaluated on it, is seen not to name it. A removed one is refused
+    (:class:`LabelSpaceError`): its examples would vanish from the frozen test set and the
+    champion's scores would stop being comparable. Remove one by curating into a new home or
+    workload id.
+    """
+    latest = root / "latest.json"
+    if not latest.is_file():
+        return None
+    manifest_path = Path(json.loads(latest.read_text())["dataset_dir"]) / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    before = json.loads(manifest_path.read_text()).get("experts") or []
+    added = [e for e in experts if e not in before]
+    removed = [e for e in before if e not in experts]
+    if removed:
+        raise LabelSpaceError(
+            f"curate {config.workload_id}: the experts no longer include {', '.join(removed)}, "
+            f"which dataset version {manifest_path.parent.name} has; removing an expert is "
+            f"refused (its frozen test examples would vanish and the champion's scores would "
+            f"stop being comparable). Keep it in the workload file, or start the workload "
+            f"afresh under a new workload_id")
+    return {"added": added, "removed": []} if added else None
 
 
 def _count_novel(index: Any, window_ids: list[str], labelled: set[str],
@@ -641,11 +687,13 @@ def main(argv: list[str] | None = None) -> int:
                           description=__doc__.split("\n\n")[0] if __doc__ else None)
     try:
         result = curate(config)
-    except NotEnoughData as exc:
+    except (NotEnoughData, LabelSpaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     state = "new" if result.created else "unchanged"
     print(f"curate {result.workload_id}: {result.version} ({state}) -> {result.dataset_dir}")
+    if result.label_space_change:
+        print(f"  label space changed: added {', '.join(result.label_space_change['added'])}")
     print_funnel(result.funnel)
     for split, counts in result.label_counts.items():
         print(f"  {split:<5} " + ", ".join(f"{k} {v}" for k, v in counts.items()))

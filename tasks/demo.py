@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,13 +30,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.config import get_paths, local_environment
+from tasks.config import get_paths
 from tasks.core.clock import now_iso
+from tasks.cycle import prepare_airflow, promote_challenger, run_cycle
 from tasks.settings import parse_config
-
-#: lines of the Airflow log worth showing live (the rest goes to the log file)
-TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
-PROGRESS = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking run)")
 
 
 class DemoConfig(BaseModel):
@@ -70,27 +65,6 @@ class DemoConfig(BaseModel):
     agent_feedback_rate: float = Field(0.5, ge=0, le=1, description=(
         "Share of the agent's answers simulated users rate."))
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
-
-
-def _run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool) -> int:
-    """Run the ``airflow`` CLI of this environment, logging everything, echoing progress lines."""
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    with log_path.open("a") as log:
-        log.write(f"\n$ airflow {' '.join(args)}\n")
-        process = subprocess.Popen([airflow, *args], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            if not show:
-                continue
-            if done := TASK_DONE.search(line):
-                task_id, index = done.groups()
-                label = task_id if index == "-1" else f"{task_id}[{index}]"
-                print(f"  {time.strftime('%H:%M:%S')} done: {label}", flush=True)
-            elif PROGRESS.search(line):
-                print("  " + line.rstrip()[:160], flush=True)
-        return process.wait()
 
 
 def _move_dated(source: Path, target: Path, moves) -> list[str]:
@@ -197,8 +171,6 @@ def demo(config: DemoConfig) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # show each step as it happens, even when piped
     started = time.perf_counter()
     paths = get_paths(config.home)
-    env = {**os.environ, **local_environment(paths)}
-    os.environ.update(env)
     print(f"Flywheel home: {paths.home}")
 
     print("\n[1/4] base models (converted or built once, cached)")
@@ -220,8 +192,10 @@ def demo(config: DemoConfig) -> int:
 
     print("\n[3/4] Airflow: metadata database (SQLite)")
     log_path = paths.home / "demo-airflow.log"
-    if _run_airflow(["db", "migrate"], env, log_path, show=False) != 0:
-        print(f"airflow db migrate failed; see {log_path}", file=sys.stderr)
+    try:
+        env = prepare_airflow(paths, log_path)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 1
 
     rows: list[dict] = []
@@ -250,27 +224,20 @@ def demo(config: DemoConfig) -> int:
                 "teacher_labels": config.teacher_labels,
                 "max_teacher_labelled": (config.max_teacher_labelled
                                          if config.teacher_labels == "train" else None),
-                "window_days": total_days + 2, "auto_approve": True}
-        print(f"  airflow dags test flywheel_cycle (full log: {log_path})")
-        wall = time.time()
-        code = _run_airflow(["dags", "test", "flywheel_cycle", "--conf", json.dumps(conf)], env,
-                            log_path, show=True)
-        reports = [p for p in paths.runs.glob("*/report.json") if p.stat().st_mtime >= wall]
-        if code != 0 or not reports:
-            print(f"\nCycle {cycle} failed (exit {code}); see {log_path}", file=sys.stderr)
+                "window_days": total_days + 2, "auto_approve": True,
+                # the simulator knows every query's gold expert: the demo's stand-in for people
+                "sme_review": "simulated"}
+        report = run_cycle(conf, env, paths, log_path)
+        if report is None:
+            print(f"Cycle {cycle} failed", file=sys.stderr)
             return 1
-        report = json.loads(reports[0].read_text())
         if report["registered"].get("registered"):
-            promotion = {"workload_id": "router", "version": report["registered"]["version"],
-                         "auto_approve": True}
-            print(f"  airflow dags test flywheel_promotion (version {promotion['version']})")
-            if _run_airflow(["dags", "test", "flywheel_promotion", "--conf",
-                             json.dumps(promotion)], env, log_path, show=True) != 0:
-                print(f"\nPromotion after cycle {cycle} failed; see {log_path}",
-                      file=sys.stderr)
+            report = promote_challenger(report, "router", env, log_path)
+            if report is None:
+                print(f"Promotion after cycle {cycle} failed", file=sys.stderr)
                 return 1
-            report = json.loads(reports[0].read_text())  # the promotion is written into it
-        print("\n" + reports[0].with_name("report.md").read_text())
+        report_path = Path(report["report_path"])
+        print("\n" + report_path.with_name("report.md").read_text())
         champion = report["champion"]
         rows.append({
             "cycle": cycle, "dataset": report["dataset"]["version"],
@@ -282,7 +249,7 @@ def demo(config: DemoConfig) -> int:
             "accuracy": champion.get("accuracy"), "p95_ms": champion.get("latency_p95_ms"),
             "agent": agent, "seconds": time.perf_counter() - cycle_started,
             **_cycle_row(report)})
-        print(f"Charts and HTML report: {reports[0].parent}")
+        print(f"Charts and HTML report: {report_path.parent}")
 
     print("\nPer cycle: the best fine-tuned student and the champion on that cycle's frozen "
           "test set (p95 at batch 1 on this machine's CPU), beside the teacher (accuracy graded "

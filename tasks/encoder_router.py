@@ -29,7 +29,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from tasks.config import EXPERTS, get_paths
+from tasks.config import get_paths
+from tasks.core.workload import manifest_experts, trained_label_space
 from tasks.scope_guard import ScopeGuard
 from tasks.scoring import (
     EvaluateConfig,
@@ -78,11 +79,7 @@ def resolve_encoder(ref: str, home: str | None = None) -> Path | str:
 
 def _labels(weights_dir: str | None) -> list[str]:
     """The label order a model was trained with (recorded beside its weights)."""
-    if weights_dir:
-        info = Path(weights_dir) / "flywheel_training.json"
-        if info.is_file():
-            return list(json.loads(info.read_text()).get("labels") or EXPERTS)
-    return list(EXPERTS)
+    return list(trained_label_space(weights_dir)["labels"])
 
 
 def load_classifier(base_model_path: str, adapter_dir: str | None = None,
@@ -190,7 +187,9 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
 
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    model, tokenizer, labels = load_classifier(config.base_model_path, config.adapter_dir)
+    model, tokenizer, labels = load_classifier(
+        config.base_model_path, config.adapter_dir,
+        None if config.adapter_dir else manifest_experts(manifest)[0])  # a base: a new head
     predicted = predict(model, tokenizer, labels, docs, batch_size=config.batch_size)
     guard = ScopeGuard.load(config.adapter_dir or config.base_model_path)
     guard_fallbacks = None
@@ -200,7 +199,7 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Encoder
         predicted = guarded
     gold = [d["expert"] for d in docs]
     accuracy, macro_f1, per_expert, confusion = classification_report(
-        gold, predicted, list(dict.fromkeys([*EXPERTS, *labels])))
+        gold, predicted, list(dict.fromkeys([*manifest_experts(manifest)[0], *labels])))
     latency = measure_latency(model, tokenizer, [d["query"] for d in docs][
         : config.latency_queries], config.latency_warmup, config.threads, guard)
     result = EncoderEvaluateResult(

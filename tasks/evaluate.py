@@ -32,7 +32,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tasks.config import EXPERTS, get_paths
+from tasks.config import get_paths
+from tasks.core.workload import manifest_experts
+from tasks.prompts import NO_EXPERT
 from tasks.scoring import (  # noqa: F401  (the evaluation's settings and result live there)
     EvaluateConfig,
     EvaluateResult,
@@ -53,14 +55,14 @@ ICL_TASK = "flywheel_routing_icl"
 ICL_GEN_TASK = "flywheel_routing_icl_gen"
 GENERAL_TASK = "flywheel_general_text"
 REGRESSION_DIR = Path(__file__).resolve().parent / "evaluation" / "flywheel_regression"
-#: the predicted label of a generation that names no expert (served as the fallback expert)
-NO_EXPERT = "(none)"
 
 
 def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None = None,
-                      icl: bool = False, general_file: Path | None = None) -> Path:
+                      icl: bool = False, general_file: Path | None = None,
+                      max_gen_toks: int | None = None) -> Path:
     """Run-local YAMLs that include the repo's tasks and point them at this test split (and, with
-    ``general_file``, the forgetting check at that file).
+    ``general_file``, the forgetting check at that file); ``max_gen_toks`` overrides the
+    generation task's answer length (:func:`answer_tokens`).
 
     Returns the folder to pass as lm-eval's ``include_path`` (it holds only these YAMLs).
     """
@@ -75,6 +77,9 @@ def write_task_config(dataset_dir: Path, work_dir: Path, test_file: Path | None 
     for folder, task, data in tasks:
         config = {"include": str(folder / f"{task}.yaml"), "task": task,
                   "dataset_kwargs": {"data_files": {"test": str(data)}}}
+        if task in (GEN_TASK, ICL_GEN_TASK) and max_gen_toks:
+            config["generation_kwargs"] = {"until": ["\n"], "do_sample": False,
+                                           "max_gen_toks": max_gen_toks}
         (work_dir / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return work_dir
 
@@ -145,29 +150,46 @@ def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
     return out
 
 
-def write_prompts(test_file: Path, out: Path, model_path: str) -> Path:
-    """The test split with each document's ``prompt`` rendered for this model, when its tokenizer
-    has a chat template (what training and serving feed it); the file as it is otherwise.
+def write_prompts(test_file: Path, out: Path, model_path: str, experts: list[str],
+                  system: str | None = None) -> Path:
+    """The test split with each document's ``choices`` (the dataset version's experts: what
+    multiple choice scores and generations are parsed against) and, when the model's tokenizer
+    has a chat template, its ``prompt`` rendered for this model (what training and serving feed
+    it, with the workload's system message ``system``).
 
-    lm-eval's routing tasks read ``prompt`` when present (``utils.doc_to_text``).
+    lm-eval's routing tasks read both (``utils.doc_to_choice``, ``utils.doc_to_text``).
     """
     from transformers import AutoTokenizer
 
-    from tasks.evaluation.flywheel_routing.utils import choices
     from tasks.prompts import render_icl_prompt, render_prompt, uses_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if not uses_chat_template(tokenizer):
-        return test_file
+    chat = uses_chat_template(tokenizer)
     lines = []
     for doc in _read_jsonl(test_file):
-        experts = choices(doc)
-        prompt = (render_icl_prompt(doc["query"], doc["shots"], experts, tokenizer)
-                  if "shots" in doc else render_prompt(doc["query"], experts, tokenizer))
-        lines.append(json.dumps({**doc, "prompt": prompt}) + "\n")
+        doc = {**doc, "choices": list(experts)}
+        if chat:
+            doc["prompt"] = (
+                render_icl_prompt(doc["query"], doc["shots"], experts, tokenizer, system)
+                if "shots" in doc else render_prompt(doc["query"], experts, tokenizer, system))
+        lines.append(json.dumps(doc) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(lines))
     return out
+
+
+def answer_tokens(model_path: str, experts: list[str]) -> int:
+    """Tokens a generated answer may take: the longest expert name's, its delimiter and end
+    token, and a margin (at least 8, the generation task's default): a workload whose experts
+    are long function names must not be cut off mid-name."""
+    from transformers import AutoTokenizer
+
+    from tasks.prompts import format_target
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    longest = max(len(tokenizer(format_target(e), add_special_tokens=False)["input_ids"])
+                  for e in experts)
+    return max(8, longest + 3)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -243,7 +265,8 @@ def score_generations(samples: list[dict]) -> tuple[list[str], list[str]]:
 
 def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list[str],
                     warmup: int, threads: int, prompts: list[str] | None = None,
-                    batch_size: int = 16) -> dict[str, float]:
+                    batch_size: int = 16, experts: list[str] | None = None,
+                    system: str | None = None) -> dict[str, float]:
     """Batch-1 latency of answering each query, as the agent calls the model, and throughput.
 
     One ``generate`` call per query with a streamer that stamps each token as it is produced:
@@ -259,7 +282,8 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
     from tasks.scope_guard import ScopeGuard
     from tasks.serving import Router
 
-    router = Router(base_model_path, adapter_dir, threads=threads)
+    router = Router(base_model_path, adapter_dir, threads=threads, experts=experts,
+                    system=system)
     guard = ScopeGuard.load(adapter_dir)
     prompts = prompts or [None] * len(queries)
 
@@ -313,7 +337,9 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     icl = config.icl_examples > 0
     test_file = (write_icl_split(dataset_dir, work_dir / "test_icl.jsonl", config.icl_examples)
                  if icl else dataset_dir / "test.jsonl")
-    test_file = write_prompts(test_file, work_dir / "test_prompts.jsonl", config.base_model_path)
+    experts, _ = manifest_experts(manifest)
+    test_file = write_prompts(test_file, work_dir / "test_prompts.jsonl", config.base_model_path,
+                              experts, manifest.get("system_prompt"))
     mc_task, gen_task = (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK)
     general_file = (write_general_text(work_dir / "general_text.jsonl", config.general_text_docs,
                                        config.general_text_file)
@@ -321,8 +347,10 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     tasks = (mc_task, gen_task) + ((GENERAL_TASK,) if general_file else ())
     metrics: dict = {}
     samples = run_lm_eval(config, write_task_config(dataset_dir, work_dir / "lm_eval_task",
-                                                     test_file, icl, general_file), tasks,
-                          metrics)
+                                                     test_file, icl, general_file,
+                                                     answer_tokens(config.base_model_path,
+                                                                   experts)),
+                          tasks, metrics)
     general = metrics.get(GENERAL_TASK, {})
     gold, predicted = score_generations(samples[gen_task])
     guard, guard_fallbacks = None, None
@@ -335,8 +363,9 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
         predicted = guarded
     mc_gold, mc_predicted = score_samples(samples[mc_task])
-    accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted,
-                                                                      list(EXPERTS))
+    # a champion trained before an expert was added never names it: the label space is the
+    # dataset's, so its per-expert figures show the miss
+    accuracy, macro_f1, per_expert, confusion = classification_report(gold, predicted, experts)
     mc_accuracy = sum(g == p for g, p in zip(mc_gold, mc_predicted, strict=True)) / max(
         1, len(mc_gold))
     docs = _read_jsonl(test_file)[: config.latency_queries]
@@ -347,7 +376,10 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         prompts = [(doc_to_text_icl if icl else doc_to_text)(d) for d in docs]
     latency = measure_latency(config.base_model_path, config.adapter_dir,
                               [d["query"] for d in docs], config.latency_warmup, config.threads,
-                              prompts=prompts, batch_size=config.throughput_batch_size)
+                              prompts=prompts, batch_size=config.throughput_batch_size,
+                              # a trained router answers over its own label space
+                              experts=None if config.adapter_dir else experts,
+                              system=None if config.adapter_dir else manifest.get("system_prompt"))
     prompting = (f"in-context (k={config.icl_examples})" if icl
                  else "fine-tuned" if config.adapter_dir or config.mlflow_run_id else "zero-shot")
     result = EvaluateResult(

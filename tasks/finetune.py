@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from tasks.catalog import CandidateSpec, CatalogError, load_catalog
 from tasks.config import get_paths
+from tasks.core.workload import manifest_experts
 from tasks.scope_guard import build_for_training_set
 from tasks.settings import parse_config
 from tasks.train_worker import CHECKPOINT_DIR, TrainJob, die_with_parent, latest_checkpoint
@@ -194,6 +195,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         if not required.is_file():
             raise FileNotFoundError(f"dataset folder {dataset_dir} has no {required.name}")
     manifest = json.loads(manifest_path.read_text())
+    experts, fallback = manifest_experts(manifest)
 
     base_path = resolve_base(spec, paths.home)
     nproc = config.nproc or (max(1, spec.resources.gpus) if torch.cuda.is_available() else 1)
@@ -211,6 +213,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     job = TrainJob(candidate=spec.name, family=spec.family, method=spec.method,
                    base_model=spec.base_model, base_model_path=base_path,
                    train_path=str(train_path.resolve()), dataset_digest=manifest["digest"],
+                   labels=experts, fallback_expert=fallback,
+                   system_prompt=manifest.get("system_prompt"),
                    output_dir=str(out.resolve()),
                    deepspeed_config=str(spec.deepspeed_config_path()),
                    hyperparameters=spec.hyperparameters, seed=config.seed,
@@ -225,7 +229,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                 _launch(job, out, config, nproc)
             result = _result(spec, job, manifest, out, active.info.run_id)
             result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
-                                                        result.adapter_dir)
+                                                        result.adapter_dir, fallback)
             _log_summary(result, json.loads((out / "train_metrics.json").read_text()), out,
                          spec)
     else:
@@ -233,7 +237,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             _launch(job, out, config, nproc)
         result = _result(spec, job, manifest, out, None)
         result.scope_guard = build_for_training_set(train_path, spec.scope_guard_budget,
-                                                    result.adapter_dir)
+                                                    result.adapter_dir, fallback)
     (out / "finetune_result.json").write_text(result.model_dump_json(indent=1))
     return result
 

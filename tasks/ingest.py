@@ -65,6 +65,7 @@ from tasks.core.files import (
     write_arrow_atomic,
     write_bytes_atomic,
 )
+from tasks.core.workload import Decision, list_workloads, read_workload
 from tasks.records import (
     FLAT_COLUMNS,
     MAX_NESTING,
@@ -136,6 +137,10 @@ class IngestConfig(BaseModel):
                                 max_length=20,
                                 description="Glob patterns of landing files to read; names "
                                             "starting with '_' or '.' are never read")
+
+    workloads_dir: str | None = Field(None, description=(
+        "Folder of workload files, whose 'decision' says where each workload's records hold "
+        "the agent's decision (default $FLYWHEEL_WORKLOADS; the shipped ones are found too)"))
 
     @field_validator("patterns")
     @classmethod
@@ -409,8 +414,10 @@ def _number(obj: dict[str, Any], name: str, where: str = "") -> float | None:
     return float(value)
 
 
-def flatten_record(obj: dict[str, Any]) -> dict[str, Any]:
-    """One contract record as a row of ``FLAT_COLUMNS`` (without provenance).
+def flatten_record(obj: dict[str, Any],
+                   decision_of: Callable[[str | None], Decision] | None = None) -> dict[str, Any]:
+    """One contract record as a row of ``FLAT_COLUMNS`` (without provenance); its route is read
+    as its workload's file says (``decision_of(workload_id)``, default: ``route_to(expert=)``).
 
     Raises:
         RecordError: the record's shape breaks the contract; the message says how.
@@ -429,7 +436,8 @@ def flatten_record(obj: dict[str, Any]) -> dict[str, Any]:
         "client_id": _text(obj, "client_id"),
         "model": _text(obj, "model"),
         "query": query_of(obj.get("request")),
-        "route": route_of(obj.get("response")),
+        "route": route_of(obj.get("response"),
+                          decision_of(obj.get("workload_id")) if decision_of else None),
         "latency_ms": _number(obj, "latency_ms"),
         "ttft_ms": _number(obj, "ttft_ms"),
         "rating": _number(feedback, "rating", "feedback."),
@@ -659,7 +667,7 @@ def ingest(config: IngestConfig) -> IngestResult:
         with (ChunkedTableWriter(staging_dir / "records.parquet", STAGED_COLUMNS) as records,
               ChunkedTableWriter(staging_dir / "feedback.parquet", FEEDBACK_COLUMNS) as events,
               ChunkedTableWriter(quarantine_path, QUARANTINE_COLUMNS) as rejected):
-            stager = _Stager(records, events, rejected)
+            stager = _Stager(records, events, rejected, config.workloads_dir)
             for (name, path, stat), digest, before in zip(candidates, digests, staged_before,
                                                            strict=True):
                 if before or digest in seen:  # the same content twice in one delivery: once
@@ -702,11 +710,23 @@ class _Stager:
     """
 
     def __init__(self, records: ChunkedTableWriter, events: ChunkedTableWriter,
-                 rejected: ChunkedTableWriter):
+                 rejected: ChunkedTableWriter, workloads_dir: str | None = None):
         self.records, self.events, self.rejected = records, events, rejected
+        self.workloads_dir = workloads_dir
+        self._decisions: dict[str | None, Decision] = {}
         self.pii: dict[str, int] = {}
         self._cached: Callable[[str], tuple[str, dict[str, int]]] = functools.lru_cache(
             maxsize=REDACT_CACHE_SIZE)(redact)
+
+    def _decision_of(self, workload_id: str | None) -> Decision:
+        """How ``workload_id``'s records hold their decision (its file's ``decision``); a
+        workload without a file is read as the router's and quarantined by validation."""
+        if workload_id not in self._decisions:
+            files = list_workloads(self.workloads_dir)
+            self._decisions[workload_id] = (
+                read_workload(files[workload_id]).decision
+                if isinstance(workload_id, str) and workload_id in files else Decision())
+        return self._decisions[workload_id]
 
     def _redact(self, text: str) -> tuple[str, dict[str, int]]:
         return self._cached(text) if len(text) <= REDACT_CACHE_MAX_CHARS else redact(text)
@@ -721,7 +741,7 @@ class _Stager:
                     return
                 if obj.get("kind") not in (None, "record"):
                     raise RecordError(f"unknown kind {obj.get('kind')!r}")
-                self.records.append({**flatten_record(obj), **where})
+                self.records.append({**flatten_record(obj, self._decision_of), **where})
                 return
             except RecordError as exc:
                 error = str(exc)

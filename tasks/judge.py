@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT
 from tasks.core.clock import now_iso
 from tasks.core.errors import validation_problems
+from tasks.core.workload import WorkloadSettings
 from tasks.review import ReviewStore, confirmed_labels
 
 if TYPE_CHECKING:
@@ -58,13 +58,11 @@ PROMPTS = Path(__file__).resolve().parent / "judge_prompts"
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
-class JudgeConfig(BaseModel):
+class JudgeConfig(WorkloadSettings):
     """Settings of ``flywheel attribute``."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
                                                "or ~/.flywheel)")
-    workload_id: str = Field("router", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
-                             description="Which agent node's records to judge")
     start: datetime | None = Field(None, description="Window start, inclusive (UTC if naive)")
     end: datetime | None = Field(None, description="Window end, exclusive (UTC if naive)")
     backend: Literal["knn-vote", "openai"] = Field(
@@ -107,8 +105,6 @@ class JudgeConfig(BaseModel):
     qdrant_url: str | None = Field(None, description="Qdrant server (default "
                                                      "$FLYWHEEL_QDRANT_URL; none: local mode)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the audit sample")
-    experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
-                               description="The router's expert agents")
     preview_items: int = Field(25, ge=0, le=500,
                                description="Pending items listed in the result (for the "
                                            "Airflow UI review task)")
@@ -244,8 +240,13 @@ class OpenAIJudge:
 
         self.config = config
         self.name = f"openai:{config.model}"
+        from tasks.core.workload import describe_experts
+
+        fallback = config.fallback_expert
         self.system = (PROMPTS / "judge_system.txt").read_text().format(
-            experts=", ".join(config.experts), fallback=FALLBACK_EXPERT)
+            expert_list=describe_experts(config.experts, config.workload()),
+            fallback_line=f'"{fallback}" is for requests that no other expert covers.\n'
+            if fallback else "")
         self.user = (PROMPTS / "judge_user.txt").read_text()
         headers = {"Content-Type": "application/json"}
         if key := os.environ.get(config.api_key_env):
@@ -382,7 +383,10 @@ def attribute(config: JudgeConfig) -> AttributeResult:
                 last = previous.get(rid) or {}
                 return last.get("judge") != name or 0 < tries(rid) < config.max_attempts
 
-            todo = negatives if config.rejudge else negatives[negatives["id"].map(due)]
+            # astype(bool): an empty window's map is an object Series, which pandas would
+            # read as a list of column names
+            todo = negatives if config.rejudge else negatives[
+                negatives["id"].map(due).astype(bool)]
             retried = int(todo["id"].map(tries).astype(bool).sum())
             if config.backend == "knn-vote":
                 verdicts = knn_vote(index, todo, config)

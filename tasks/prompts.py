@@ -5,7 +5,7 @@ Two renderings of one instruction:
 - **chat** (a base model whose tokenizer has a chat template, e.g. SmolLM2-Instruct): a system
   message names the workload's experts, the user message is the query, and the model's answer
   turn is opened by the template; the router answers `` <expert>`` and its end-of-turn token.
-- **plain** (a model without a chat template, e.g. the tiny test models): ``Route this employee
+- **plain** (a model without a chat template, e.g. the tiny test models): ``Route this
   question to one expert.\\nQuery: <question>\\nExpert:`` completed with `` <expert>``.
 
 Which one a model gets depends only on its tokenizer, so training (:mod:`tasks.train_worker`),
@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-PROMPT_TEMPLATE = "Route this employee question to one expert.\nQuery: {query}\nExpert:"
+PROMPT_TEMPLATE = "Route this question to one expert.\nQuery: {query}\nExpert:"
 SYSTEM_TEMPLATE = ("Route the user's question to the one expert who should answer it. "
                    "Experts: {experts}. Answer with the expert's name only.")
+#: what a router answers when its completion names no expert and its workload has no fallback
+NO_EXPERT = "(none)"
 #: lm-eval joins context and continuation with this; training targets use the same separator.
 TARGET_DELIMITER = " "
 
@@ -45,24 +47,31 @@ def uses_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def system_message(experts: Sequence[str] | None, system: str | None = None) -> str:
+    """The chat rendering's system message: the workload's own (``system``, its file's prompt
+    with the experts filled in) or the default naming ``experts``."""
+    return system or SYSTEM_TEMPLATE.format(experts=", ".join(experts or ()))
+
+
 def render_prompt(query: str, experts: Sequence[str] | None = None,
-                  tokenizer: Any = None) -> str:
+                  tokenizer: Any = None, system: str | None = None) -> str:
     """The text a causal-LM router completes with `` <expert>``.
 
     Args:
         query: the user's question (whitespace is normalised).
         experts: the workload's experts, named in the chat rendering's system message.
         tokenizer: the model's tokenizer; with a chat template, the chat rendering is used.
+        system: the workload's system message (default: one naming ``experts``).
     """
     if tokenizer is None or not uses_chat_template(tokenizer):
         return format_prompt(query)
-    system = SYSTEM_TEMPLATE.format(experts=", ".join(experts or ()))
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": _clean(query)}]
+    messages = [{"role": "system", "content": system_message(experts, system)},
+                {"role": "user", "content": _clean(query)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_icl_prompt(query: str, shots: Sequence[dict], experts: Sequence[str] | None = None,
-                      tokenizer: Any = None) -> str:
+                      tokenizer: Any = None, system: str | None = None) -> str:
     """The prompt preceded by solved examples (``{"query", "expert"}``, nearest last), each in
     the very format the model is asked to complete: earlier chat turns for a chat model, plain
     prompt + answer blocks otherwise."""
@@ -70,8 +79,7 @@ def render_icl_prompt(query: str, shots: Sequence[dict], experts: Sequence[str] 
         solved = "".join(format_prompt(s["query"]) + format_target(s["expert"]) + "\n\n"
                          for s in shots)
         return solved + format_prompt(query)
-    messages = [{"role": "system",
-                 "content": SYSTEM_TEMPLATE.format(experts=", ".join(experts or ()))}]
+    messages = [{"role": "system", "content": system_message(experts, system)}]
     for shot in shots:
         messages += [{"role": "user", "content": _clean(shot["query"])},
                      {"role": "assistant", "content": format_target(shot["expert"])}]
@@ -89,13 +97,14 @@ def end_token_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
-def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None) -> list[int]:
+def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None,
+               system: str | None = None) -> list[int]:
     """Token ids of the rendered prompt, as training, latency measurement and serving feed them.
 
     The plain rendering starts with the tokenizer's BOS (when it has one); a chat template
     writes its own special tokens.
     """
-    ids = tokenizer(render_prompt(query, experts, tokenizer),
+    ids = tokenizer(render_prompt(query, experts, tokenizer, system),
                     add_special_tokens=False)["input_ids"]
     if not uses_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids

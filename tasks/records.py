@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks.config import EXPERTS, ROUTE_TOOL
+from tasks.config import EXPERTS
+from tasks.core.workload import Decision
 
 SCHEMA_VERSION = 1
 
@@ -83,59 +84,60 @@ def nesting_error(value: Any, limit: int = MAX_NESTING) -> str | None:
     return None
 
 
-def route_tool_schema(experts: tuple[str, ...] = EXPERTS) -> dict[str, Any]:
-    """The OpenAI tool definition of ``route_to(expert=...)``."""
+def route_tool_schema(experts: tuple[str, ...] = EXPERTS,
+                      decision: Decision | None = None) -> dict[str, Any]:
+    """The OpenAI tool definition of the router's tool (``route_to(expert=...)`` by default)."""
+    decision = decision or Decision()
     return {
         "type": "function",
         "function": {
-            "name": ROUTE_TOOL,
+            "name": decision.tool,
             "description": "Hand the question to one expert agent.",
             "parameters": {
                 "type": "object",
-                "properties": {"expert": {"type": "string", "enum": list(experts)}},
-                "required": ["expert"],
+                "properties": {decision.argument: {"type": "string", "enum": list(experts)}},
+                "required": [decision.argument],
             },
         },
     }
 
 
-def make_request(query: str, experts: tuple[str, ...] = EXPERTS) -> dict[str, Any]:
-    """An OpenAI chat request asking the router to route ``query``."""
-    return {
-        "messages": [
-            {"role": "system", "content": ROUTER_SYSTEM_PROMPT},
-            {"role": "user", "content": query},
-        ],
-        "tools": [route_tool_schema(experts)],
-        "tool_choice": "required",
-    }
+def make_request(query: str, experts: tuple[str, ...] | list[str] = EXPERTS,
+                 decision: Decision | None = None, system: str | None = None
+                 ) -> dict[str, Any]:
+    """An OpenAI chat request asking the agent to decide on ``query``: the router's tool
+    (``tool_call``), one tool per expert (``function_name``) or none (``content``)."""
+    decision = decision or Decision()
+    request: dict[str, Any] = {"messages": [
+        {"role": "system", "content": system or ROUTER_SYSTEM_PROMPT},
+        {"role": "user", "content": query},
+    ]}
+    if decision.kind == "tool_call":
+        request.update(tools=[route_tool_schema(tuple(experts), decision)], tool_choice="required")
+    elif decision.kind == "function_name":
+        request.update(tools=[{"type": "function", "function": {
+            "name": name, "parameters": {"type": "object", "properties": {}}}}
+            for name in experts], tool_choice="required")
+    return request
 
 
-def make_response(expert: str, call_id: str) -> dict[str, Any]:
-    """An OpenAI chat response whose decision is the tool call ``route_to(expert=...)``."""
-    return {
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": call_id,
-                            "type": "function",
-                            "function": {
-                                "name": ROUTE_TOOL,
-                                "arguments": json.dumps({"expert": expert}),
-                            },
-                        }
-                    ],
-                },
-            }
-        ],
-    }
+def make_response(expert: str, call_id: str, decision: Decision | None = None
+                  ) -> dict[str, Any]:
+    """An OpenAI chat response holding the decision ``expert`` where ``decision`` says to
+    look (default: the tool call ``route_to(expert=...)``)."""
+    decision = decision or Decision()
+    if decision.kind == "content":
+        message: dict[str, Any] = {"role": "assistant", "content": expert}
+        finish = "stop"
+    else:
+        function = ({"name": decision.tool,
+                     "arguments": json.dumps({decision.argument: expert})}
+                    if decision.kind == "tool_call" else {"name": expert, "arguments": "{}"})
+        message = {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": call_id, "type": "function", "function": function}]}
+        finish = "tool_calls"
+    return {"object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}]}
 
 
 class RecordError(ValueError):
@@ -157,27 +159,49 @@ def query_of(request: Any) -> str:
     raise RecordError("request.messages has no user message")
 
 
-def route_of(response: Any) -> str:
-    """The expert a router response chose: the ``route_to`` tool call, else the message text."""
+def route_of(response: Any, decision: Decision | None = None) -> str:
+    """The decision a logged response holds, read as its workload's file says (``decision``;
+    default: the router's ``route_to(expert=...)`` tool call):
+
+    - ``tool_call``: the named argument of the named tool call, else the message's text (a
+      router that answers in words);
+    - ``function_name``: the name of the function a tool-calling agent called;
+    - ``content``: the message's text.
+    """
+    decision = decision or Decision()
     try:
         message = response["choices"][0]["message"]
     except (TypeError, KeyError, IndexError) as exc:
         raise RecordError("response.choices[0].message is missing") from exc
     if not isinstance(message, dict):
         raise RecordError("response.choices[0].message is not an object")
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", {}) if isinstance(call, dict) else {}
-        if function.get("name") != ROUTE_TOOL:
+    calls = [call.get("function") for call in message.get("tool_calls") or []
+             if isinstance(call, dict) and isinstance(call.get("function"), dict)]
+    content = message.get("content")
+    text = content.strip() if isinstance(content, str) and content.strip() else None
+    if decision.kind == "function_name":
+        for function in calls:
+            if isinstance(function.get("name"), str) and function["name"]:
+                return function["name"]
+        raise RecordError("response has no tool call naming a function (the workload's "
+                          "decision is the function's name)")
+    if decision.kind == "content":
+        if text is None:
+            raise RecordError("response has no text content (the workload's decision is the "
+                              "message's text)")
+        return text
+    tool, argument = decision.tool, decision.argument
+    for function in calls:
+        if function.get("name") != tool:
             continue
         arguments = function.get("arguments")
         try:
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
         except json.JSONDecodeError as exc:
-            raise RecordError(f"{ROUTE_TOOL} arguments are not valid JSON: {exc.msg}") from exc
-        if not isinstance(arguments, dict) or not isinstance(arguments.get("expert"), str):
-            raise RecordError(f"{ROUTE_TOOL} call has no string 'expert' argument")
-        return arguments["expert"]
-    content = message.get("content")
-    if isinstance(content, str) and content.strip():
-        return content.strip()
-    raise RecordError(f"response has neither a {ROUTE_TOOL} tool call nor text content")
+            raise RecordError(f"{tool} arguments are not valid JSON: {exc.msg}") from exc
+        if not isinstance(arguments, dict) or not isinstance(arguments.get(argument), str):
+            raise RecordError(f"{tool} call has no string {argument!r} argument")
+        return arguments[argument]
+    if text is not None:
+        return text
+    raise RecordError(f"response has neither a {tool} tool call nor text content")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -283,7 +284,9 @@ def report_data(cycle_id: str, workload_id: str, ingested: dict, validated: dict
         alarm=validated.get("alarm") or None,
         headline=[("winner", _winner_text(evaluations, verdict_list, winner)),
                   ("registry", " ".join(registry)),
-                  ("champion after this cycle", _champion_text(after))],
+                  ("champion after this cycle", _champion_text(after)),
+                  *([("label space", label_space_text(dataset))]
+                    if dataset.get("label_space_change") else [])],
         funnel=Table(["stage", "records"], data_rows, numeric=(1,)),
         dataset_version=str(dataset.get("version") or "-"),
         n_test=dataset.get("n_test", "-"),
@@ -300,6 +303,15 @@ def report_data(cycle_id: str, workload_id: str, ingested: dict, validated: dict
         images=images, charts=charts)
 
 
+def label_space_text(dataset: dict[str, Any]) -> str:
+    """What changed in the workload's experts since the previous dataset version."""
+    added = (dataset.get("label_space_change") or {}).get("added") or []
+    return (f"changed: {', '.join(added)} added to the workload's experts. The frozen test "
+            f"split grows to include {'it' if len(added) == 1 else 'them'}; a champion trained "
+            f"before cannot name {'it' if len(added) == 1 else 'them'} (see its per-expert "
+            f"scores), so it is compared on the new label space as it is.")
+
+
 def to_markdown(data: ReportData) -> str:
     """The report as Markdown (also readable as plain text in a terminal or task log)."""
     from tabulate import tabulate
@@ -312,6 +324,8 @@ def to_markdown(data: ReportData) -> str:
         *([f"**Data alarm:** {data.alarm}", ""] if data.alarm else []),
         "## Data funnel", "", table(data.funnel), "",
         f"Dataset version {data.dataset_version}.", "",
+        *[line for label, text in data.headline if label == "label space"
+          for line in (f"**Label space {text}**", "")],
         f"## Models on the frozen test split ({data.n_test} queries)", "", table(data.models), "",
         data.models_note, "",
         *([data.guard, ""] if data.guard else []),

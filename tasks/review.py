@@ -52,9 +52,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.config import EXPERTS, get_paths
+from tasks.config import get_paths
 from tasks.core.clock import now_iso
 from tasks.core.files import atomic_path, file_lock, write_jsonl_atomic
+from tasks.core.workload import WorkloadSettings, teacher_models
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,18 +200,21 @@ def confirmed_labels(window: pd.DataFrame, decisions: dict[str, dict[str, Any]],
 # ------------------------------------------------------------------------------------ traffic audit
 
 
-def teacher_mask(records: pd.DataFrame, teacher_model: str | None = None) -> pd.Series:
-    """Which logged records the production teacher routed: ``teacher_model``'s where given, else
+def teacher_mask(records: pd.DataFrame,
+                 teacher_model: str | list[str] | None = None) -> pd.Series:
+    """Which logged records the production teacher routed: those of ``teacher_model`` (one
+    logged model name or several, e.g. a workload file's ``teacher_models``) where given, else
     every model not named ``flywheel-...`` (the flywheel's own students, logged by
     :mod:`tasks.agent`; the same rule as :func:`tasks.curate.teacher_labelled`)."""
     from tasks.config import STUDENT_PREFIX
 
     model = records["model"].astype(str)
-    return (model == teacher_model) if teacher_model else ~model.str.startswith(STUDENT_PREFIX)
+    names = [teacher_model] if isinstance(teacher_model, str) else list(teacher_model or [])
+    return model.isin(names) if names else ~model.str.startswith(STUDENT_PREFIX)
 
 
 def draw_traffic_audit(store: ReviewStore, window: pd.DataFrame, size: int, seed: int,
-                       teacher_model: str | None = None
+                       teacher_model: str | list[str] | None = None
                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Draw a window's traffic audit: ``size`` of the teacher's records at random, whatever their
     feedback.
@@ -343,13 +347,11 @@ def announce_calibration(cal: dict[str, Any], judge: str | None = None) -> None:
 # ------------------------------------------------------------------------------------ the stage
 
 
-class ReviewConfig(BaseModel):
+class ReviewConfig(WorkloadSettings):
     """Settings of ``flywheel review`` (the stage)."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
                                                "or ~/.flywheel)")
-    workload_id: str = Field("router", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$",
-                             description="Which agent node's review queue")
     mode: Literal["simulated", "ui", "skip"] = Field(
         "simulated", description="Who answers this cycle: 'simulated' (an SME simulated from "
                                  "the simulator's gold labels; demo only), 'ui' (apply the "
@@ -381,8 +383,6 @@ class ReviewConfig(BaseModel):
     min_agreement: float = Field(0.7, ge=0.0, le=1.0,
                                  description="Judge/SME agreement below which the judge's "
                                              "calibration is reported as an alarm")
-    experts: list[str] = Field(list(EXPERTS), min_length=1, max_length=1000,
-                               description="Labels allowed: the router's expert agents")
     ui_response: dict[str, Any] | None = Field(
         None, description="The Airflow UI review task's answer (chosen_options, params_input), "
                           "for mode 'ui'")
@@ -531,7 +531,8 @@ def review(config: ReviewConfig) -> ReviewResult:
             window = load_store(config.home, workload_id=config.workload_id, start=config.start,
                                 end=config.end)
             sample, items = draw_traffic_audit(store, window, config.traffic_audit_size,
-                                               config.seed, config.teacher_model)
+                                               config.seed, teacher_models(
+                                                   config.teacher_model, config.workload()))
             store.append("traffic_audit", sample)
             store.append("queue", items)
         if config.mode == "simulated":
@@ -673,15 +674,13 @@ class ExportConfig(BaseModel):
                                                      "current label)")
 
 
-class ImportConfig(BaseModel):
+class ImportConfig(WorkloadSettings):
     """Settings of ``flywheel review import``."""
 
     home: str | None = Field(None, description="Flywheel home folder")
-    workload_id: str = Field("router", description="Whose review queue")
     file: Path = Field(description="The filled-in export (.csv or .jsonl)")
     reviewer: str = Field(min_length=1, max_length=200, description="Who reviewed (recorded "
                                                                     "with every decision)")
-    experts: list[str] = Field(list(EXPERTS), min_length=1, description="Labels allowed")
 
 
 class StatusConfig(BaseModel):

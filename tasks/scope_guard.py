@@ -173,16 +173,21 @@ class ScopeGuard:
             raise ValueError(f"scope guard {path} is unreadable: {exc}") from exc
 
 
-def build_for_training_set(train_path: str | Path, budget: float, out: str | Path
-                           ) -> dict[str, Any] | None:
+def build_for_training_set(train_path: str | Path, budget: float, out: str | Path,
+                           fallback: str | None = FALLBACK_EXPERT) -> dict[str, Any] | None:
     """Build and save the guard of a ``train.jsonl`` into ``out``; its description, or None
-    (printed why) when the budget is 0 or the set is too small for one."""
+    (printed why) when the budget is 0, the workload has no fallback expert to send
+    out-of-scope queries to, or the set is too small for one."""
     if budget <= 0:
+        return None
+    if fallback is None:
+        print("no scope guard: the workload has no fallback expert", flush=True)
         return None
     rows = [json.loads(line) for line in Path(train_path).read_text().splitlines()
             if line.strip()]
     try:
-        guard = ScopeGuard.build([r["query"] for r in rows], [r["expert"] for r in rows], budget)
+        guard = ScopeGuard.build([r["query"] for r in rows], [r["expert"] for r in rows], budget,
+                                 fallback)
     except ValueError as exc:
         print(f"no scope guard: {exc}", flush=True)
         return None

@@ -31,7 +31,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is im
 
 import mlflow.pyfunc  # noqa: E402  (the pyfunc class below subclasses it)
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
+from tasks.core.workload import trained_label_space  # noqa: E402
 
 #: artifact keys of the pyfunc model
 BASE_ARTIFACT = "base_model"
@@ -50,16 +50,24 @@ class Router:
         base_model_path: base model folder (or hub id in production).
         adapter_dir: PEFT adapter folder; none = the base model as it is.
         threads: CPU threads torch may use.
-        experts: the names the router may answer.
+        experts: the names the router may answer (default: the label space the adapter was
+            trained over, recorded beside it).
+        fallback: the expert of a query the router names no expert for (default: the trained
+            one's).
+        system: the workload's system message (default: the trained one's).
     """
 
     def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2,
-                 experts: tuple[str, ...] = EXPERTS) -> None:
+                 experts: tuple[str, ...] | list[str] | None = None,
+                 fallback: str | None = None, system: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
-        self.experts = tuple(experts)
+        trained = trained_label_space(adapter_dir or base_model_path, experts)
+        self.experts = tuple(trained["labels"])
+        self.fallback = fallback or trained.get("fallback_expert")
+        self.system = system or trained.get("system_prompt")
         tokenizer_dir = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else \
             base_model_path
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -83,7 +91,7 @@ class Router:
         """The prompt this router completes for ``query`` (chat template or plain)."""
         from tasks.prompts import render_prompt
 
-        return render_prompt(query, self.experts, self.tokenizer)
+        return render_prompt(query, self.experts, self.tokenizer, self.system)
 
     def _encode(self, prompts: list[str]) -> dict:
         """Whole prompts as model inputs, special tokens as training wrote them: the plain
@@ -107,12 +115,13 @@ class Router:
 
     def route(self, query: str) -> str:
         """The expert for ``query``; the fallback expert when the scope guard says the query is
-        unlike the training data or the completion names no expert."""
-        from tasks.prompts import parse_expert
+        unlike the training data or the completion names no expert (``(none)`` when the
+        workload has no fallback)."""
+        from tasks.prompts import NO_EXPERT, parse_expert
 
         if self.guard is not None and self.guard.out_of_scope([query])[0]:
             return self.guard.fallback
-        return parse_expert(self.generate(query), self.experts) or FALLBACK_EXPERT
+        return parse_expert(self.generate(query), self.experts) or self.fallback or NO_EXPERT
 
     def generate_batch(self, prompts: list[str]) -> list[str]:
         """Completions of a batch of whole prompts (left-padded), for the throughput figure."""
@@ -155,14 +164,16 @@ def _queries(model_input: Any) -> list[str]:
 class EncoderRouter:
     """An encoder router (sequence classifier, LoRA merged) with the causal router's ``route``."""
 
-    def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2):
+    def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2,
+                 experts: list[str] | None = None):
         import torch
 
         from tasks.encoder_router import load_classifier
         from tasks.scope_guard import ScopeGuard
 
         torch.set_num_threads(threads)
-        self.model, self.tokenizer, self.labels = load_classifier(base_model_path, adapter_dir)
+        self.model, self.tokenizer, self.labels = load_classifier(base_model_path, adapter_dir,
+                                                                  experts)
         self.guard = ScopeGuard.load(adapter_dir or base_model_path)
 
     def route(self, query: str) -> str:
@@ -189,12 +200,15 @@ class RouterModel(mlflow.pyfunc.PythonModel):
         if config.get("family") == "encoder":
             self.router = EncoderRouter(context.artifacts[BASE_ARTIFACT],
                                         context.artifacts.get(ADAPTER_ARTIFACT),
-                                        threads=int(config.get("threads", 2)))
+                                        threads=int(config.get("threads", 2)),
+                                        experts=config.get("experts"))
             return
         self.router = Router(context.artifacts[BASE_ARTIFACT],
                              context.artifacts.get(ADAPTER_ARTIFACT),
                              threads=int(config.get("threads", 2)),
-                             experts=tuple(config.get("experts") or EXPERTS))
+                             experts=config.get("experts"),
+                             fallback=config.get("fallback_expert"),
+                             system=config.get("system_prompt"))
 
     # no type hints here: MLflow would infer a schema from them; the signature is given instead
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
@@ -237,12 +251,16 @@ def _code_copy(staging: Path) -> Path:
 
 def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
                      workload_id: str, paths: Any = None, threads: int = 2,
-                     family: str = "causal_lm") -> Any:
+                     family: str = "causal_lm", experts: list[str] | None = None) -> Any:
     """Log the router as a pyfunc model into the run ``run_id``; returns MLflow's ModelInfo.
 
     ``family`` picks how it routes when loaded: ``causal_lm`` generates the expert's name,
-    ``encoder`` classifies the query (:mod:`tasks.encoder_router`).
+    ``encoder`` classifies the query (:mod:`tasks.encoder_router`). The model's config carries
+    its label space (the experts it was trained over, its fallback and system message), so a
+    served router of any workload routes over its own experts; ``experts`` names them for a
+    model with no training record (an untrained base model).
     """
+    trained = trained_label_space(adapter_dir or base_model_path, experts)
     import shutil
     import tempfile
 
@@ -265,7 +283,10 @@ def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
             name=MODEL_NAME_IN_RUN, python_model=RouterModel(),
             artifacts={k: str(v) for k, v in artifacts.items()}, signature=signature,
             pip_requirements=_requirements(), code_paths=[str(_code_copy(Path(staging)))],
-            model_config={"experts": list(EXPERTS), "threads": threads, "family": family})
+            model_config={"experts": list(trained["labels"]),
+                          "fallback_expert": trained.get("fallback_expert"),
+                          "system_prompt": trained.get("system_prompt"),
+                          "threads": threads, "family": family})
 
 
 def load_champion(workload_id: str = "router", alias: str = "champion", home: str | None = None

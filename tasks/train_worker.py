@@ -45,7 +45,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tasks.catalog import Hyperparameters
-from tasks.config import EXPERTS
 from tasks.core.files import write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
@@ -69,8 +68,13 @@ class TrainJob(BaseModel):
     output_dir: str
     deepspeed_config: str
     hyperparameters: Hyperparameters
-    labels: list[str] = Field(default_factory=lambda: list(EXPERTS),
-                              description="Classifier labels (encoder family), in order.")
+    labels: list[str] = Field(min_length=1, description=(
+        "The workload's experts, in order: a classifier's labels (encoder family), the "
+        "choices named in a causal router's prompt."))
+    fallback_expert: str | None = Field(None, description="The expert of queries no other "
+                                                          "expert handles (none: no fallback).")
+    system_prompt: str | None = Field(None, description="The workload's system message (chat "
+                                                        "models; none: the default).")
     seed: int = 0
     threads: int = 2
     fingerprint: str = Field("", description="Identity of the job, for resuming on retry.")
@@ -97,7 +101,8 @@ def read_examples(path: str | Path) -> list[dict]:
     return rows
 
 
-def fit_prompt(tokenizer, query: str, experts: Sequence[str], budget: int) -> list[int]:
+def fit_prompt(tokenizer, query: str, experts: Sequence[str], budget: int,
+               system: str | None = None) -> list[int]:
     """The prompt's token ids in at most ``budget`` tokens, shortening the query, never the rest.
 
     The instruction (or chat template and system message) and the answer are what the router
@@ -105,30 +110,30 @@ def fit_prompt(tokenizer, query: str, experts: Sequence[str], budget: int) -> li
     """
     from tasks.prompts import prompt_ids
 
-    prompt = prompt_ids(tokenizer, query, experts)
+    prompt = prompt_ids(tokenizer, query, experts, system)
     if len(prompt) <= budget:
         return prompt
     words = tokenizer(query, add_special_tokens=False)["input_ids"]
     keep = len(words) - (len(prompt) - budget)
     while keep > 0:
-        prompt = prompt_ids(tokenizer, tokenizer.decode(words[:keep]), experts)
+        prompt = prompt_ids(tokenizer, tokenizer.decode(words[:keep]), experts, system)
         if len(prompt) <= budget:
             return prompt
         keep -= len(prompt) - budget
-    fixed = len(prompt_ids(tokenizer, "", experts))
+    fixed = len(prompt_ids(tokenizer, "", experts, system))
     raise ValueError(f"max_seq_len leaves {budget} tokens for the prompt, but the prompt without "
                      f"its query already takes {fixed}: raise max_seq_len")
 
 
 def causal_rows(examples: list[dict], tokenizer, max_len: int,
-                experts: Sequence[str]) -> list[dict]:
+                experts: Sequence[str], system: str | None = None) -> list[dict]:
     """Prompt + answer (`` expert`` and its end token), the loss on the answer tokens only."""
     from tasks.prompts import answer_ids
 
     rows = []
     for ex in examples:
         answer = answer_ids(tokenizer, ex["expert"])
-        prompt = fit_prompt(tokenizer, ex["query"], experts, max_len - len(answer))
+        prompt = fit_prompt(tokenizer, ex["query"], experts, max_len - len(answer), system)
         rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
     return rows
 
@@ -675,7 +680,7 @@ def train(job_path: Path) -> dict:
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     classifier = job.family == "encoder"
     rows = (encoder_rows(examples, tokenizer, hp.max_seq_len, job.labels) if classifier
-            else causal_rows(examples, tokenizer, hp.max_seq_len, job.labels))
+            else causal_rows(examples, tokenizer, hp.max_seq_len, job.labels, job.system_prompt))
     sampler = EpochSampler([len(r["input_ids"]) for r in rows], hp.batch_size, job.seed)
 
     saved = json.loads((resume / STATE_FILE).read_text()) if resume else None
@@ -776,7 +781,8 @@ def _save_weights(trainer, tokenizer, job, out: Path, rank: int, zero_stage: int
     (folder / "flywheel_training.json").write_text(json.dumps({
         "candidate": job.candidate, "family": job.family, "method": job.method,
         "base_model": job.base_model, "base_model_path": job.base_model_path,
-        "labels": job.labels, "dataset_digest": job.dataset_digest}, indent=1))
+        "labels": job.labels, "fallback_expert": job.fallback_expert,
+        "system_prompt": job.system_prompt, "dataset_digest": job.dataset_digest}, indent=1))
 
 
 def die_with_parent() -> None:

@@ -386,3 +386,43 @@ def test_teacher_labels_go_through_dedup_and_the_leakage_check(tmp_path: Path) -
     assert v2.funnel["leakage_removed"] == 1 and v2.funnel["semantic_duplicates"] == 1
     assert v2.funnel["leakage_pairs"] == 0 and v2.funnel["teacher_labelled"] == 1
     assert ids(v2.test_path) == ids(v1.test_path)
+
+
+def write_workload(folder: Path, experts: tuple[str, ...]) -> None:
+    """The router's workload file in a user's folder (it shadows the shipped one)."""
+    import yaml
+
+    folder.mkdir(exist_ok=True)
+    (folder / "router.yaml").write_text(yaml.safe_dump({
+        "workload_id": "router",
+        "experts": [{"name": e, "description": f"{e} questions"} for e in experts]}))
+
+
+def test_an_added_expert_grows_the_label_space_and_a_removed_one_is_refused(tmp_path: Path
+                                                                            ) -> None:
+    home, folder = tmp_path / "home", tmp_path / "workloads"
+    load(home, "b1", positives(20, 10))  # five experts' traffic, "work" among them
+    write_workload(folder, ("banking", "travel", "home", "utility"))
+    first = run(home, workloads_dir=str(folder))
+    assert first.label_space_change is None  # the first version: nothing to compare with
+    assert set(first.label_counts["train"]) | set(first.label_counts["test"]) == {
+        "banking", "travel", "home", "utility"}  # "work" is no expert of this file yet
+
+    write_workload(folder, ("banking", "travel", "home", "utility", "work"))
+    second = run(home, workloads_dir=str(folder))
+    assert second.label_space_change == {"added": ["work"], "removed": []}
+    manifest = json.loads((Path(second.dataset_dir) / "manifest.json").read_text())
+    assert manifest["experts"] == ["banking", "travel", "home", "utility", "work"]
+    assert manifest["label_space_change"] == {"added": ["work"], "removed": []}
+    assert manifest["lineage"]["parent_version"] == first.version
+    # the frozen test set keeps every earlier test example and grows to include the new expert
+    assert ids(first.test_path) <= ids(second.test_path)
+    assert second.label_counts["test"].get("work", 0) > 0
+
+    write_workload(folder, ("banking", "home", "utility", "work"))
+    from tasks.curate import LabelSpaceError
+
+    with pytest.raises(LabelSpaceError, match="no longer include travel"):
+        run(home, workloads_dir=str(folder))
+    latest = json.loads((home / "datasets" / "router" / "latest.json").read_text())
+    assert latest["version"] == second.version  # nothing written by the refused run

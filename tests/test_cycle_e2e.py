@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,8 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     dag = DagBag(dag_folder="dags").dags["flywheel_cycle"]
     candidate = {"name": "xs-lora", "base_model": TEST_BASE, "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
-    conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
+    conf = {"sme_review": "simulated", "candidates": [candidate], "min_accuracy": 0.0,
+            "max_p95_latency_ms": 60000,
             "window_days": 3, "latency_queries": 5, "max_train_steps": 15,
             "icl_examples": 2, "auto_approve": True, "general_text_docs": 20,
             "max_forgetting": 100.0,
@@ -105,3 +107,96 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
             "champion_history.png", "validation"} <= artifacts
     logged = {a.path for a in client.list_artifacts(cycle_runs[0].info.run_id, "validation")}
     assert "validation/validation.json" in logged
+
+
+#: A second agent: a help desk whose decision is the name of the function it called, with four
+#: experts made of CLINC150's domains, no fallback, and its own teacher model.
+DESK_EXPERTS = {"money": ("banking", "credit_cards"),
+                "household": ("kitchen_and_dining", "home"),
+                "trips": ("travel", "auto_and_commute"),
+                "assistant": ("utility", "small_talk", "meta", "work")}
+
+
+def desk_workload(folder) -> None:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "desk.yaml").write_text(yaml.safe_dump({
+        "workload_id": "desk",
+        "description": "A help desk agent that calls one function per expert.",
+        "experts": [{"name": name, "description": f"questions about {', '.join(domains)}"}
+                    for name, domains in DESK_EXPERTS.items()],
+        "decision": {"kind": "function_name"},
+        "teacher_models": ["desk-teacher-8b"],
+        "prompt": "Pick the desk function for the request.\n{expert_list}",
+        "candidates": ["minilm-router-lora"],
+        "gate": {"min_accuracy": 0.0, "max_p95_latency_ms": 60000},
+    }, sort_keys=False))
+
+
+def desk_records(n: int) -> list[dict]:
+    """Logged decisions of the desk's teacher in the log contract, most rated thumbs-up."""
+    import random
+
+    from tasks.clinc150 import examples
+    from tasks.core.workload import Decision
+    from tasks.records import SCHEMA_VERSION, make_request, make_response
+
+    expert_of = {d: name for name, domains in DESK_EXPERTS.items() for d in domains}
+    pool = [e for e in examples() if e.split == "train" and e.expert in expert_of]
+    picked = random.Random(3).sample(pool, n)
+    decision, now = Decision(kind="function_name"), dt.datetime.now(dt.UTC)
+    records = []
+    for i, example in enumerate(picked):
+        expert = expert_of[example.expert]
+        record = {"schema_version": SCHEMA_VERSION, "id": f"desk-{i}",
+                  "timestamp": (now - dt.timedelta(minutes=5 + i)).isoformat(),
+                  "workload_id": "desk", "client_id": "help-desk", "model": "desk-teacher-8b",
+                  "request": make_request(example.query, list(DESK_EXPERTS), decision),
+                  "response": make_response(expert, f"call-{i}", decision),
+                  "latency_ms": 900.0}
+        if i % 5:
+            record["feedback"] = {"rating": 1, "source": "user"}
+        records.append(record)
+    return records
+
+
+@pytest.mark.slow
+def test_a_second_workload_runs_by_configuration_only(session_home, airflow_db, tmp_path):
+    """Another agent's logs, with other experts and another decision format, go through the
+    same DAG into the same store by configuration alone (a workload file and the run's conf),
+    and its packaged model routes over its own experts."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.state import DagRunState
+
+    from tasks import tracking
+    from tasks.serving import load_champion
+
+    folder = tmp_path / "workloads"
+    desk_workload(folder)
+    landing = session_home / "landing"
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / "desk-agent.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in desk_records(400)))
+
+    dag = DagBag(dag_folder="dags").dags["flywheel_cycle"]
+    # no candidates, no gate thresholds: the workload file's; nobody reviews ('skip')
+    conf = {"workload_id": "desk", "workloads_dir": str(folder), "sme_review": "skip",
+            "window_days": 3, "latency_queries": 5, "max_train_steps": 15, "icl_examples": 0,
+            "general_text_docs": 0, "max_drop_vs_teacher": None}
+    run = dag.test(run_conf=conf)
+    assert run.state == DagRunState.SUCCESS
+
+    mlflow = tracking.configure(tracking.get_paths(str(session_home)))
+    version = mlflow.MlflowClient().get_model_version_by_alias("flywheel-desk", "challenger")
+    assert version.tags["candidate"] == "minilm-router-lora"  # the workload file's candidate
+    dataset = json.loads((session_home / "datasets" / "desk" / "latest.json").read_text())
+    manifest = json.loads((Path(dataset["dataset_dir"]) / "manifest.json").read_text())
+    assert manifest["experts"] == list(DESK_EXPERTS) and manifest["fallback_expert"] is None
+    assert manifest["lineage"]["teacher_model"] == "desk-teacher-8b"
+
+    router = load_champion("desk", alias="challenger", home=str(session_home))
+    assert router.model_config["experts"] == list(DESK_EXPERTS)
+    routed = router.predict(["transfer money to my savings account", "book a hotel in rome",
+                             "set a timer for ten minutes"])
+    assert len(routed) == 3 and set(routed) <= set(DESK_EXPERTS)

@@ -34,6 +34,14 @@ def test_cycle_schedule_and_defaults(dagbag):
         assert t.retries >= 1, f"{t.task_id} has no retries"
     assert {"workload_id", "candidates", "min_accuracy", "max_p95_latency_ms",
             "window_days"} <= set(dag.params.keys())
+    # outside the demo nobody has gold labels: experts review in the UI unless a run says
+    # otherwise, and a cycle trains the catalog's pretrained routers, not the test stand-ins
+    assert dag.params["sme_review"] == "ui"
+    from tasks.catalog import load_catalog
+
+    catalog = load_catalog()
+    assert all(not catalog[name].base_model.startswith("flywheel-")
+               for name in dag.params["candidates"])
 
 
 def test_candidates_param_takes_names_and_whole_entries(dagbag):

@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from tasks.config import EXPERTS
 from tasks.evaluate import (
     NO_EXPERT,
     EvaluateConfig,
@@ -67,9 +68,13 @@ def test_run_task_yaml_points_at_this_test_split(tmp_path):
 
 
 def test_generations_are_scored_by_the_expert_named_first():
-    samples = [{"doc": {"query": "q", "expert": "banking"}, "filtered_resps": [" banking"]},
-               {"doc": {"query": "q", "expert": "travel"}, "filtered_resps": [[" meta\n"]]},
-               {"doc": {"query": "q", "expert": "travel"}, "filtered_resps": ["no idea"]}]
+    experts = list(EXPERTS)  # each document carries its dataset version's experts
+    samples = [{"doc": {"query": "q", "expert": "banking", "choices": experts},
+                "filtered_resps": [" banking"]},
+               {"doc": {"query": "q", "expert": "travel", "choices": experts},
+                "filtered_resps": [[" meta\n"]]},
+               {"doc": {"query": "q", "expert": "travel", "choices": experts},
+                "filtered_resps": ["no idea"]}]
     gold, predicted = score_generations(samples)
     assert gold == ["banking", "travel", "travel"]
     assert predicted == ["banking", "meta", NO_EXPERT]
@@ -294,3 +299,18 @@ def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
     assert (ref.accuracy, ref.n) == (pytest.approx(7 / 9), 9)
     only = teacher_baseline(str(dataset), home=str(tmp_path), teacher_model="teacher-70b")
     assert only.n_traffic_audit == 9
+
+
+def test_documents_carry_their_label_space(tmp_path, xs_base_model):
+    """lm-eval's choices are the dataset version's experts, written into every document; a
+    document without them is an error, never the demo's experts."""
+    from tasks.evaluate import write_prompts
+    from tasks.evaluation.flywheel_routing.utils import choices, doc_to_target
+
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"id": "e1", "query": "reset my vpn", "expert": "it"}) + "\n")
+    with pytest.raises(ValueError, match="'e1' has no 'choices'"):
+        choices(json.loads(test.read_text()))
+    written = write_prompts(test, tmp_path / "out.jsonl", str(xs_base_model), ["hr", "it"])
+    doc = json.loads(written.read_text())
+    assert doc["choices"] == ["hr", "it"] and doc_to_target(doc) == 1

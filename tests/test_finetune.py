@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.catalog import CandidateSpec, Hyperparameters
+from tasks.config import EXPERTS, FALLBACK_EXPERT
 from tasks.finetune import FinetuneConfig, finetune, launch_command
 
 
@@ -28,8 +29,9 @@ def write_dataset(folder: Path, n_train: int = 96, n_test: int = 33) -> Path:
         (folder / f"{name}.jsonl").write_text("".join(
             json.dumps({"id": f"{name}-{i}", "query": e.query, "expert": e.expert}) + "\n"
             for i, e in enumerate(rows)))
-    (folder / "manifest.json").write_text(json.dumps({"version": "vtest", "digest": "0" * 64,
-                                                      "workload_id": "router"}))
+    (folder / "manifest.json").write_text(json.dumps({
+        "version": "vtest", "digest": "0" * 64, "workload_id": "router",
+        "experts": list(EXPERTS), "fallback_expert": FALLBACK_EXPERT}))
     return folder
 
 

@@ -301,11 +301,11 @@ def test_a_failed_run_leaves_no_partial_staging(tmp_path: Path,
     calls = {"n": 0}
     real = ingest_module.flatten_record
 
-    def flaky(obj: dict[str, Any]) -> dict[str, Any]:
+    def flaky(obj: dict[str, Any], *args: Any) -> dict[str, Any]:
         calls["n"] += 1
         if calls["n"] == 7:
             raise MemoryError("simulated crash")
-        return real(obj)
+        return real(obj, *args)
 
     monkeypatch.setattr(ingest_module, "flatten_record", flaky)
     with pytest.raises(MemoryError):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tasks import tracking
@@ -19,6 +21,8 @@ def fake_model(tmp_path, name: str):
     adapter.mkdir(exist_ok=True)
     (base / "config.json").write_text("{}")
     (adapter / "adapter_config.json").write_text("{}")
+    # the label space the fine-tune stage records beside every adapter it trains
+    (adapter / "flywheel_training.json").write_text(json.dumps({"labels": ["hr", "it"]}))
     return str(base), str(adapter)
 
 

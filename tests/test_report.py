@@ -89,6 +89,12 @@ def test_report_shows_funnel_models_gate_registry_and_promotion():
         "alarm": "validate c1: 3 of 5 lines invalid"}, dataset, teacher, evaluations, decision,
         {"registered": False})
     assert "**Data alarm:** validate c1: 3 of 5 lines invalid" in alarmed.split("## Data")[0]
+    assert "Label space" not in alarmed  # unchanged: no sentence about it
+    grown = render("c1", "router", {"lines_in": 1, "quarantined": 0}, {"records_in": 1,
+                   "quarantined": 0, "duplicates": 0, "stored": 1},
+                   {**dataset, "label_space_change": {"added": ["legal"], "removed": []}},
+                   teacher, evaluations, decision, {"registered": False})
+    assert "**Label space changed: legal added to the workload's experts." in grown
 
 
 def test_pareto_front_keeps_only_undominated_models():

@@ -56,8 +56,9 @@ def test_fine_tuned_smollm2_beats_its_base_on_held_out_queries(tmp_path):
         (dataset / f"{name}.jsonl").write_text("".join(
             json.dumps({"id": f"{name}-{i}", "query": e.query, "expert": e.expert}) + "\n"
             for i, e in enumerate(rows)))
-    (dataset / "manifest.json").write_text(json.dumps({"version": "vheld", "digest": "0" * 64,
-                                                      "workload_id": "router"}))
+    (dataset / "manifest.json").write_text(json.dumps({
+        "version": "vheld", "digest": "0" * 64, "workload_id": "router",
+        "experts": list(EXPERTS), "fallback_expert": FALLBACK_EXPERT}))
 
     spec = load_catalog()["smollm2-lora"]
     spec.scope_guard_budget = 0.0  # what the weights learnt, without the guard's help
@@ -76,7 +77,7 @@ def test_fine_tuned_smollm2_beats_its_base_on_held_out_queries(tmp_path):
                        for text in router.generate_batch(prompts[i:i + 16])]
         return sum(r == e.expert for r, e in zip(routed, test, strict=True)) / len(test)
 
-    base = accuracy(Router(trained.base_model_path))
+    base = accuracy(Router(trained.base_model_path, experts=EXPERTS))
     tuned = accuracy(Router(trained.base_model_path, trained.adapter_dir))
     print(f"held-out CLINC150 test queries ({len(test)}): base {base:.3f}, fine-tuned "
           f"{tuned:.3f} after {trained.steps} steps on {len(train)} train queries")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tasks.config import EXPERTS
+from tasks.config import EXPERTS, FALLBACK_EXPERT
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,14 @@ def xs_adapter(xs_base_model, tmp_path_factory):
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(xs_base_model).save_pretrained(out)
+    write_label_space(out)
     return out
+
+
+def write_label_space(folder, experts=EXPERTS, fallback=FALLBACK_EXPERT) -> None:
+    """The label space the fine-tune stage records beside every model it trains."""
+    (Path(folder) / "flywheel_training.json").write_text(json.dumps(
+        {"labels": list(experts), "fallback_expert": fallback}))
 
 
 def test_queries_accepts_lists_series_and_frames_and_refuses_non_strings():
@@ -75,7 +84,9 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     from tests.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
-    encoder = str(resolve_encoder("all-MiniLM-L6-v2"))
+    encoder = shutil.copytree(resolve_encoder("all-MiniLM-L6-v2"), tmp_path / "minilm")
+    write_label_space(encoder)  # as a trained classifier's folder has it
+    encoder = str(encoder)
     ev = {**evaluation("minilm", training_run(home, tmp_path, "minilm", "enc"), 0.6, encoder),
           "family": "encoder"}
     registered = register_winner(decision("minilm"), [ev], "enc", "c1", home=home)

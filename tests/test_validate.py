@@ -242,15 +242,23 @@ def test_each_record_is_checked_against_its_own_workload(tmp_path: Path,
     deliver(other, "a.jsonl", [record(7, workload_id="billing"), record(8, expert="calendar")])
     assert cycle(other, "b1", experts=["banking"], max_invalid_fraction=1.0).stored == 1
 
-    (workloads / "planner.yaml").write_text(PLANNER.replace("calendar", "banking"))
     broken = tmp_path / "broken"
     deliver(broken, "a.jsonl", [record(9, workload_id="planner")])
-    ingest(IngestConfig(home=str(broken), run_id="b1"))
+    ingest(IngestConfig(home=str(broken), run_id="b1"))  # staged while the file was good
+    (workloads / "planner.yaml").write_text(PLANNER.replace("calendar", "banking"))
     with pytest.raises(WorkloadError, match="planner.yaml: .*duplicate expert names: banking"):
         validate(ValidateConfig(home=str(broken), run_id="b1"))
     assert not (broken / "store" / "records").exists() or not list(
         (broken / "store" / "records").glob("part-*"))
     assert (broken / "staging" / "b1" / "records.parquet").exists()  # the batch waits, whole
+    # ingest, which reads each record's decision as its workload's file says, refuses too, naming
+    # the file: nothing is staged by a guess, and the landing file waits for the fix
+    deliver(broken, "b.jsonl", [record(10, workload_id="planner")])
+    with pytest.raises(WorkloadError, match="planner.yaml: .*duplicate expert names: banking"):
+        ingest(IngestConfig(home=str(broken), run_id="b2"))
+    assert not (broken / "staging" / "b2").exists()
+    (workloads / "planner.yaml").write_text(PLANNER)
+    assert ingest(IngestConfig(home=str(broken), run_id="b2")).records_parsed == 1
 
 
 def test_load_store_filters_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],

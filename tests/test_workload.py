@@ -89,3 +89,101 @@ def test_an_unknown_workload_says_where_it_looked(tmp_path):
         load_workload("billing", folder=tmp_path)
     with pytest.raises(WorkloadError, match="must match"):
         load_workload("../router", folder=tmp_path)
+
+
+def test_stage_settings_take_the_label_space_from_the_file(tmp_path):
+    from tasks.curate import CurateConfig
+    from tasks.judge import JudgeConfig
+    from tasks.review import ReviewConfig
+
+    write(tmp_path, "helpdesk.yaml", HELPDESK)
+    for settings in (CurateConfig, JudgeConfig, ReviewConfig):
+        config = settings(workload_id="helpdesk", workloads_dir=str(tmp_path))
+        assert config.experts == ["hardware", "accounts", "other"]
+        assert config.fallback_expert == "other"
+    # a caller may name them instead (a one-off run), but never a fallback outside them
+    assert CurateConfig(experts=["a", "b"]).fallback_expert is None
+    with pytest.raises(ValueError, match="fallback_expert 'c' is not one of the experts"):
+        CurateConfig(experts=["a", "b"], fallback_expert="c")
+    with pytest.raises(ValueError, match="no workload file for 'nope'"):
+        CurateConfig(workload_id="nope", workloads_dir=str(tmp_path))
+
+
+def test_cycle_settings_run_conf_then_file_then_dag_default(tmp_path):
+    from tasks.core.workload import cycle_params
+
+    write(tmp_path, "helpdesk.yaml", HELPDESK + "candidates: [minilm-router-lora]\n"
+                                                "gate: {min_accuracy: 0.8, min_speedup: 5}\n")
+    dag_defaults = {"workload_id": "helpdesk", "workloads_dir": str(tmp_path),
+                    "candidates": ["smollm2-router-lora"], "min_accuracy": 0.7,
+                    "max_p95_latency_ms": 1000.0, "min_speedup": None}
+    chosen = cycle_params({**dag_defaults, "min_accuracy": 0.9}, {"min_accuracy": 0.9})
+    assert chosen["candidates"] == ["minilm-router-lora"]  # the file's, the run named none
+    assert chosen["min_accuracy"] == 0.9  # the run's own
+    assert chosen["min_speedup"] == 5  # the file's
+    assert chosen["max_p95_latency_ms"] == 1000.0  # the file is silent: the DAG's default
+    shipped = cycle_params({**dag_defaults, "workload_id": "router", "workloads_dir": None}, {})
+    assert shipped["candidates"] == ["minilm-router-lora", "smollm2-router-lora"]
+
+
+@pytest.mark.parametrize("kind", ["tool_call", "function_name", "content"])
+def test_each_decision_kind_is_read_back_from_a_logged_response(kind):
+    from tasks.core.workload import Decision
+    from tasks.records import RecordError, make_request, make_response, route_of
+
+    decision = Decision(kind=kind, tool="handoff", argument="team") if kind == "tool_call" \
+        else Decision(kind=kind)
+    response = make_response("accounts", "call-1", decision)
+    assert route_of(response, decision) == "accounts"
+    request = make_request("I cannot log in", ["hardware", "accounts"], decision)
+    if kind == "function_name":
+        assert [t["function"]["name"] for t in request["tools"]] == ["hardware", "accounts"]
+    if kind == "content":
+        assert "tools" not in request
+        with pytest.raises(RecordError, match="no tool call naming a function"):
+            route_of(response, Decision(kind="function_name"))
+
+
+def test_ingest_reads_each_workloads_decision_and_validation_its_experts(tmp_path):
+    """Two workloads in one batch: each record's route read as its own file says, checked
+    against its own experts; a record of a workload without a file is quarantined, not lost."""
+    import json
+
+    from tasks.core.workload import Decision
+    from tasks.ingest import IngestConfig, ingest
+    from tasks.records import make_request, make_response
+    from tasks.validate import ValidateConfig, load_store, validate
+
+    folder = tmp_path / "workloads"
+    folder.mkdir()
+    write(folder, "helpdesk.yaml", HELPDESK)
+    home = tmp_path / "home"
+    (home / "landing").mkdir(parents=True)
+    desk = Decision(kind="function_name")
+
+    def line(rid, workload, expert, decision=None):
+        return json.dumps({"id": rid, "timestamp": "2026-11-20T09:00:00Z",
+                           "workload_id": workload, "client_id": "c", "model": "m",
+                           "request": make_request(f"question {rid}", decision=decision),
+                           "response": make_response(expert, f"call-{rid}", decision),
+                           "latency_ms": 100.0}) + "\n"
+
+    (home / "landing" / "mixed.jsonl").write_text(
+        line("r1", "router", "banking") + line("h1", "helpdesk", "accounts", desk)
+        + line("h2", "helpdesk", "banking", desk) + line("u1", "unknown", "banking"))
+    ingest(IngestConfig(home=str(home), run_id="b1", workloads_dir=str(folder)))
+    result = validate(ValidateConfig(home=str(home), run_id="b1", workloads_dir=str(folder),
+                                     on_excess="flag"))
+    stored = load_store(str(home))
+    assert dict(zip(stored["id"], stored["route"], strict=True)) == {"r1": "banking",
+                                                                     "h1": "accounts"}
+    assert result.stored == 2 and result.quarantined == 2  # h2: not a helpdesk expert; u1
+
+
+def test_flywheel_cycle_refuses_an_unknown_workload_before_starting_airflow(tmp_path, capsys):
+    from tasks.cycle import main
+
+    assert main(["--workload-id", "nope", "--workloads-dir", str(tmp_path),
+                 "--home", str(tmp_path / "home")]) == 2
+    assert "no workload file for 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "airflow").exists()

@@ -14,10 +14,12 @@ experts, a ``workload_id`` that differs from the file's name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -188,3 +190,120 @@ def list_workloads(folder: str | os.PathLike[str] | None = None) -> dict[str, Pa
             for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
                 found[path.stem] = path
     return found
+
+
+class WorkloadSettings(BaseModel):
+    """The workload fields a stage's settings share: whose records, and its label space.
+
+    ``experts`` and ``fallback_expert`` come from the workload's file unless given (a caller
+    that names them overrides the file, e.g. a test or a one-off run); ``teacher_models`` too.
+    A stage's settings inherit this class, so every stage reads the same file the same way.
+    """
+
+    workload_id: Name = Field("router", description="Which agent's records (its workload file "
+                                                    "<workload_id>.yaml)")
+    workloads_dir: str | None = Field(None, description=(
+        f"Folder of workload files (default ${WORKLOADS_ENV}; the shipped ones are found too)"))
+    experts: list[str] | None = Field(None, min_length=1, max_length=1000, description=(
+        "Labels allowed: the router's experts (default: the workload file's)"))
+    fallback_expert: str | None = Field(None, description=(
+        "The expert of queries no other expert handles (default: the workload file's)"))
+
+    @model_validator(mode="after")
+    def _from_workload_file(self) -> WorkloadSettings:
+        if self.experts is None:
+            workload = load_workload(self.workload_id, self.workloads_dir)
+            self.experts = list(workload.expert_names)
+            if self.fallback_expert is None:
+                self.fallback_expert = workload.fallback_expert
+        if len(set(self.experts)) != len(self.experts):
+            raise ValueError(f"experts repeat a name: {self.experts}")
+        if self.fallback_expert is not None and self.fallback_expert not in self.experts:
+            raise ValueError(f"fallback_expert {self.fallback_expert!r} is not one of the "
+                             f"experts {self.experts}")
+        return self
+
+    def workload(self) -> Workload | None:
+        """The workload's file, read and checked; none when the caller named the experts and
+        the workload has no file."""
+        try:
+            return load_workload(self.workload_id, self.workloads_dir)
+        except WorkloadError:
+            if self.experts is None or list_workloads(self.workloads_dir).get(self.workload_id):
+                raise
+            return None
+
+
+def manifest_experts(manifest: dict) -> tuple[list[str], str | None]:
+    """The label space a curated dataset version was made over: (experts, fallback expert).
+
+    Versions curated before datasets carried their workload's fallback expert name
+    ``out_of_scope`` as the fallback when it is one of their experts.
+    """
+    experts = manifest.get("experts")
+    if not experts:
+        raise WorkloadError(f"dataset version {manifest.get('version', '?')} names no experts "
+                            f"(its manifest.json has no 'experts')")
+    fallback = manifest.get("fallback_expert",
+                            "out_of_scope" if "out_of_scope" in experts else None)
+    return list(experts), fallback
+
+
+def teacher_models(explicit: str | None, workload: Workload | None) -> list[str]:
+    """The logged model names that are the production teacher: ``explicit`` when given, else
+    the workload file's ``teacher_models`` (empty: every model not named flywheel-...)."""
+    if explicit:
+        return [explicit]
+    return list(workload.teacher_models) if workload else []
+
+
+def describe_experts(experts: list[str], workload: Workload | None = None) -> str:
+    """One ``- name: description`` line per expert (descriptions from the workload's file)."""
+    known = {e.name: e.description for e in workload.experts} if workload else {}
+    return "\n".join(f"- {name}: {known[name]}" if name in known else f"- {name}"
+                     for name in experts)
+
+
+def trained_label_space(weights_dir: str | None, experts: Sequence[str] | None = None
+                        ) -> dict[str, Any]:
+    """``{"labels", "fallback_expert", "system_prompt"}`` a model was trained with (recorded
+    beside its weights in ``flywheel_training.json``); ``experts``, when given, name the labels
+    instead (for a model with no such record, e.g. an untrained base model).
+
+    Raises:
+        ValueError: neither given nor recorded: a router that does not know its experts would
+            route everything to one of somebody else's.
+    """
+    info = Path(weights_dir) / "flywheel_training.json" if weights_dir else None
+    recorded = json.loads(info.read_text()) if info is not None and info.is_file() else {}
+    if experts:
+        return {**recorded, "labels": list(experts)}
+    if not recorded.get("labels"):
+        raise ValueError(f"{weights_dir or 'the base model'} records no label space (no "
+                         f"flywheel_training.json with 'labels'): name the experts")
+    return recorded
+
+
+#: The run settings a workload's file may give defaults for (besides its candidates).
+GATE_SETTINGS = tuple(GateDefaults.model_fields)
+
+
+def cycle_params(params: dict[str, Any], conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A cycle's settings, each from the first that gives it: the run's own conf (what the
+    trigger form or API sent), the workload's file (``candidates``, ``gate``), the DAG's
+    default (already in ``params``).
+
+    Args:
+        params: the DAG run's params (defaults merged with the conf, as Airflow passes them).
+        conf: the run's conf alone (``dag_run.conf``): what the user chose for this run.
+    """
+    conf = conf or {}
+    workload = load_workload(params.get("workload_id") or "router", params.get("workloads_dir"))
+    settings = dict(params)
+    if "candidates" not in conf and workload.candidates:
+        settings["candidates"] = list(workload.candidates)
+    for name in GATE_SETTINGS:
+        value = getattr(workload.gate, name)
+        if name not in conf and value is not None:
+            settings[name] = value
+    return settings

@@ -72,7 +72,8 @@ def write_dataset(folder: Path, train: list[tuple[str, str]], test: list[tuple[s
             json.dumps({"id": f"{name}-{i}", "query": q, "expert": e}) + "\n"
             for i, (q, e) in enumerate(rows)))
     (folder / "manifest.json").write_text(json.dumps(
-        {"version": folder.name, "digest": "-", "workload_id": "router"}))
+        {"version": folder.name, "digest": "-", "workload_id": "router",
+         "experts": list(EXPERTS), "fallback_expert": FALLBACK_EXPERT}))
     return folder
 
 

@@ -95,6 +95,7 @@ def write_data(folder: Path, n: int = 512) -> Path:
 def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads: int,
              config: str, method: str, base: str) -> Path:
     from tasks.catalog import CONFIG_DIR, Hyperparameters
+    from tasks.core.workload import load_workload
     from tasks.train_worker import TrainJob
 
     out = work / f"run-{time.monotonic_ns()}"
@@ -104,7 +105,7 @@ def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads:
     job = TrainJob(candidate="bench", method=method, base_model=base,
                    base_model_path=str(model_dir), train_path=str(train_path), output_dir=str(out),
                    deepspeed_config=str(CONFIG_DIR / config), threads=threads,
-                   hyperparameters=hp)
+                   hyperparameters=hp, labels=list(load_workload("router").expert_names))
     path = out / "job.json"
     path.write_text(job.model_dump_json())
     return path

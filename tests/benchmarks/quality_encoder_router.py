@@ -121,8 +121,9 @@ def main() -> int:
     dataset.mkdir()
     write_split(dataset / "train.jsonl", train)
     write_split(dataset / "test.jsonl", test)
-    (dataset / "manifest.json").write_text(json.dumps({"version": "clinc150-quality",
-                                                      "digest": "-", "workload_id": "router"}))
+    (dataset / "manifest.json").write_text(json.dumps({
+        "version": "clinc150-quality", "digest": "-", "workload_id": "router",
+        "experts": list(EXPERTS), "fallback_expert": FALLBACK_EXPERT}))
     n_oos = sum(e.expert == FALLBACK_EXPERT for e in test)
     print(f"train: {len(train)} stratified points over {len({e.expert for e in train})} experts; "
           f"test: {len(test) - n_oos} in-scope + {n_oos} out-of-scope (CLINC150 test split)")

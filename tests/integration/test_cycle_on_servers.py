@@ -173,7 +173,8 @@ def cycles(airflow_stack: AirflowStack, mlflow_server: MlflowServer, integration
                                   home=str(integration_home)))
     candidate = {"name": "xs-lora", "base_model": str(xs_base_model), "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
-    conf = {"candidates": [candidate], "min_accuracy": 0.0, "max_p95_latency_ms": 60000,
+    conf = {"sme_review": "simulated", "candidates": [candidate], "min_accuracy": 0.0,
+            "max_p95_latency_ms": 60000,
             "max_accuracy_drop": 1.0, "max_drop_vs_teacher": None, "window_days": 3,
             "latency_queries": 5, "max_train_steps": 10}
     # both at once: max_active_runs=1 must hold B back until A is done

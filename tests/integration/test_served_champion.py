@@ -25,14 +25,19 @@ QUERIES = ["how do i freeze my card", "book a flight to paris", "what is my cred
 def champion(tmp_path_factory) -> dict:
     """An encoder router registered and promoted in its own home (the shipped MiniLM with a
     fresh, seeded head: routes are valid, not good; quality is not what is tested here)."""
+    import shutil
+
     from tasks.encoder_router import resolve_encoder
     from tasks.register import promote, register_winner
     from tasks.tracking import registered_model_name
     from tests.test_register import decision, evaluation, training_run
+    from tests.test_serving import write_label_space
 
     root = tmp_path_factory.mktemp("served")
     home = str(root / "home")
-    encoder = str(resolve_encoder("all-MiniLM-L6-v2"))
+    encoder = shutil.copytree(resolve_encoder("all-MiniLM-L6-v2"), root / "minilm")
+    write_label_space(encoder)  # as a trained classifier's folder has it
+    encoder = str(encoder)
     ev = {**evaluation("minilm", training_run(home, root, "minilm", WORKLOAD), 0.6, encoder),
           "family": "encoder"}
     registered = register_winner(decision("minilm"), [ev], WORKLOAD, "c1", home=home)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from tasks.config import EXPERTS
 from tasks.prompts import format_prompt, parse_expert, render_icl_prompt
 
 
 def choices(doc: dict) -> list[str]:
-    """The experts a document may be routed to (its own list, else the default router's)."""
-    return list(doc.get("choices") or EXPERTS)
+    """The experts a document may be routed to: its ``choices``, written from the dataset
+    version's label space by :func:`tasks.evaluate.write_prompts`."""
+    if not doc.get("choices"):
+        raise ValueError(f"test document {doc.get('id', '?')!r} has no 'choices' (the experts it "
+                         f"may be routed to): write it with tasks.evaluate.write_prompts")
+    return list(doc["choices"])
 
 
 def doc_to_text(doc: dict) -> str:
