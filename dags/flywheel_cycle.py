@@ -30,13 +30,13 @@ import pendulum
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Asset, Param, dag, task
 
-#: updated when a cycle registers a challenger (tasks.promotion.CHALLENGER_ASSET)
+#: updated when a cycle registers a challenger (tasks.registry.promotion.CHALLENGER_ASSET)
 CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challenger")
 
 #: What a cycle trains when neither the run nor the workload's file names candidates: the
 #: pretrained small routers of the catalog (an encoder classifier and a causal LM).
 DEFAULT_CANDIDATES = ["minilm-router-lora", "smollm2-router-lora"]
-TRAINING_POOL = "flywheel_gpu"  # tasks.finetune.TRAINING_POOL
+TRAINING_POOL = "flywheel_gpu"  # tasks.training.finetune.TRAINING_POOL
 #: The queues candidates train on (a candidate's `resources.queue`), one mapped training task
 #: each: Airflow fixes a task's queue when the DAG is parsed, never per mapped instance. Jobs of
 #: queue "default" go to FLYWHEEL_TRAINING_QUEUE (e.g. to send all training to a GPU queue).
@@ -55,7 +55,8 @@ TRAINING = timedelta(hours=12)  # one candidate's fine-tune
 EVALUATING = timedelta(hours=4)  # one model on the test split: lm-eval, latency
 #: How long the UI review waits for an expert before the cycle goes on with what is decided.
 SME_REVIEW_TIMEOUT = timedelta(hours=12)
-#: The UI review's answers, as tasks.review.UI_OPTIONS reads them (the last is the timeout default).
+#: The UI review's answers, as tasks.curation.review.UI_OPTIONS reads them (the last is the timeout
+# default).
 SME_REVIEW_OPTIONS = ["Accept the judge's labels", "Apply only the labels typed below",
                       "Decide later"]
 SME_REVIEW_BODY = """{% set a = ti.xcom_pull(task_ids='attribute') %}
@@ -68,6 +69,7 @@ The oldest {{ a.preview | length }}:
 {% for i in a.preview %}| {{ i.record_id }} | {{ i.reason }} | {{ i.query | replace('|', '/') }} \
 | {{ i.route }} | {{ i.judge_expert or '-' }} | {{ i.judge_confidence or '-' }} |
 {% endfor %}
+Labels are this workload's experts ({{ a.experts | join(', ') }}) or `discard`.
 Accept the judge's labels (typed lines override them), apply only typed lines, or decide later.
 A `traffic_audit` item is a random sample of the teacher's traffic that grades the teacher: it
 needs a typed label (accepting does not label it). The full queue is in `flywheel review export`.
@@ -92,7 +94,7 @@ def _settings(params: dict) -> dict:
 
 def _cycle_id(context) -> str:
     """A file-name-safe id of this DAG run."""
-    from tasks.config import run_folder_name
+    from tasks.core.config import run_folder_name
 
     return run_folder_name(context["run_id"])
 
@@ -221,8 +223,8 @@ def flywheel_cycle():
     def ingest() -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.ingest import IngestConfig
-        from tasks.ingest import ingest as run
+        from tasks.ingest.landing import IngestConfig
+        from tasks.ingest.landing import ingest as run
 
         context = get_current_context()
         return run(IngestConfig(run_id=_cycle_id(context),
@@ -231,8 +233,8 @@ def flywheel_cycle():
 
     @task(execution_timeout=QUICK)
     def validate(ingested: dict, params: dict | None = None) -> dict:
-        from tasks.validate import ValidateConfig
-        from tasks.validate import validate as run
+        from tasks.ingest.validate import ValidateConfig
+        from tasks.ingest.validate import validate as run
 
         # a batch over the invalid limit is flagged (the report leads with it), not a failed
         # cycle: the good rows are stored and tonight's cycle learns from every other client
@@ -244,8 +246,8 @@ def flywheel_cycle():
     def attribute(validated: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.judge import JudgeConfig
-        from tasks.judge import attribute as run
+        from tasks.curation.judge import JudgeConfig
+        from tasks.curation.judge import attribute as run
 
         end = get_current_context().get("data_interval_end") or pendulum.now("UTC")
         config = JudgeConfig(workload_id=params["workload_id"],
@@ -276,8 +278,8 @@ def flywheel_cycle():
     def review(attributed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.review import ReviewConfig
-        from tasks.review import review as run
+        from tasks.curation.review import ReviewConfig
+        from tasks.curation.review import review as run
 
         context = get_current_context()
         answer = None
@@ -298,8 +300,8 @@ def flywheel_cycle():
     def curate(validated: dict, reviewed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.curate import CurateConfig
-        from tasks.curate import curate as run
+        from tasks.curation.curate import CurateConfig
+        from tasks.curation.curate import curate as run
 
         context = get_current_context()
         # a run triggered without a logical date (REST, UI, CLI in Airflow 3) has no interval
@@ -316,8 +318,8 @@ def flywheel_cycle():
     @task(execution_timeout=QUICK)
     def plan_candidates(queue: str, params: dict | None = None) -> list[dict]:
         """The selected candidates that train on ``queue`` (every selected one's queue checked)."""
-        from tasks.catalog import on_queue, select_candidates
-        from tasks.finetune import check_base_models
+        from tasks.training.catalog import on_queue, select_candidates
+        from tasks.training.finetune import check_base_models
 
         specs = on_queue(select_candidates(_settings(params)["candidates"]), queue,
                          TRAINING_QUEUES)
@@ -327,7 +329,8 @@ def flywheel_cycle():
                 spec.hyperparameters.max_steps = params["max_train_steps"]
         return [spec.model_dump(mode="json") for spec in specs]
 
-    # Training jobs hold slots of the `flywheel_gpu` pool (tasks.finetune.ensure_training_pool, or
+    # Training jobs hold slots of the `flywheel_gpu` pool
+    # (tasks.training.finetune.ensure_training_pool, or
     # `airflow pools set flywheel_gpu N ...`: a task in a missing pool is never scheduled). Airflow
     # fixes pool_slots and queue per task, not per mapped instance, so one job takes one slot on
     # its queue's training task; the candidate's `resources.gpus` sets its ranks on the worker.
@@ -336,9 +339,9 @@ def flywheel_cycle():
     def finetune(candidate: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.catalog import CandidateSpec
-        from tasks.finetune import FinetuneConfig
-        from tasks.finetune import finetune as run
+        from tasks.training.catalog import CandidateSpec
+        from tasks.training.finetune import FinetuneConfig
+        from tasks.training.finetune import finetune as run
 
         spec = CandidateSpec.model_validate(candidate)
         config = FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=dataset["dataset_dir"],
@@ -355,7 +358,7 @@ def flywheel_cycle():
     def evaluate(trained: dict, dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.evaluate import evaluate_candidate
+        from tasks.evaluation.evaluate import evaluate_candidate
 
         return evaluate_candidate(trained, dataset["dataset_dir"], params["workload_id"],
                                   _cycle_id(get_current_context()), params["latency_queries"],
@@ -365,7 +368,7 @@ def flywheel_cycle():
 
     @task(execution_timeout=QUICK)
     def evaluate_teacher(dataset: dict, params: dict | None = None) -> dict:
-        from tasks.evaluate import teacher_baseline
+        from tasks.evaluation.evaluate import teacher_baseline
 
         return teacher_baseline(dataset["dataset_dir"], workload_id=params["workload_id"]
                                 ).model_dump(mode="json")
@@ -374,7 +377,7 @@ def flywheel_cycle():
     def evaluate_champion(dataset: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.evaluate import evaluate_champion as run
+        from tasks.evaluation.evaluate import evaluate_champion as run
 
         return run(dataset["dataset_dir"], params["workload_id"],
                    _cycle_id(get_current_context()), params["latency_queries"],
@@ -383,7 +386,7 @@ def flywheel_cycle():
     @task(execution_timeout=QUICK)
     def gate(evaluations: list[dict], champion: dict, teacher: dict,
              params: dict | None = None) -> dict:
-        from tasks.gate import gate_cycle
+        from tasks.evaluation.gate import gate_cycle
 
         return gate_cycle(list(evaluations), params["workload_id"], _settings(params),
                           champion=champion,
@@ -393,7 +396,7 @@ def flywheel_cycle():
     def register(decision: dict, evaluations: list[dict], params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.register import register_winner
+        from tasks.registry.register import register_winner
 
         return register_winner(decision, list(evaluations), params["workload_id"],
                                _cycle_id(get_current_context()))
@@ -404,7 +407,7 @@ def flywheel_cycle():
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks.promotion import challenger_event
+        from tasks.registry.promotion import challenger_event
 
         context = get_current_context()
         event = challenger_event(registered, params["workload_id"], _cycle_id(context),
@@ -420,7 +423,7 @@ def flywheel_cycle():
                params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.report import write_report
+        from tasks.reporting.report import write_report
 
         return write_report(
             cycle_id=_cycle_id(get_current_context()), workload_id=params["workload_id"],

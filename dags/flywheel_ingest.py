@@ -36,17 +36,17 @@ def flywheel_ingest():
     def ingest() -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.config import run_folder_name
-        from tasks.ingest import IngestConfig
-        from tasks.ingest import ingest as run
+        from tasks.core.config import run_folder_name
+        from tasks.ingest.landing import IngestConfig
+        from tasks.ingest.landing import ingest as run
 
         run_id = run_folder_name(get_current_context()["run_id"])
         return run(IngestConfig(run_id=run_id)).model_dump(mode="json")
 
     @task(outlets=[STORE])
     def validate(ingested: dict) -> dict:
-        from tasks.validate import ValidateConfig
-        from tasks.validate import validate as run
+        from tasks.ingest.validate import ValidateConfig
+        from tasks.ingest.validate import validate as run
 
         return run(ValidateConfig(run_id=ingested["run_id"])).model_dump(mode="json")
 

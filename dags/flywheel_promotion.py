@@ -20,7 +20,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, task
 
-#: updated when a cycle registers a challenger (tasks.promotion.CHALLENGER_ASSET)
+#: updated when a cycle registers a challenger (tasks.registry.promotion.CHALLENGER_ASSET)
 CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challenger")
 #: How long a challenger waits for a reviewer; no answer by then is a rejection.
 APPROVAL_TIMEOUT = timedelta(days=3)
@@ -51,7 +51,7 @@ def flywheel_promotion():
     def challenger(params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.promotion import pending_challenger
+        from tasks.registry.promotion import pending_challenger
 
         events = get_current_context()["triggering_asset_events"]
         extras = [e.extra for e in events[CHALLENGER]] if CHALLENGER in events else []
@@ -84,7 +84,7 @@ def flywheel_promotion():
     def promote(pending: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from tasks.promotion import approved_by, promote_challenger
+        from tasks.registry.promotion import approved_by, promote_challenger
 
         ti = get_current_context()["ti"]
         answer = ti.xcom_pull(task_ids="approve") or ti.xcom_pull(task_ids="auto_approve")

@@ -40,7 +40,7 @@ from airflow.sdk import Param, dag, task
 def flywheel_rollback():
     @task
     def rollback(params: dict | None = None) -> dict:
-        from tasks.register import rollback as run
+        from tasks.registry.register import rollback as run
 
         move = run(params["workload_id"], params.get("version") or None,
                    reason=params.get("reason") or "")

@@ -1,4 +1,4 @@
-"""Mounts the flywheel's HTTP intake (:mod:`tasks.intake`) on the Airflow API server.
+"""Mounts the flywheel's HTTP intake (:mod:`tasks.ingest.intake`) on the Airflow API server.
 
 Agents then POST logs to ``<api server>/flywheel/v1/records`` and feedback to
 ``/flywheel/v1/feedback``. Airflow does not protect plugin apps: the intake checks its own bearer
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from tasks.intake import create_app
+from tasks.ingest.intake import create_app
 
 
 class FlywheelIntakePlugin(AirflowPlugin):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Paths, local_environment
+from tasks.core.config import Paths, local_environment
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="flywheel-test-"))
 os.environ.update(local_environment(Paths(SESSION_HOME).ensure(), inherit=False))
@@ -39,6 +39,6 @@ def airflow_db(session_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def xs_base_model(session_home: Path) -> Path:
     """The tiny base model, built once per session into the session home."""
-    from tasks.basemodels import ensure_base_model
+    from tasks.demo.basemodels import ensure_base_model
 
     return ensure_base_model(TEST_BASE, home=session_home)

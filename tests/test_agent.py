@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tasks.agent import main, route_and_log
-from tasks.config import EXPERTS
+from tasks.demo.clinc150 import EXPERTS
+from tasks.serving.agent import main, route_and_log
 from tests.test_serving import xs_adapter  # noqa: F401  (fixture)
 
 
@@ -22,9 +22,9 @@ def test_agent_without_a_champion_says_so(tmp_path):
 @pytest.mark.slow
 def test_agent_routes_with_the_champion_and_logs_the_contract(tmp_path, xs_base_model,
                                                               xs_adapter):  # noqa: F811
-    from tasks.ingest import IngestConfig, ingest
-    from tasks.records import query_of, route_of
-    from tasks.register import promote, register_winner
+    from tasks.core.records import query_of, route_of
+    from tasks.ingest.landing import IngestConfig, ingest
+    from tasks.registry.register import promote, register_winner
     from tests.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)

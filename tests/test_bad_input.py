@@ -35,9 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import IngestConfig, ingest
-from tasks.records import make_request, make_response
-from tasks.validate import ValidateConfig, build_suite, load_store, validate
+from tasks.core.records import make_request, make_response
+from tasks.ingest.landing import IngestConfig, ingest
+from tasks.ingest.store import load_store
+from tasks.ingest.validate import ValidateConfig, build_suite, validate
 
 GOOD_IDS = ("g1", "g2", "g3", "g4")
 BAD_FILE = "router.jsonl"

@@ -1,4 +1,5 @@
-"""Tests of tasks.basemodels on the xs recipe (seconds): build, cache, load, tokenise, resolve."""
+"""Tests of tasks.demo.basemodels on the xs recipe (seconds): build, cache, load, tokenise,
+resolve."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import time
 
 import pytest
 
-from tasks import basemodels
-from tasks.basemodels import RECIPES, ensure_base_model, ensure_tokenizer, resolve_base_model
-from tasks.config import EXPERTS
+from tasks.demo import basemodels
+from tasks.demo.basemodels import RECIPES, ensure_base_model, ensure_tokenizer
+from tasks.demo.clinc150 import EXPERTS
+from tasks.training.bases import resolve_base_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -93,7 +95,7 @@ def test_full_size_tokenizer_keeps_expert_names_short(home):
 
 
 def test_corpus_has_no_val_or_test_queries():
-    from tasks.clinc150 import examples
+    from tasks.demo.clinc150 import examples
 
     lines = set(basemodels.corpus_lines(RECIPES["flywheel-llama-s"]))
     held_out = {e.query.lower() for e in examples() if e.split != "train"}

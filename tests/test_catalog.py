@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tasks.catalog import (
+from tasks.training.catalog import (
     CONFIG_DIR,
     CandidateSpec,
     CatalogError,
@@ -108,7 +108,7 @@ def test_selection_by_name_or_entry_and_its_errors():
 
 
 def test_candidates_split_by_queue_and_an_unserved_queue_is_refused():
-    from tasks.catalog import on_queue, select_candidates
+    from tasks.training.catalog import on_queue, select_candidates
 
     specs = select_candidates(["minilm-router-lora", "minilm-router-lora-gpu"])
     assert [s.name for s in on_queue(specs, "gpu", ["default", "gpu"])] == [

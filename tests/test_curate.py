@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from tasks.clinc150 import examples
-from tasks.curate import CurateConfig, CurateResult, NotEnoughData, curate, main, normalise
-from tasks.ingest import IngestConfig, ingest
-from tasks.records import make_request, make_response
-from tasks.validate import ValidateConfig, validate
+from tasks.core.records import make_request, make_response
+from tasks.curation.curate import CurateConfig, CurateResult, NotEnoughData, curate, main, normalise
+from tasks.demo.clinc150 import examples
+from tasks.ingest.landing import IngestConfig, ingest
+from tasks.ingest.validate import ValidateConfig, validate
 
 EXPERTS = ("banking", "travel", "home", "utility", "work")
 
@@ -199,7 +199,7 @@ def test_test_set_frozen_across_three_versions(tmp_path: Path) -> None:
 
 def near_twin(query: str) -> str:
     """The closest of a few harmless rewordings (never the same normalised text)."""
-    from tasks.embeddings import embed_queries
+    from tasks.core.embeddings import embed_queries
 
     variants = [query + "?", query + " please", "hey, " + query, query + " asap"]
     vectors = embed_queries([query, *variants])
@@ -264,9 +264,9 @@ def test_out_of_scope_balance_cap_and_printed_funnel(
 
 
 def test_dataset_version_logged_as_mlflow_input(tmp_path: Path) -> None:
-    from tasks import tracking
-    from tasks.config import get_paths
-    from tasks.curate import log_dataset_input
+    from tasks.core import tracking
+    from tasks.core.config import get_paths
+    from tasks.curation.curate import log_dataset_input
 
     load(tmp_path, "b1", positives(20, 4))
     result = run(tmp_path)
@@ -310,7 +310,7 @@ def teacher_traffic(day: int = 20) -> list[dict[str, Any]]:
 
 def test_teacher_labels_join_train_only_when_asked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.review import ReviewStore, make_decision
+    from tasks.curation.review import ReviewStore, make_decision
 
     load(tmp_path, "b1", positives(20, 6) + teacher_traffic())
     ReviewStore(str(tmp_path), "router").append("decisions", [
@@ -420,7 +420,7 @@ def test_an_added_expert_grows_the_label_space_and_a_removed_one_is_refused(tmp_
     assert second.label_counts["test"].get("work", 0) > 0
 
     write_workload(folder, ("banking", "home", "utility", "work"))
-    from tasks.curate import LabelSpaceError
+    from tasks.curation.curate import LabelSpaceError
 
     with pytest.raises(LabelSpaceError, match="no longer include travel"):
         run(home, workloads_dir=str(folder))

@@ -21,8 +21,8 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
 
-    from tasks import tracking
-    from tasks.simulate import SimulateConfig, simulate
+    from tasks.core import tracking
+    from tasks.demo.simulate import SimulateConfig, simulate
 
     start = dt.date.today() - dt.timedelta(days=1)
     simulate(SimulateConfig(seed=7, days=1, records_per_day=1500, start_date=start,
@@ -114,10 +114,12 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
 DESK_EXPERTS = {"money": ("banking", "credit_cards"),
                 "household": ("kitchen_and_dining", "home"),
                 "trips": ("travel", "auto_and_commute"),
-                "assistant": ("utility", "small_talk", "meta", "work")}
+                "assistant": ("utility", "small_talk", "meta")}
+#: The expert the desk adds before its second cycle.
+ADDED = {"hr": ("work",)}
 
 
-def desk_workload(folder) -> None:
+def desk_workload(folder, experts=DESK_EXPERTS) -> None:
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,7 @@ def desk_workload(folder) -> None:
         "workload_id": "desk",
         "description": "A help desk agent that calls one function per expert.",
         "experts": [{"name": name, "description": f"questions about {', '.join(domains)}"}
-                    for name, domains in DESK_EXPERTS.items()],
+                    for name, domains in experts.items()],
         "decision": {"kind": "function_name"},
         "teacher_models": ["desk-teacher-8b"],
         "prompt": "Pick the desk function for the request.\n{expert_list}",
@@ -134,25 +136,26 @@ def desk_workload(folder) -> None:
     }, sort_keys=False))
 
 
-def desk_records(n: int) -> list[dict]:
+def desk_records(n: int, experts=DESK_EXPERTS, seed: int = 3, prefix: str = "desk"
+                 ) -> list[dict]:
     """Logged decisions of the desk's teacher in the log contract, most rated thumbs-up."""
     import random
 
-    from tasks.clinc150 import examples
+    from tasks.core.records import SCHEMA_VERSION, make_request, make_response
     from tasks.core.workload import Decision
-    from tasks.records import SCHEMA_VERSION, make_request, make_response
+    from tasks.demo.clinc150 import examples
 
-    expert_of = {d: name for name, domains in DESK_EXPERTS.items() for d in domains}
+    expert_of = {d: name for name, domains in experts.items() for d in domains}
     pool = [e for e in examples() if e.split == "train" and e.expert in expert_of]
-    picked = random.Random(3).sample(pool, n)
+    picked = random.Random(seed).sample(pool, n)
     decision, now = Decision(kind="function_name"), dt.datetime.now(dt.UTC)
     records = []
     for i, example in enumerate(picked):
         expert = expert_of[example.expert]
-        record = {"schema_version": SCHEMA_VERSION, "id": f"desk-{i}",
+        record = {"schema_version": SCHEMA_VERSION, "id": f"{prefix}-{i}",
                   "timestamp": (now - dt.timedelta(minutes=5 + i)).isoformat(),
                   "workload_id": "desk", "client_id": "help-desk", "model": "desk-teacher-8b",
-                  "request": make_request(example.query, list(DESK_EXPERTS), decision),
+                  "request": make_request(example.query, list(experts), decision),
                   "response": make_response(expert, f"call-{i}", decision),
                   "latency_ms": 900.0}
         if i % 5:
@@ -169,8 +172,8 @@ def test_a_second_workload_runs_by_configuration_only(session_home, airflow_db, 
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
 
-    from tasks import tracking
-    from tasks.serving import load_champion
+    from tasks.core import tracking
+    from tasks.serving.router import load_champion
 
     folder = tmp_path / "workloads"
     desk_workload(folder)
@@ -200,3 +203,26 @@ def test_a_second_workload_runs_by_configuration_only(session_home, airflow_db, 
     routed = router.predict(["transfer money to my savings account", "book a hotel in rome",
                              "set a timer for ten minutes"])
     assert len(routed) == 3 and set(routed) <= set(DESK_EXPERTS)
+
+    # An expert added to the file between two cycles: the next cycle learns it, the frozen test
+    # split grows to include it, and the champion, which cannot name it, is re-evaluated on it.
+    from tasks.registry.register import promote
+
+    promote("desk", version.version, home=str(session_home))
+    grown = {**DESK_EXPERTS, **ADDED}
+    desk_workload(folder, grown)
+    (landing / "desk-agent-2.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in desk_records(400, grown, seed=4, prefix="desk2")))
+    assert dag.test(run_conf=conf).state == DagRunState.SUCCESS
+    dataset = json.loads((session_home / "datasets" / "desk" / "latest.json").read_text())
+    manifest = json.loads((Path(dataset["dataset_dir"]) / "manifest.json").read_text())
+    assert manifest["experts"] == list(grown)
+    assert manifest["label_space_change"] == {"added": ["hr"], "removed": []}
+    assert manifest["counts"]["test"].get("hr", 0) > 0
+    newest = sorted(session_home.glob("runs/*/report.json"), key=lambda p: p.stat().st_mtime)[-1]
+    report = json.loads(newest.read_text())
+    before = report["champion_before"]["evaluation"]
+    assert report["champion_before"]["version"] == str(version.version)
+    assert before["per_expert"]["hr"]["recall"] == 0.0  # it cannot name the new expert
+    assert report["evaluations"][0]["finetuned"]["per_expert"]["hr"]["support"] > 0
+    assert "**Label space changed: hr added" in newest.with_name("report.md").read_text()

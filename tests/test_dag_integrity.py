@@ -37,7 +37,7 @@ def test_cycle_schedule_and_defaults(dagbag):
     # outside the demo nobody has gold labels: experts review in the UI unless a run says
     # otherwise, and a cycle trains the catalog's pretrained routers, not the test stand-ins
     assert dag.params["sme_review"] == "ui"
-    from tasks.catalog import load_catalog
+    from tasks.training.catalog import load_catalog
 
     catalog = load_catalog()
     assert all(not catalog[name].base_model.startswith("flywheel-")
@@ -66,7 +66,7 @@ def test_cycle_edges(dagbag):
     assert downstream["route_review"] == {"review", "sme_review_ui"}
     assert downstream["sme_review_ui"] == {"review"}
     assert downstream["review"] == {"curate"}
-    from tasks.review import UI_LATER, UI_OPTIONS
+    from tasks.curation.review import UI_LATER, UI_OPTIONS
 
     hitl = dag.get_task("sme_review_ui")
     assert hitl.options == UI_OPTIONS and hitl.defaults == [UI_LATER]
@@ -112,7 +112,7 @@ def test_ingest_dag_runs_often_and_publishes_the_store_asset(dagbag):
 def test_the_cycle_announces_its_challenger_and_never_waits_for_approval(dagbag):
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    from tasks.promotion import CHALLENGER_ASSET, CHALLENGER_ASSET_URI
+    from tasks.registry.promotion import CHALLENGER_ASSET, CHALLENGER_ASSET_URI
 
     dag = dagbag.dags["flywheel_cycle"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
@@ -130,7 +130,7 @@ def test_the_cycle_announces_its_challenger_and_never_waits_for_approval(dagbag)
 def test_promotion_dag_runs_on_the_challenger_asset_and_waits_for_a_reviewer(dagbag):
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    from tasks.promotion import CHALLENGER_ASSET
+    from tasks.registry.promotion import CHALLENGER_ASSET
 
     dag = dagbag.dags["flywheel_promotion"]
     assert [a.name for a in dag.timetable.asset_condition.objects] == [CHALLENGER_ASSET]
@@ -152,7 +152,7 @@ def test_rollback_dag(dagbag):
 
 
 def test_each_queue_of_the_catalog_has_its_training_task(dagbag):
-    from tasks.catalog import load_catalog
+    from tasks.training.catalog import load_catalog
 
     cycle = dagbag.dags["flywheel_cycle"]
     training = {t.queue: t for t in cycle.tasks if t.task_id.startswith("finetune")}
@@ -163,7 +163,7 @@ def test_each_queue_of_the_catalog_has_its_training_task(dagbag):
 
 
 def test_finetune_runs_in_the_training_pool(dagbag):
-    from tasks.finetune import TRAINING_POOL
+    from tasks.training.finetune import TRAINING_POOL
 
     finetune = dagbag.dags["flywheel_cycle"].get_task("finetune")
     assert finetune.pool == TRAINING_POOL
@@ -187,3 +187,24 @@ def test_every_task_has_a_time_limit(dagbag):
     cycle = dagbag.dags["flywheel_cycle"]
     assert cycle.get_task("finetune").execution_timeout > cycle.get_task(
         "gate").execution_timeout
+
+
+def test_no_dag_reaches_the_demo_package():
+    """What the DAGs import, and all that imports in turn (lazy imports included), never reaches
+    tasks.demo: a deployment runs the cycle without the simulator or the test models."""
+    from tests.test_layout import DEMO, PACKAGE, ROOT, _imports_of, import_graph
+
+    graph = import_graph(PACKAGE)
+    todo = [m for path in (ROOT / "dags").glob("*.py") for m in _imports_of(path)
+            if m.startswith("tasks")]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        while name and name not in graph:
+            name = name.rpartition(".")[0]
+        if name and name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    assert len(seen) > 20  # the walk found the stages the DAGs run
+    reached = sorted(m for m in seen if m == DEMO or m.startswith(DEMO + "."))
+    assert not reached, reached

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.embeddings import DIMENSION, embed_queries
+from tasks.core.embeddings import DIMENSION, embed_queries
 
 
 def test_unit_vectors_in_input_order_whatever_the_batch() -> None:

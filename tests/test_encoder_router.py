@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import FALLBACK_EXPERT
-from tasks.scope_guard import ScopeGuard
+from tasks.demo.clinc150 import FALLBACK_EXPERT
+from tasks.training.scope_guard import ScopeGuard
 from tests.test_finetune import write_dataset
 
 
 def test_shipped_encoder_resolves_offline():
-    from tasks.encoder_router import resolve_encoder
+    from tasks.evaluation.encoder_router import resolve_encoder
 
     folder = Path(resolve_encoder("all-MiniLM-L6-v2"))
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
@@ -22,8 +22,8 @@ def test_shipped_encoder_resolves_offline():
 
 
 def test_class_weights_follow_the_label_order_and_are_checked():
-    from tasks.catalog import CandidateSpec, CatalogError, parse_candidate
-    from tasks.train_worker import class_weight_tensor
+    from tasks.training.catalog import CandidateSpec, CatalogError, parse_candidate
+    from tasks.training.worker import class_weight_tensor
 
     labels = ["hr", "it", "out_of_scope"]
     assert class_weight_tensor(None, labels) is None
@@ -41,11 +41,11 @@ def test_class_weights_follow_the_label_order_and_are_checked():
 def test_encoder_router_trains_and_evaluates_like_a_causal_router(tmp_path):
     from safetensors.torch import load_file
 
-    from tasks import tracking
-    from tasks.catalog import load_catalog
-    from tasks.encoder_router import BASE_NOTE
-    from tasks.evaluate import EvaluateResult, evaluate_candidate
-    from tasks.finetune import FinetuneConfig, finetune
+    from tasks.core import tracking
+    from tasks.evaluation.encoder_router import BASE_NOTE
+    from tasks.evaluation.evaluate import EvaluateResult, evaluate_candidate
+    from tasks.training.catalog import load_catalog
+    from tasks.training.finetune import FinetuneConfig, finetune
 
     dataset = write_dataset(tmp_path / "dataset", n_train=160, n_test=40)
     spec = load_catalog()["minilm-router-lora"].model_copy(deep=True)

@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
-from tasks.config import EXPERTS
-from tasks.evaluate import (
+from tasks.core.prompts import format_prompt, format_target, parse_expert
+from tasks.demo.clinc150 import EXPERTS
+from tasks.evaluation.evaluate import (
     NO_EXPERT,
     EvaluateConfig,
     classification_report,
@@ -21,7 +22,6 @@ from tasks.evaluate import (
     write_icl_split,
     write_task_config,
 )
-from tasks.prompts import format_prompt, format_target, parse_expert
 from tests.test_finetune import write_dataset
 
 
@@ -225,10 +225,10 @@ def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
     grades it: every one of the workload's to date, in the test split or not."""
     import pandas as pd
 
-    from tasks.config import get_paths
-    from tasks.gate import teacher_reference, wilson_interval
-    from tasks.review import DISCARD, ReviewStore, make_decision
-    from tasks.review import SIMULATED_SOURCE as SIM
+    from tasks.core.config import get_paths
+    from tasks.curation.review import DISCARD, ReviewStore, make_decision
+    from tasks.curation.review import SIMULATED_SOURCE as SIM
+    from tasks.evaluation.gate import teacher_reference, wilson_interval
 
     def doc(rid: str, expert: str, source: str) -> dict:
         return {"id": rid, "query": f"query {rid}", "expert": expert, "label_source": source}
@@ -254,7 +254,8 @@ def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
              {"id": "elsewhere", "route": "home", "latency_ms": 9.0, "model": "teacher-70b",
               "workload_id": "other"}]
     store = pd.DataFrame(rows)
-    monkeypatch.setattr("tasks.validate.load_store", lambda home=None, workload_id=None, *a, **k:
+    monkeypatch.setattr("tasks.ingest.store.load_store",
+                        lambda home=None, workload_id=None, *a, **k:
                         store if workload_id is None else store[store["workload_id"]
                                                                 == workload_id])
     review = ReviewStore(str(tmp_path), "router")
@@ -304,7 +305,7 @@ def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
 def test_documents_carry_their_label_space(tmp_path, xs_base_model):
     """lm-eval's choices are the dataset version's experts, written into every document; a
     document without them is an error, never the demo's experts."""
-    from tasks.evaluate import write_prompts
+    from tasks.evaluation.evaluate import write_prompts
     from tasks.evaluation.flywheel_routing.utils import choices, doc_to_target
 
     test = tmp_path / "test.jsonl"

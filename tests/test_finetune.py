@@ -2,7 +2,7 @@
 trains each method and family.
 
 The tiny models have no chat template, so they get the plain router prompt (a real instruct model
-gets its chat template, see tasks/prompts.py); ``max_seq_len=128`` leaves room for either."""
+gets its chat template, see tasks/core/prompts.py); ``max_seq_len=128`` leaves room for either."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.catalog import CandidateSpec, Hyperparameters
-from tasks.config import EXPERTS, FALLBACK_EXPERT
-from tasks.finetune import FinetuneConfig, finetune, launch_command
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT
+from tasks.training.catalog import CandidateSpec, Hyperparameters
+from tasks.training.finetune import FinetuneConfig, finetune, launch_command
 
 
 def write_dataset(folder: Path, n_train: int = 96, n_test: int = 33) -> Path:
     """A small curated-dataset folder from CLINC150's train split (the stage's input contract)."""
     import random
 
-    from tasks.clinc150 import examples
+    from tasks.demo.clinc150 import examples
 
     pool = [e for e in examples() if e.split == "train"]
     random.Random(0).shuffle(pool)
@@ -39,16 +39,16 @@ def test_launch_command_uses_a_launcher(tmp_path):
     command = launch_command(tmp_path / "job.json", "torchrun", 4)
     assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node" in command and "4" in command
-    assert command[-3:] == ["-m", "tasks.train_worker", str(tmp_path / "job.json")] or \
-        command[-2:] == ["tasks.train_worker", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "tasks.training.worker", str(tmp_path / "job.json")] or \
+        command[-2:] == ["tasks.training.worker", str(tmp_path / "job.json")]
 
 
 def test_causal_rows_mask_the_prompt_and_shorten_the_query_never_the_answer(xs_base_model):
     from transformers import AutoTokenizer
 
-    from tasks.config import EXPERTS
-    from tasks.prompts import answer_ids, prompt_ids
-    from tasks.train_worker import causal_rows
+    from tasks.core.prompts import answer_ids, prompt_ids
+    from tasks.demo.clinc150 import EXPERTS
+    from tasks.training.worker import causal_rows
 
     tokenizer = AutoTokenizer.from_pretrained(xs_base_model)
     short = {"query": "what is my balance", "expert": "banking"}
@@ -73,7 +73,7 @@ def test_causal_rows_mask_the_prompt_and_shorten_the_query_never_the_answer(xs_b
 def test_epoch_order_is_seeded_grouped_by_length_and_covers_every_row():
     import random
 
-    from tasks.train_worker import epoch_order
+    from tasks.training.worker import epoch_order
 
     lengths = [random.Random(i).randint(5, 60) for i in range(200)]
     first = epoch_order(lengths, 8, seed=0, epoch=0)
@@ -91,7 +91,7 @@ def test_epoch_order_is_seeded_grouped_by_length_and_covers_every_row():
 
 
 def test_only_a_checkpoint_with_its_record_counts_as_resumable(tmp_path):
-    from tasks.train_worker import STATE_FILE, latest_checkpoint
+    from tasks.training.worker import STATE_FILE, latest_checkpoint
 
     assert latest_checkpoint(tmp_path / "missing") is None
     for step in (4, 8, 12):
@@ -106,7 +106,7 @@ def test_only_a_checkpoint_with_its_record_counts_as_resumable(tmp_path):
 def test_lora_training_through_deepspeed_lowers_loss_and_changes_weights(tmp_path, xs_base_model):
     from safetensors.torch import load_file
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     dataset = write_dataset(tmp_path / "dataset")
     spec = CandidateSpec(name="xs-lora", base_model=str(xs_base_model),
@@ -181,7 +181,7 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
     else:
         from peft import get_peft_model_state_dict
 
-        from tasks.train_worker import TrainJob, build_model
+        from tasks.training.worker import TrainJob, build_model
 
         assert result.trainable_parameters < result.total_parameters
         prompt = load_file(weights_dir / "adapter_model.safetensors")
@@ -199,7 +199,7 @@ def test_other_methods_train_through_deepspeed(tmp_path, xs_base_model, method, 
 def test_two_cpu_ranks_share_each_epoch(tmp_path, xs_base_model):
     """Two gloo ranks under torchrun, as several GPUs would run: each reads half of an epoch's
     batches (accelerate counts DeepSpeed's CPU ranks only when told, see
-    tasks.train_worker.configure_cpu_ranks) and only rank 0 writes."""
+    tasks.training.worker.configure_cpu_ranks) and only rank 0 writes."""
     dataset = write_dataset(tmp_path / "dataset", n_train=64)
     spec = CandidateSpec(name="xs-two-ranks", base_model=str(xs_base_model),
                          hyperparameters=Hyperparameters(learning_rate=2e-2, batch_size=8,
@@ -220,7 +220,7 @@ def test_a_causal_backbone_with_a_classification_head_trains_as_the_encoder_fami
     """The encoder family is backbone-agnostic: the tiny Llama through
     AutoModelForSequenceClassification (a ``score`` head on the last token) trains with LoRA on
     its linear layers and the head in full, and the serving loader predicts labels with it."""
-    from tasks.encoder_router import load_classifier, predict
+    from tasks.evaluation.encoder_router import load_classifier, predict
 
     dataset = write_dataset(tmp_path / "dataset", n_train=96)
     spec = CandidateSpec(name="xs-classifier", base_model=str(xs_base_model), family="encoder",
@@ -258,7 +258,7 @@ def test_training_pool_is_created_once_and_then_kept(airflow_db):
     import subprocess
     import sys
 
-    from tasks.finetune import TRAINING_POOL, ensure_training_pool
+    from tasks.training.finetune import TRAINING_POOL, ensure_training_pool
 
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "pools", "delete", TRAINING_POOL], capture_output=True)
@@ -280,7 +280,7 @@ def test_training_processes_build_no_comm_op_and_share_one_ninja(monkeypatch):
     import deepspeed.ops
     from deepspeed.comm.torch import build_shm_op
 
-    from tasks.train_worker import prepare_deepspeed_ops
+    from tasks.training.worker import prepare_deepspeed_ops
 
     env_ninja = Path(sys.executable).parent / "ninja"
     monkeypatch.setenv("PATH", "/usr/bin:/bin")

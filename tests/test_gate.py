@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tasks.gate import (
+from tasks.evaluation.gate import (
     CandidateScore,
     GateThresholds,
     Reference,

@@ -78,7 +78,7 @@ def worker_queues() -> dict[str, set[str]]:
 
 
 def catalog_queues() -> set[str]:
-    data = yaml.safe_load((ROOT / "tasks" / "configs" / "candidates.yaml").read_text())
+    data = yaml.safe_load((ROOT / "tasks" / "training" / "configs" / "candidates.yaml").read_text())
     queues = set()
     for entry in data.get("candidates", []):
         queue = entry.get("queue") or (entry.get("resources") or {}).get("queue")
@@ -208,8 +208,8 @@ def test_every_variable_set_is_read_by_something():
 
 
 def test_the_switches_from_embedded_defaults_are_set():
-    from tasks import vectors
-    from tasks.config import local_environment
+    from tasks.core.config import local_environment
+    from tasks.curation import vectors
 
     airflow_env = compose()["x-airflow-common"]["environment"]
     assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import (
+from tasks.core.records import make_request, make_response
+from tasks.ingest.landing import (
     FEEDBACK_COLUMNS,
     MANIFEST_NAME,
     QUARANTINE_COLUMNS,
@@ -23,7 +24,6 @@ from tasks.ingest import (
     ingest,
     main,
 )
-from tasks.records import make_request, make_response
 
 
 def record(i: int, expert: str = "banking", query: str | None = None, **fields: Any
@@ -211,15 +211,15 @@ def test_files_changed_in_place_are_read_again_only_when_rechecked(tmp_path: Pat
 
 
 def test_delivered_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None:
-    import tasks.ingest
+    import tasks.ingest.landing
 
     landing = tmp_path / "landing"
     for day in range(5):
         write_jsonl(landing / f"router-2026-11-{day + 10}.jsonl", [record(day)])
     assert run(tmp_path, "b1").records_parsed == 5
     hashed: list[str] = []
-    real = tasks.ingest.sha256_of
-    monkeypatch.setattr(tasks.ingest, "sha256_of", lambda path: hashed.append(path.name)
+    real = tasks.ingest.landing.sha256_of
+    monkeypatch.setattr(tasks.ingest.landing, "sha256_of", lambda path: hashed.append(path.name)
                         or real(path))
     write_jsonl(landing / "router-2026-11-20.jsonl", [record(9)])
     second = run(tmp_path, "b2")
@@ -260,7 +260,7 @@ def test_chunked_staging_matches_one_pass(tmp_path: Path, monkeypatch: pytest.Mo
                                           ) -> None:
     """Staging in chunks of 3 rows (and reading Parquet 2 rows at a time) gives the same batch,
     row for row, as staging everything at once; the files really are written in several chunks."""
-    import tasks.ingest as ingest_module
+    import tasks.ingest.landing as ingest_module
 
     items: list[Any] = [record(i) for i in range(10)]
     items[4:4] = ["{not json", {"kind": "feedback", "id": "r1", "rating": -1,
@@ -294,7 +294,7 @@ def test_a_failed_run_leaves_no_partial_staging(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash part-way through (after chunks were written) leaves no staged file, no temporary
     file and no manifest entry: the retry reads everything again."""
-    import tasks.ingest as ingest_module
+    import tasks.ingest.landing as ingest_module
 
     write_jsonl(tmp_path / "landing" / "a.jsonl", [record(i) for i in range(10)])
     monkeypatch.setattr(ingest_module, "CHUNK_ROWS", 2)
@@ -321,7 +321,7 @@ def test_a_failed_run_leaves_no_partial_staging(tmp_path: Path,
 def test_redaction_is_the_same_as_redact_record(tmp_path: Path) -> None:
     """Ingest redacts with a per-run cache of strings; each staged line is what
     ``redact_record`` gives, and the counts add up line by line."""
-    from tasks.redact import redact_record
+    from tasks.ingest.redact import redact_record
 
     pii = "mail jane.doe@example.com or call +1-555-201-7788"
     items = [record(1, query=pii), record(2, query=pii),
@@ -344,7 +344,7 @@ def test_redaction_is_the_same_as_redact_record(tmp_path: Path) -> None:
 def test_the_manifest_index_is_derived_from_the_manifest(tmp_path: Path) -> None:
     """``_manifest.arrow`` only saves parsing: lost, corrupt or stale (the manifest cut), it is
     rebuilt; entries written before inodes were kept are matched by size and mtime."""
-    from tasks.ingest import MANIFEST_INDEX_NAME
+    from tasks.ingest.landing import MANIFEST_INDEX_NAME
 
     landing = tmp_path / "landing"
     for name in ("a", "b", "c"):

@@ -12,8 +12,8 @@ def test_ingest_dag_is_idempotent(tmp_path, monkeypatch, airflow_db):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
 
-    from tasks.simulate import SimulateConfig, simulate
-    from tasks.validate import load_store
+    from tasks.demo.simulate import SimulateConfig, simulate
+    from tasks.ingest.store import load_store
 
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))  # tasks read it when they run
     sim = simulate(SimulateConfig(seed=3, days=1, records_per_day=400, home=str(tmp_path),

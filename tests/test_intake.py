@@ -16,10 +16,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import tasks.intake as intake
-from tasks.client import FlywheelClient, IntakeError
-from tasks.ingest import IngestConfig, ingest
-from tasks.records import SCHEMA_VERSION, make_request, make_response
+import tasks.ingest.intake as intake
+from tasks.core.records import SCHEMA_VERSION, make_request, make_response
+from tasks.ingest.client import FlywheelClient, IntakeError
+from tasks.ingest.landing import IngestConfig, ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -248,7 +248,7 @@ def test_client_against_real_server(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "FLYWHEEL_HOME": str(tmp_path), intake.TOKEN_ENV: TOKEN}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "tasks.intake:create_app",
+        [sys.executable, "-m", "uvicorn", "--factory", "tasks.ingest.intake:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

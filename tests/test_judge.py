@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tasks.judge import JudgeConfig, OpenAIJudge, attribute, parse_answer
-from tasks.review import ReviewStore
+from tasks.curation.judge import JudgeConfig, OpenAIJudge, attribute, parse_answer
+from tasks.curation.review import ReviewStore
 from tests.test_curate import clinc_query, load, positives, record
 
 EXPERTS5 = ("banking", "travel", "home", "utility", "work")

@@ -74,10 +74,10 @@ HELPERS = {
     # a temporary file renamed over its target: tasks/core/files.py alone
     r"os\.(replace|rename)\(": {"tasks/core/files.py",
                                 # whole folders published in one rename (not a file write)
-                                "tasks/basemodels.py", "tasks/pretrained.py",
-                                "tasks/curate.py", "tasks/vectors.py",
+                                "tasks/demo/basemodels.py", "tasks/training/pretrained.py",
+                                "tasks/curation/curate.py", "tasks/curation/vectors.py",
                                 # the demo moves held-back landing files
-                                "tasks/demo.py"},
+                                "tasks/demo/run.py"},
     r"datetime\.now\(": {"tasks/core/clock.py"},
     r"fcntl\.flock\(": {"tasks/core/files.py"},
 }
@@ -88,3 +88,50 @@ def test_one_helper_for_each_piece_of_shared_ground(pattern):
     users = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
              if re.search(pattern, p.read_text())}
     assert users <= HELPERS[pattern], (pattern, sorted(users - HELPERS[pattern]))
+
+
+#: The demo's own package: the simulator, CLINC150, the tiny test base models, ``flywheel demo``.
+DEMO = "tasks.demo"
+#: Modules outside it that may name it: the command line lists its commands (by name, imported
+#: only when one of them is run).
+MAY_NAME_DEMO = {"tasks.cli"}
+
+
+def _imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_production_module_imports_the_demo():
+    """Production stages, DAGs and plugins run without the demo: its base models reach training
+    through an entry point, its data through files, never through an import."""
+    graph = import_graph(PACKAGE)
+    production = {m for m in graph if not m.startswith(DEMO)} - MAY_NAME_DEMO
+    assert len(production) > 30
+    offenders = {m: sorted(t for t in graph[m] if t == DEMO or t.startswith(DEMO + "."))
+                 for m in production}
+    for folder in ("dags", "plugins"):
+        for path in (ROOT / folder).rglob("*.py"):
+            offenders[str(path.relative_to(ROOT))] = sorted(
+                n for n in _imports_of(path) if n == DEMO or n.startswith(DEMO + "."))
+    assert not {m: t for m, t in offenders.items() if t}, offenders
+
+
+def test_the_layout_check_sees_a_demo_import(tmp_path):
+    (tmp_path / "dag.py").write_text("def f():\n    from tasks.demo.simulate import simulate\n")
+    assert "tasks.demo.simulate" in _imports_of(tmp_path / "dag.py")
+
+
+def test_every_stage_has_its_room():
+    """The stages are sub-packages named for what they do; nothing but the command line and the
+    package marker sits loose in tasks/."""
+    rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert {"core", "ingest", "curation", "training", "evaluation", "registry", "serving",
+            "reporting", "stack", "demo"} <= rooms
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "cli.py"]

@@ -30,7 +30,7 @@ def test_declared_dependencies_are_the_pinned_requirements() -> None:
 def test_a_served_model_requires_real_installed_packages_only() -> None:
     from importlib.metadata import version
 
-    from tasks.serving import _requirements
+    from tasks.serving.router import _requirements
 
     requirements = _requirements()
     for requirement in requirements:

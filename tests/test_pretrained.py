@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from tasks import pretrained
-from tasks.catalog import CatalogError, parse_candidate
-from tasks.finetune import check_base_models
-from tasks.pretrained import PACKAGED_MODELS, ModelFileError, check_wheel
+from tasks.training import pretrained
+from tasks.training.catalog import CatalogError, parse_candidate
+from tasks.training.finetune import check_base_models
+from tasks.training.pretrained import PACKAGED_MODELS, ModelFileError, check_wheel
 
 SMOL = PACKAGED_MODELS["smollm2-135m-instruct"]
 

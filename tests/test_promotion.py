@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import tracking
-from tasks.register import (
+from tasks.core import tracking
+from tasks.registry.register import (
     PromotionRefused,
     aliases,
     champion_version,
@@ -105,11 +105,12 @@ def test_a_crash_between_registration_and_promotion_leaves_the_champion_alone(
     assert aliases("crash", home) == {"champion": "2", "previous-champion": "1"}
 
 
-# ---------------------------------------------------- approval in its own DAG (tasks.promotion)
+# ---------------------------------------------------- approval in its own DAG
+# (tasks.registry.promotion)
 
 
 def test_the_promotion_run_decides_on_the_newest_announced_challenger(home, tmp_path):
-    from tasks.promotion import challenger_event, pending_challenger
+    from tasks.registry.promotion import challenger_event, pending_challenger
 
     registered = register_one(home, tmp_path, "a", 0.8, "c1", workload="announced")
     event = challenger_event(registered, "announced", "c1", False, decision("a"))
@@ -133,8 +134,8 @@ def test_an_approved_challenger_is_promoted_into_its_cycle_report_and_a_stale_on
         home, tmp_path):
     import json
 
-    from tasks.config import get_paths
-    from tasks.promotion import challenger_event, promote_challenger
+    from tasks.core.config import get_paths
+    from tasks.registry.promotion import challenger_event, promote_challenger
 
     first = register_one(home, tmp_path, "a", 0.8, "c1", workload="late")
     second = register_one(home, tmp_path, "b", 0.85, "c2", workload="late")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.clinc150 import examples
-from tasks.ingest import IngestConfig, ingest
-from tasks.records import make_request, make_response
-from tasks.redact import ID_PATTERNS_ENV, iban_valid, luhn_valid, redact, redact_record
-from tasks.simulate import SimulateConfig, simulate
+from tasks.core.records import make_request, make_response
+from tasks.demo.clinc150 import examples
+from tasks.demo.simulate import SimulateConfig, simulate
+from tasks.ingest.landing import IngestConfig, ingest
+from tasks.ingest.redact import ID_PATTERNS_ENV, iban_valid, luhn_valid, redact, redact_record
 from tests.benchmarks.bench_redact import (
     MEASURED_ON,
     NAME_FORMS,

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tasks import tracking
-from tasks.register import PromotionRefused, aliases, champion_accuracy, register_winner
+from tasks.core import tracking
+from tasks.registry.register import PromotionRefused, aliases, champion_accuracy, register_winner
 
 
 def training_run(home, tmp_path, name: str, workload: str = "router") -> str:
@@ -97,7 +97,7 @@ def test_flywheel_register_registers_a_finished_cycles_winner_once(tmp_path, cap
     import json
 
     from tasks.cli import main as cli
-    from tasks.config import get_paths
+    from tasks.core.config import get_paths
 
     home = str(tmp_path / "home")
     base, adapter = fake_model(tmp_path, "m")

@@ -6,8 +6,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from tasks.plots import pareto_front
-from tasks.report import (
+from tasks.reporting.plots import pareto_front
+from tasks.reporting.report import (
     MLFLOW_UI_ADDRESS,
     mlflow_run_url,
     render,
@@ -132,7 +132,7 @@ def test_write_report_charts_history_and_mlflow(tmp_path, capsys):
     # history across cycles from the cycle runs in MLflow: c1 kept v2, c2 promoted v3
     assert [(h["cycle"], h["version"]) for h in report["history"]] == [("c1", "2"), ("c2", "3")]
     assert "## Champion history" in (out / "report.md").read_text()
-    from tasks import tracking
+    from tasks.core import tracking
 
     mlflow = tracking.configure(tracking.get_paths(home))
     runs = mlflow.search_runs(experiment_names=["flywheel-router"], output_format="list",

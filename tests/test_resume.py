@@ -37,9 +37,9 @@ def _processes_with(marker: str) -> list[int]:
 def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, xs_base_model):
     from safetensors.torch import load_file
 
-    from tasks import tracking
-    from tasks.finetune import FinetuneConfig, finetune
-    from tasks.train_worker import latest_checkpoint
+    from tasks.core import tracking
+    from tasks.training.finetune import FinetuneConfig, finetune
+    from tasks.training.worker import latest_checkpoint
 
     dataset = write_dataset(tmp_path / "dataset", n_train=64)
     settings = {
@@ -56,7 +56,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, xs_base_m
     # first attempt: the stage's command line in its own process group, killed once it has
     # written a checkpoint (SIGKILL: no handler runs, as when a worker node is lost)
     first = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tasks.finetune import main; "
+        [sys.executable, "-c", "import sys; from tasks.training.finetune import main; "
          "sys.exit(main(sys.argv[1:]))", "--config", str(config_file)],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.curate import CurateConfig, curate
-from tasks.judge import JudgeConfig, attribute
-from tasks.review import (
+from tasks.curation.curate import CurateConfig, curate
+from tasks.curation.judge import JudgeConfig, attribute
+from tasks.curation.review import (
     SIMULATED_SOURCE,
     TRAFFIC_AUDIT,
     UI_ACCEPT,
@@ -32,7 +32,7 @@ from tasks.review import (
     make_decision,
     review,
 )
-from tasks.validate import load_store
+from tasks.ingest.store import load_store
 from tests.test_curate import clinc_query, load, record
 from tests.test_judge import seed_store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.register import PromotionRefused, aliases, promote, rollback
+from tasks.registry.register import PromotionRefused, aliases, promote, rollback
 from tests.test_register import register_one
 
 
@@ -25,7 +25,7 @@ def test_rollback_restores_previous_champion_and_can_be_undone(tmp_path):
     assert aliases("rb", home) == {"champion": "1", "previous-champion": "2"}
     rollback("rb", home=home)  # undo: back to 2
     assert aliases("rb", home)["champion"] == "2"
-    from tasks import tracking
+    from tasks.core import tracking
 
     client = tracking.configure(tracking.get_paths(home)).MlflowClient()
     tags = client.get_model_version("flywheel-rb", "3").tags

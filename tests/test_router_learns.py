@@ -1,10 +1,13 @@
 """A fine-tuned real causal router beats its base on queries it never saw.
 
-SmolLM2-135M-Instruct (the packaged real model, tasks/pretrained.py) is fine-tuned through the
-cycle's own path (:func:`tasks.finetune.finetune`: the catalog's ``smollm2-lora`` recipe, the
+SmolLM2-135M-Instruct (the packaged real model, tasks/training/pretrained.py) is fine-tuned through
+the
+cycle's own path (:func:`tasks.training.finetune.finetune`: the catalog's ``smollm2-lora`` recipe,
+the
 Trainer worker under torchrun, the chat prompt naming the experts) on a few CLINC150 train
 queries per expert, then both it and its base route CLINC150 *test* queries through the served
-:class:`tasks.serving.Router` (greedy generation, the fallback when no expert is named). A falling
+:class:`tasks.serving.router.Router` (greedy generation, the fallback when no expert is named). A
+falling
 training loss alone would not show that the router learnt anything that carries to new queries.
 
 Slow (minutes: a 135M model on two CPU cores), so the steps are capped; the figures it prints
@@ -20,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.clinc150 import examples
-from tasks.config import EXPERTS, FALLBACK_EXPERT
-from tasks.prompts import parse_expert
+from tasks.core.prompts import parse_expert
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT, examples
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +45,9 @@ def stratified(split: str, per_expert: int, seed: int) -> list:
 
 
 def test_fine_tuned_smollm2_beats_its_base_on_held_out_queries(tmp_path):
-    from tasks.catalog import load_catalog
-    from tasks.finetune import FinetuneConfig, finetune
-    from tasks.serving import Router
+    from tasks.serving.router import Router
+    from tasks.training.catalog import load_catalog
+    from tasks.training.finetune import FinetuneConfig, finetune
 
     train = stratified("train", PER_EXPERT_TRAIN, 0)
     test = stratified("test", PER_EXPERT_TEST, 1)

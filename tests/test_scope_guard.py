@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks.clinc150 import examples
-from tasks.config import FALLBACK_EXPERT
-from tasks.embeddings import embed_queries
-from tasks.scope_guard import (
+from tasks.core.embeddings import embed_queries
+from tasks.demo.clinc150 import FALLBACK_EXPERT, examples
+from tasks.training.scope_guard import (
     GUARD_FILE,
     MIN_REFERENCE,
     NEIGHBOURS,
@@ -32,7 +31,8 @@ def clinc():
 @pytest.fixture(scope="module")
 def guard(clinc):
     train, _ = clinc
-    return ScopeGuard.build([e.query for e in train], [e.expert for e in train], budget=0.05)
+    return ScopeGuard.build([e.query for e in train], [e.expert for e in train], budget=0.05,
+                            fallback=FALLBACK_EXPERT)
 
 
 def test_guard_keeps_about_its_budget_of_in_scope_and_catches_out_of_scope(guard, clinc):
@@ -86,23 +86,28 @@ def test_score_is_the_mean_similarity_to_the_nearest_neighbours(guard, tmp_path)
 def test_bad_input_is_refused():
     queries = [f"question number {i} about my bank card" for i in range(MIN_REFERENCE)]
     with pytest.raises(ValueError, match="budget"):
-        ScopeGuard.build(queries, ["banking"] * len(queries), budget=0.7)
+        ScopeGuard.build(queries, ["banking"] * len(queries), budget=0.7, fallback="x")
     with pytest.raises(ValueError, match="queries but"):
-        ScopeGuard.build(queries, ["banking"], budget=0.05)
+        ScopeGuard.build(queries, ["banking"], budget=0.05, fallback="x")
     with pytest.raises(ValueError, match="at least"):  # duplicates and out-of-scope don't count
         ScopeGuard.build(queries[:5] * 10 + ["what is love"],
-                         ["banking"] * 50 + [FALLBACK_EXPERT], budget=0.05)
+                         ["banking"] * 50 + [FALLBACK_EXPERT], budget=0.05,
+                         fallback=FALLBACK_EXPERT)
     with pytest.raises(ValueError, match="neighbours"):
-        ScopeGuard.build(queries, ["banking"] * len(queries), neighbours=0)
+        ScopeGuard.build(queries, ["banking"] * len(queries), neighbours=0, fallback="x")
     with pytest.raises(ValueError, match="neighbours"):
-        ScopeGuard(vectors=np.eye(3, dtype=np.float16), threshold=0.5, budget=0.05, neighbours=4)
+        ScopeGuard(vectors=np.eye(3, dtype=np.float16), threshold=0.5, budget=0.05,
+                   fallback="x", neighbours=4)
 
 
 def test_build_for_training_set_skips_small_sets_and_zero_budget(tmp_path, capsys):
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"query": f"q {i}", "expert": "banking"}) + "\n"
                              for i in range(5)))
-    assert build_for_training_set(train, 0.05, tmp_path) is None
+    assert build_for_training_set(train, 0.05, tmp_path, FALLBACK_EXPERT) is None
     assert "no scope guard" in capsys.readouterr().out
-    assert build_for_training_set(train, 0.0, tmp_path) is None
+    assert build_for_training_set(train, 0.0, tmp_path, FALLBACK_EXPERT) is None
+    # a workload without a fallback expert has nowhere to send an unfamiliar query: no guard
+    assert build_for_training_set(train, 0.05, tmp_path, None) is None
+    assert "no fallback expert" in capsys.readouterr().out
     assert not (tmp_path / GUARD_FILE).exists()

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.config import get_paths, local_environment
-from tasks.serve import prepare_dags
+from tasks.core.config import get_paths, local_environment
+from tasks.stack.serve import prepare_dags
 
 
 def test_dags_are_serialized_and_active_and_a_user_pause_is_kept(tmp_path: Path) -> None:

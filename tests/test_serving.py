@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def write_label_space(folder, experts=EXPERTS, fallback=FALLBACK_EXPERT) -> None
 def test_queries_accepts_lists_series_and_frames_and_refuses_non_strings():
     import pandas as pd
 
-    from tasks.serving import _queries
+    from tasks.serving.router import _queries
 
     assert _queries(["a", "b"]) == ["a", "b"]
     assert _queries("a") == ["a"]
@@ -50,8 +50,8 @@ def test_queries_accepts_lists_series_and_frames_and_refuses_non_strings():
 def test_champion_loads_through_pyfunc_and_routes_like_the_router(tmp_path, xs_base_model,
                                                                   xs_adapter):
     import mlflow
-    from tasks.register import promote, register_winner
-    from tasks.serving import Router, load_champion
+    from tasks.registry.register import promote, register_winner
+    from tasks.serving.router import Router, load_champion
     from tests.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
@@ -78,9 +78,9 @@ def test_champion_loads_through_pyfunc_and_routes_like_the_router(tmp_path, xs_b
 def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     """An encoder-family winner is packaged so the same pyfunc URI classifies queries into
     experts (here the shipped MiniLM with a fresh, seeded head: routes are valid, not good)."""
-    from tasks.encoder_router import resolve_encoder
-    from tasks.register import promote, register_winner
-    from tasks.serving import EncoderRouter, load_champion
+    from tasks.evaluation.encoder_router import resolve_encoder
+    from tasks.registry.register import promote, register_winner
+    from tasks.serving.router import EncoderRouter, load_champion
     from tests.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
@@ -97,14 +97,14 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     routed = router.predict(queries)
     assert len(routed) == 2 and set(routed) <= set(EXPERTS)
     assert routed == [EncoderRouter(encoder).route(q) for q in queries]
-    from tasks.register import champion_version
+    from tasks.registry.register import champion_version
 
     assert champion_version("enc", home).tags["family"] == "encoder"
 
     # bad input is refused with the reason (the scoring server answers it 400), never a crash
     from mlflow.exceptions import MlflowException
 
-    from tasks.serving import MAX_QUERIES
+    from tasks.serving.router import MAX_QUERIES
 
     with pytest.raises(MlflowException, match="missing inputs") as empty:  # MLflow's own check
         router.predict([])
@@ -119,12 +119,12 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     import yaml
 
     import mlflow
-    from tasks.tracking import registered_model_name
+    from tasks.core.tracking import registered_model_name
 
     local = Path(mlflow.artifacts.download_artifacts(
         f"models:/{registered_model_name('enc')}@champion", dst_path=str(tmp_path / "dl")))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert (local / flavor["code"] / "tasks" / "serving.py").is_file()
+    assert (local / flavor["code"] / "tasks" / "serving" / "router.py").is_file()
     assert not list((local / flavor["code"]).rglob("__pycache__"))
     requirements = (local / "requirements.txt").read_text().split()
     names = {r.split("==")[0].lower() for r in requirements if not r.startswith("-")}
@@ -138,16 +138,16 @@ def test_the_scope_guard_travels_with_the_weights_into_the_served_model(tmp_path
     sends a query unlike the training data to the fallback expert without asking the model."""
     import shutil
 
-    from tasks.clinc150 import examples
-    from tasks.config import FALLBACK_EXPERT
-    from tasks.register import download_version, promote, register_winner
-    from tasks.scope_guard import GUARD_FILE, ScopeGuard
-    from tasks.serving import Router, load_champion
+    from tasks.demo.clinc150 import FALLBACK_EXPERT, examples
+    from tasks.registry.register import download_version, promote, register_winner
+    from tasks.serving.router import Router, load_champion
+    from tasks.training.scope_guard import GUARD_FILE, ScopeGuard
     from tests.test_register import decision, evaluation, training_run
 
     adapter = shutil.copytree(xs_adapter, tmp_path / "guarded")
     train = [e for e in examples() if e.split == "train" and e.expert != FALLBACK_EXPERT][:200]
-    ScopeGuard.build([e.query for e in train], [e.expert for e in train], 0.05).save(adapter)
+    ScopeGuard.build([e.query for e in train], [e.expert for e in train], 0.05,
+                     fallback=FALLBACK_EXPERT).save(adapter)
     home = str(tmp_path)
     ev = evaluation("xs", training_run(home, tmp_path, "xs", "guard"), 0.5,
                     str(xs_base_model), str(adapter))

@@ -1,4 +1,4 @@
-"""Tests of the traffic simulator (tasks/simulate.py): the logs it lands are what ingestion,
+"""Tests of the traffic simulator (tasks/demo/simulate.py): the logs it lands are what ingestion,
 validation and curation are built against, so their statistics are part of the contract."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT
-from tasks.records import RecordError, query_of, route_of
-from tasks.simulate import CONFUSABLE, MALFORMED_KINDS, SimulateConfig, simulate
+from tasks.core.records import RecordError, query_of, route_of
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT
+from tasks.demo.simulate import CONFUSABLE, MALFORMED_KINDS, SimulateConfig, simulate
 
 
 def _strict(line: str) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def test_other_formats_hold_the_same_lines(tmp_path: Path, file_format: str) -> 
 
 
 def test_cli_main_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.simulate import main
+    from tasks.demo.simulate import main
 
     assert main(["--days", "1", "--records-per-day", "50", "--home", str(tmp_path),
                  "--client-ids", '["a", "b"]']) == 0

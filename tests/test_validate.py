@@ -9,13 +9,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tasks.ingest import IngestConfig, ingest
-from tasks.records import make_request, make_response
-from tasks.validate import (
+from tasks.core.records import make_request, make_response
+from tasks.ingest.landing import IngestConfig, ingest
+from tasks.ingest.store import load_store
+from tasks.ingest.validate import (
     ValidateConfig,
     ValidateResult,
     ValidationFailed,
-    load_store,
     main,
     validate,
 )
@@ -288,7 +288,7 @@ def test_partitioned_validation_and_store_match_one_pass(tmp_path: Path,
     store in chunks of 3 give the same quarantine, store and raw texts as one pass."""
     import pyarrow.parquet as pq
 
-    import tasks.validate as validate_module
+    import tasks.ingest.validate as validate_module
 
     items = [record(i) for i in range(14)]
     items += [record(3, expert="travel"), record(9, latency_ms=-5.0),  # same id, other content
@@ -334,7 +334,7 @@ def test_the_store_id_index_follows_the_parts(tmp_path: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from tasks.validate import IdIndex
+    from tasks.ingest.validate import IdIndex
 
     deliver(tmp_path, "day1.jsonl", [record(1), record(2)])
     cycle(tmp_path, "b1")

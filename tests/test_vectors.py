@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import vectors as vectors_module
-from tasks.embeddings import embed_queries
-from tasks.vectors import EdgeIndex, ServerIndex, collection_name, open_index, point_id
+from tasks.core.embeddings import embed_queries
+from tasks.curation import vectors as vectors_module
+from tasks.curation.vectors import EdgeIndex, ServerIndex, collection_name, open_index, point_id
 
 QUERIES = {
     "b1": ("what is my checking account balance", "banking"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT, ROUTE_TOOL
+from tasks.core.config import ROUTE_TOOL
 from tasks.core.workload import (
     WORKLOADS_ENV,
     WorkloadError,
@@ -14,6 +14,7 @@ from tasks.core.workload import (
     load_workload,
     read_workload,
 )
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT
 
 HELPDESK = """\
 workload_id: helpdesk
@@ -92,9 +93,9 @@ def test_an_unknown_workload_says_where_it_looked(tmp_path):
 
 
 def test_stage_settings_take_the_label_space_from_the_file(tmp_path):
-    from tasks.curate import CurateConfig
-    from tasks.judge import JudgeConfig
-    from tasks.review import ReviewConfig
+    from tasks.curation.curate import CurateConfig
+    from tasks.curation.judge import JudgeConfig
+    from tasks.curation.review import ReviewConfig
 
     write(tmp_path, "helpdesk.yaml", HELPDESK)
     for settings in (CurateConfig, JudgeConfig, ReviewConfig):
@@ -128,8 +129,8 @@ def test_cycle_settings_run_conf_then_file_then_dag_default(tmp_path):
 
 @pytest.mark.parametrize("kind", ["tool_call", "function_name", "content"])
 def test_each_decision_kind_is_read_back_from_a_logged_response(kind):
+    from tasks.core.records import RecordError, make_request, make_response, route_of
     from tasks.core.workload import Decision
-    from tasks.records import RecordError, make_request, make_response, route_of
 
     decision = Decision(kind=kind, tool="handoff", argument="team") if kind == "tool_call" \
         else Decision(kind=kind)
@@ -149,10 +150,11 @@ def test_ingest_reads_each_workloads_decision_and_validation_its_experts(tmp_pat
     against its own experts; a record of a workload without a file is quarantined, not lost."""
     import json
 
+    from tasks.core.records import make_request, make_response
     from tasks.core.workload import Decision
-    from tasks.ingest import IngestConfig, ingest
-    from tasks.records import make_request, make_response
-    from tasks.validate import ValidateConfig, load_store, validate
+    from tasks.ingest.landing import IngestConfig, ingest
+    from tasks.ingest.store import load_store
+    from tasks.ingest.validate import ValidateConfig, validate
 
     folder = tmp_path / "workloads"
     folder.mkdir()
@@ -181,7 +183,7 @@ def test_ingest_reads_each_workloads_decision_and_validation_its_experts(tmp_pat
 
 
 def test_flywheel_cycle_refuses_an_unknown_workload_before_starting_airflow(tmp_path, capsys):
-    from tasks.cycle import main
+    from tasks.stack.cycle import main
 
     assert main(["--workload-id", "nope", "--workloads-dir", str(tmp_path),
                  "--home", str(tmp_path / "home")]) == 2

@@ -7,6 +7,11 @@ whole when it is read, and every problem is reported with the file's path: an un
 duplicate or malformed expert name, an empty expert list, a fallback that is not one of the
 experts, a ``workload_id`` that differs from the file's name.
 
+The file is the label space: a record's route is checked against its experts at validation (a
+route outside them is quarantined with the reason ``route_in_experts``). The choices a logged
+request may list itself (``tools[].function.parameters.properties.<argument>.enum``) are not
+read: agents log them inconsistently, and the route, not the offer, is what the flywheel learns.
+
     from tasks.core.workload import load_workload
     workload = load_workload("router")
     workload.expert_names          # ('banking', ..., 'out_of_scope')
@@ -77,9 +82,6 @@ class Decision(_Strict):
         "'content': the assistant message's text is the label."))
     tool: str | None = Field("route_to", description="tool_call: the function's name.")
     argument: str | None = Field("expert", description="tool_call: the argument naming the expert.")
-    check_request_choices: bool = Field(True, description=(
-        "Where a record's request lists the choices (tools[].function.parameters.properties."
-        "<argument>.enum), records whose list differs from this file's experts are flagged."))
 
     @model_validator(mode="after")
     def _tool_call_names_its_argument(self) -> Decision:

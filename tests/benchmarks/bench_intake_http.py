@@ -5,13 +5,15 @@ Run it::
     .venv/bin/python tests/benchmarks/bench_intake_http.py [--requests 2000] [--batch 10]
         [--concurrency 8] [--max-seconds 60]
 
-It starts the intake (:func:`tasks.intake.create_app`) with uvicorn on 127.0.0.1 at a free port in
+It starts the intake (:func:`tasks.ingest.intake.create_app`) with uvicorn on 127.0.0.1 at a free
+port in
 a subprocess, its token in ``$FLYWHEEL_INTAKE_TOKEN`` and a temporary ``$FLYWHEEL_HOME``, as
 ``tests/test_intake.py`` does; then ``--concurrency`` threads, each with its own ``httpx.Client``,
 POST ``--requests`` requests of ``--batch`` contract records each to ``/v1/records`` (no new
 request is started after ``--max-seconds``). It prints requests/s, records/s and the p50/p95/max
 request latency, stops the server by its PID (terminate, wait), runs
-:func:`tasks.ingest.ingest` and :func:`tasks.validate.validate` on that home, and checks that
+:func:`tasks.ingest.landing.ingest` and :func:`tasks.ingest.validate.validate` on that home, and
+checks that
 every accepted record was stored (the counts, and the ids read back with ``load_store``).
 """
 
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tasks.records import SCHEMA_VERSION, make_request, make_response  # noqa: E402
+from tasks.core.records import SCHEMA_VERSION, make_request, make_response  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 QUERIES = [("how do I reset my card pin", "banking"), ("book a flight to denver", "travel"),
@@ -61,7 +63,7 @@ def _record(n: int) -> dict:
 def start_server(home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_INTAKE_TOKEN": TOKEN}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "tasks.intake:create_app",
+        [sys.executable, "-m", "uvicorn", "--factory", "tasks.ingest.intake:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -175,8 +177,9 @@ def main() -> int:
     for failure in result["failures"][:5]:
         print(f"   failure: {failure}")
 
-    from tasks.ingest import IngestConfig, ingest
-    from tasks.validate import ValidateConfig, load_store, validate
+    from tasks.ingest.landing import IngestConfig, ingest
+    from tasks.ingest.store import load_store
+    from tasks.ingest.validate import ValidateConfig, validate
 
     started = time.perf_counter()
     staged = ingest(IngestConfig(home=str(home), run_id="bench-http"))

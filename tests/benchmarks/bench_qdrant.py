@@ -7,9 +7,11 @@ Run it::
 Both engines index the same random unit vectors (384-d, so the numbers measure Qdrant, not the
 encoder, which embeds ~400 short sentences/s on two cores) with payloads shaped like the flywheel's
 (a label on 3/4 of the points, 2/3 of them in train), in the same run and through the same
-:class:`tasks.vectors.QueryIndex` methods: :class:`~tasks.vectors.ServerIndex` on a local-mode
+:class:`tasks.curation.vectors.QueryIndex` methods: :class:`~tasks.curation.vectors.ServerIndex` on
+a local-mode
 client (``QdrantClient(path=...)``, the embedded index of earlier versions) and
-:class:`~tasks.vectors.EdgeIndex` (the embedded default). Printed per engine, with the ratio:
+:class:`~tasks.curation.vectors.EdgeIndex` (the embedded default). Printed per engine, with the
+ratio:
 
 * upsert rate, in chunks of 256 (local mode: one SQLite commit per point; Edge: a write-ahead log);
 * close (Edge flushes its segments here), reopen from disk, and a rerun of indexing that finds
@@ -47,7 +49,7 @@ def main() -> None:
     import numpy as np
     from qdrant_client import QdrantClient
 
-    from tasks.vectors import EdgeIndex, QueryIndex, ServerIndex, collection_name
+    from tasks.curation.vectors import EdgeIndex, QueryIndex, ServerIndex, collection_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=5000)

@@ -10,12 +10,13 @@ Every model is trained on the same 700 points of CLINC150's train split, stratif
 domains and ``out_of_scope`` with seed 0 (``quality_encoder_router.stratified``), and scored on
 CLINC150's **whole** test split: 4,500 in-scope queries and 1,000 out-of-scope ones. Rows:
 
-* each catalog candidate fine-tuned through the cycle's own code (:func:`tasks.finetune.finetune`:
+* each catalog candidate fine-tuned through the cycle's own code
+(:func:`tasks.training.finetune.finetune`:
   the training worker under ``torchrun``, one CPU rank), with train time, batch-1 p50/p95 latency
   and the size of its weights; classifiers also with an out-of-scope threshold (a query whose top
   probability is below ``t`` goes to ``out_of_scope``) chosen on the validation split only, and
   with the scope guard the cycle builds from the training points alone and serves with the
-  model (:mod:`tasks.scope_guard`; its time is in that row's latency);
+  model (:mod:`tasks.training.scope_guard`; its time is in that row's latency);
 * with ``--teacher-labelled N``: the ``--teacher-candidates`` again on the 700 points plus ``N``
   train-split queries labelled by the traffic simulator's teacher (96% right), as
   ``teacher_labels="train"`` curates them (``--teacher-epochs`` passes);
@@ -45,8 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
-from tasks.scope_guard import ScopeGuard  # noqa: E402
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT  # noqa: E402
+from tasks.training.scope_guard import ScopeGuard  # noqa: E402
 from tests.benchmarks.bench_quality_peers import (  # noqa: E402
     calibrate,
     curated_points,
@@ -85,8 +86,8 @@ def size_mb(folder: str | None) -> float | None:
 
 def train_candidate(name: str, dataset: Path, home: Path, threads: int,
                     epochs: float | None = None) -> tuple[Any, float]:
-    from tasks.catalog import load_catalog
-    from tasks.finetune import FinetuneConfig, finetune
+    from tasks.training.catalog import load_catalog
+    from tasks.training.finetune import FinetuneConfig, finetune
 
     spec = load_catalog()[name]
     spec.hyperparameters.checkpoint_every = 0
@@ -105,7 +106,7 @@ def classifier_rows(name: str, label: str, trained: Any, train_s: float, threads
     out-of-scope threshold."""
     import torch
 
-    from tasks.encoder_router import load_classifier, measure_latency
+    from tasks.evaluation.encoder_router import load_classifier, measure_latency
 
     torch.set_num_threads(threads)
     full = trained.method == "full"
@@ -152,9 +153,9 @@ def guard_rule(guard: ScopeGuard) -> str:
 def causal_row(name: str, label: str, trained: Any, train_s: float, threads: int
                ) -> dict[str, Any]:
     """A fine-tuned causal router on the whole test split, decoded as it is served."""
-    from tasks.evaluate import measure_latency
-    from tasks.prompts import parse_expert
-    from tasks.serving import Router
+    from tasks.core.prompts import parse_expert
+    from tasks.evaluation.evaluate import measure_latency
+    from tasks.serving.router import Router
 
     full = trained.method == "full"
     router = Router(trained.adapter_dir if full else trained.base_model_path,
@@ -180,7 +181,7 @@ def causal_row(name: str, label: str, trained: Any, train_s: float, threads: int
 def base_rows(name: str, dataset: Path, home: Path, base_path: str, threads: int
               ) -> list[dict[str, Any]]:
     """A causal base zero-shot and in-context through lm-eval (generation, exact match)."""
-    from tasks.evaluate import EvaluateConfig, evaluate
+    from tasks.evaluation.evaluate import EvaluateConfig, evaluate
 
     rows = []
     for k in (0, 4):
@@ -238,7 +239,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from tasks.catalog import load_catalog
+    from tasks.training.catalog import load_catalog
 
     catalog = load_catalog()
     started = time.perf_counter()

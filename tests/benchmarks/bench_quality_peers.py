@@ -5,7 +5,7 @@ Run it (one to four minutes on two CPU cores, most of it embedding ~15,000 queri
 
     .venv/bin/python tests/benchmarks/bench_quality_peers.py [--train-sizes 100 300 700 1500]
 
-The peer is frozen all-MiniLM-L6-v2 sentence embeddings (:mod:`tasks.embeddings`) and a
+The peer is frozen all-MiniLM-L6-v2 sentence embeddings (:mod:`tasks.core.embeddings`) and a
 logistic regression (``class_weight="balanced"``) over the ten domains and ``out_of_scope``. Each
 row trains it on one training set and scores it on CLINC150's whole test split: 4,500 in-scope
 queries and 1,000 out-of-scope ones. Training sets:
@@ -15,12 +15,14 @@ queries and 1,000 out-of-scope ones. Training sets:
   same points); the train split holds only 100 out-of-scope queries, so larger sets have fewer
   than their share of them;
 * *curated + teacher-labelled*: those points plus a seeded random sample of the rest of the train
-  split labelled with the traffic simulator's teacher route (:func:`tasks.simulate._teacher_routes`
+  split labelled with the traffic simulator's teacher route
+  (:func:`tasks.demo.simulate._teacher_routes`
   with the default ``SimulateConfig``: 96% accurate, errors mostly to a confusable expert), as
   ``CurateConfig(teacher_labels="train")`` would add unrated records.
 
 Each training set is scored three times: the classifier's own answer; the same with the scope
-guard a fine-tuned candidate is served with (:mod:`tasks.scope_guard`: built from the training
+guard a fine-tuned candidate is served with (:mod:`tasks.training.scope_guard`: built from the
+training
 points alone); and with an out-of-scope threshold: a query whose highest class probability is
 below ``t`` goes to ``out_of_scope``. ``t`` is chosen on CLINC150's validation split only (3,000
 in-scope + 100 out-of-scope queries), as the one that maximises the mean of in-scope accuracy
@@ -50,9 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tasks.clinc150 import Example, examples  # noqa: E402
-from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
-from tasks.scope_guard import ScopeGuard  # noqa: E402
+from tasks.demo.clinc150 import EXPERTS, FALLBACK_EXPERT, Example, examples  # noqa: E402  # noqa: E402
+from tasks.training.scope_guard import ScopeGuard  # noqa: E402
 from tests.benchmarks.quality_encoder_router import stratified  # noqa: E402
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 #: Keys of a row, in the printed order.
 COLUMNS = ("model", "train", "oos rule", "overall", "in-scope", "oos recall", "oos precision",
            "macro-F1")
-#: The scope guard's in-scope budget (the catalog's default, tasks/catalog.py).
+#: The scope guard's in-scope budget (the catalog's default, tasks/training/catalog.py).
 GUARD_BUDGET = 0.05
 #: Candidate out-of-scope thresholds tried on the validation split.
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
@@ -73,7 +74,7 @@ def embed(texts: Sequence[str]) -> np.ndarray:
     """Unit vectors of ``texts``, each text embedded once per process (cached in memory)."""
     import numpy as np
 
-    from tasks.embeddings import embed_queries
+    from tasks.core.embeddings import embed_queries
 
     missing = list(dict.fromkeys(t for t in texts if t not in _vectors))
     if missing:
@@ -100,7 +101,7 @@ def teacher_labelled_points(n: int, exclude: Iterable[str], seed: int = 0
     """
     import numpy as np
 
-    from tasks.simulate import SimulateConfig, _teacher_routes
+    from tasks.demo.simulate import SimulateConfig, _teacher_routes
 
     everything = examples()
     gold = np.array([EXPERTS.index(e.expert) for e in everything])
@@ -164,7 +165,8 @@ def peer_row(name: str, points: Sequence[tuple[str, str]], c: float = 10.0
     gold = [e.expert for e in test]
     base = {"model": "MiniLM (frozen) + logreg", "train": name}
     argmax = [classes[j] for j in proba.argmax(axis=1)]
-    guard = ScopeGuard.build([q for q, _ in points], [e for _, e in points], GUARD_BUDGET)
+    guard = ScopeGuard.build([q for q, _ in points], [e for _, e in points], GUARD_BUDGET,
+                             fallback=FALLBACK_EXPERT)
     return [{**base, "oos rule": "argmax", **scores(gold, argmax)},
             {**base, "oos rule": f"p < {t:.2f} (val)", **scores(gold, with_threshold(
                 proba, classes, t))},
@@ -211,7 +213,7 @@ def training_points(label: str) -> int | None:
 
 def plot_curve(rows: Sequence[dict[str, Any]], out: Path) -> Path:
     """Overall accuracy against training points, one line per model and out-of-scope rule."""
-    from tasks.plots import _pyplot
+    from tasks.reporting.plots import _pyplot
 
     plt = _pyplot()
     lines: dict[str, list[tuple[int, float]]] = {}

@@ -1,4 +1,4 @@
-"""Benchmark of :mod:`tasks.redact` on CLINC150 queries with planted PII (not a test).
+"""Benchmark of :mod:`tasks.ingest.redact` on CLINC150 queries with planted PII (not a test).
 
 Run it::
 
@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tasks.clinc150 import examples  # noqa: E402
-from tasks.redact import PLACEHOLDERS, redact  # noqa: E402
+from tasks.demo.clinc150 import examples  # noqa: E402
+from tasks.ingest.redact import PLACEHOLDERS, redact  # noqa: E402
 
 SEED = 20261126
 PLANTED_TEXTS = 1600  # each with one or two values: ~2,400 planted values
@@ -444,7 +444,7 @@ def main() -> int:
 @contextlib.contextmanager
 def _names_off() -> Iterator[None]:
     """Name detection switched off: the cost of the other kinds alone."""
-    import tasks.redact as module
+    import tasks.ingest.redact as module
 
     original = module._redact_names
     module._redact_names = lambda text, counts: text

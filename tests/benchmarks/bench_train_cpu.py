@@ -15,12 +15,12 @@ By default every side trains the same randomly initialised Llama-architecture mo
 parameters: hidden 384, 8 layers, tied 30.5k-token embeddings, the MiniLM WordPiece tokenizer
 shipped offline), full fine-tuning; ``--base`` names another base (a recipe, a packaged model or a
 folder) and ``--method`` picks full or LoRA. Both sides train the same model (built by the worker's
-own :func:`tasks.train_worker.build_model`), on the same CLINC150 routing rows (the worker's
+own :func:`tasks.training.worker.build_model`), on the same CLINC150 routing rows (the worker's
 prompt rendering and answer-only labels), in the same batch order (its seeded, length-grouped
 order), with the same fused AdamW, linear warm-up/decay schedule and gradient clipping, for the
 same number of optimizer steps:
 
-* worker: :func:`tasks.train_worker.train` itself, one gloo rank in this process, once per
+* worker: :func:`tasks.training.worker.train` itself, one gloo rank in this process, once per
   DeepSpeed config in ``--configs`` (default: ``ds_zero0.json``, what the catalog's CPU candidates
   use, then ``ds_zero2.json`` for reference);
 * plain: a hand-written loop (forward, backward, clip, step) over the worker's own data helpers.
@@ -83,7 +83,7 @@ def build_random_llama(folder: Path) -> int:
 
 
 def write_data(folder: Path, n: int = 512) -> Path:
-    from tasks.clinc150 import examples
+    from tasks.demo.clinc150 import examples
 
     rows = [e for e in examples() if e.split == "train"][::29][:n]
     path = folder / "train.jsonl"
@@ -94,9 +94,9 @@ def write_data(folder: Path, n: int = 512) -> Path:
 
 def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads: int,
              config: str, method: str, base: str) -> Path:
-    from tasks.catalog import CONFIG_DIR, Hyperparameters
     from tasks.core.workload import load_workload
-    from tasks.train_worker import TrainJob
+    from tasks.training.catalog import CONFIG_DIR, Hyperparameters
+    from tasks.training.worker import TrainJob
 
     out = work / f"run-{time.monotonic_ns()}"
     out.mkdir()
@@ -113,7 +113,7 @@ def make_job(work: Path, model_dir: Path, train_path: Path, steps: int, threads:
 
 def run_worker(job_path: Path) -> dict:
     """One run of the worker; the figures it wrote (tokens, seconds, phases, losses)."""
-    from tasks.train_worker import train
+    from tasks.training.worker import train
 
     metrics = train(job_path)
     return {"tokens": metrics["attempt_tokens"], "seconds": metrics["attempt_seconds"],
@@ -126,7 +126,7 @@ def run_plain(job_path: Path) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from tasks.train_worker import (
+    from tasks.training.worker import (
         TrainJob,
         build_model,
         causal_rows,
@@ -237,8 +237,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configs", default="ds_zero0.json,ds_zero2.json",
-                        help="DeepSpeed configs in tasks/configs/, comma-separated; the first one "
-                             "decides the exit status")
+                        help="DeepSpeed configs in tasks/training/configs/, comma-separated; "
+                             "the first one decides the exit status")
     parser.add_argument("--base", default="random-llama-26m",
                         help="base model: the default random Llama, a built-in recipe, a "
                              "packaged model (smollm2-135m-instruct) or a model folder")
@@ -246,7 +246,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    from tasks.catalog import CONFIG_DIR
+    from tasks.training.catalog import CONFIG_DIR
 
     missing = [c for c in configs if not (CONFIG_DIR / c).is_file()]
     if not configs or missing or args.steps < 1 or args.repeats < 1:
@@ -259,7 +259,7 @@ def main() -> int:
         n_params = build_random_llama(model_dir)
         name = "random-init Llama"
     else:
-        from tasks.basemodels import resolve_base_model
+        from tasks.training.bases import resolve_base_model
 
         model_dir = Path(resolve_base_model(args.base))
         name = args.base

@@ -33,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tasks.clinc150 import examples  # noqa: E402
-from tasks.config import EXPERTS, FALLBACK_EXPERT  # noqa: E402
+from tasks.demo.clinc150 import (  # noqa: E402
+    EXPERTS,
+    FALLBACK_EXPERT,
+    examples,  # noqa: E402
+)
 
 
 def stratified(pool: list, size: int, seed: int) -> list:
@@ -106,10 +109,10 @@ def main() -> int:
 
     from pydantic import ValidationError
 
-    from tasks.catalog import Hyperparameters, load_catalog
-    from tasks.encoder_router import evaluate_encoder
-    from tasks.evaluate import EvaluateConfig
-    from tasks.finetune import FinetuneConfig, finetune
+    from tasks.evaluation.encoder_router import evaluate_encoder
+    from tasks.evaluation.evaluate import EvaluateConfig
+    from tasks.training.catalog import Hyperparameters, load_catalog
+    from tasks.training.finetune import FinetuneConfig, finetune
 
     everything = examples()
     train = stratified([e for e in everything if e.split == "train"], args.train_size, args.seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Paths, local_environment
+from tasks.core.config import Paths, local_environment
 from tests.integration.servers import (
     AirflowStack,
     MlflowServer,

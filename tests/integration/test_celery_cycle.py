@@ -5,7 +5,8 @@ broker (127.0.0.1, nothing persisted, stopped by PID like the tier's PostgreSQL)
 components on a metadata database of their own, an MLflow server on its own backend store, and
 two ``airflow celery worker`` processes sharing the flywheel home (one host): ``worker-default``
 serves the ``default`` queue, ``worker-gpu`` the ``gpu`` queue. Each names itself through
-``FLYWHEEL_WORKER_NAME`` (``[core] hostname_callable = tasks.config.worker_hostname``), so a task
+``FLYWHEEL_WORKER_NAME`` (``[core] hostname_callable = tasks.core.config.worker_hostname``), so a
+task
 instance's hostname says which worker ran it.
 
 One cycle trains two candidates on the test-only base model: one on the default queue, one whose
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Paths, local_environment
+from tasks.core.config import Paths, local_environment
 from tests.integration.conftest import DAG_ID, missing_prerequisite, start_mlflow
 from tests.integration.servers import (
     BIN,
@@ -141,7 +142,7 @@ def celery_stack(postgres: Postgres, redis: Redis, celery_mlflow: MlflowServer,
            "AIRFLOW__CELERY__BROKER_URL": redis.url,
            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url("airflow_celery"),
            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
-           "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tasks.config.worker_hostname",
+           "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tasks.core.config.worker_hostname",
            "FLYWHEEL_TRAINING_QUEUES": "default,gpu"}
     stack = CeleryStack(AirflowStack(env=env, log_dir=celery_home / "server-logs", port=port))
     stack.airflow.start()
@@ -170,7 +171,7 @@ def _parse(ts: str) -> dt.datetime:
 
 @pytest.fixture(scope="module")
 def celery_cycle(celery_stack: CeleryStack, celery_home: Path, xs_base_model: Path):
-    from tasks.simulate import SimulateConfig, simulate
+    from tasks.demo.simulate import SimulateConfig, simulate
 
     started = time.monotonic()
     sim = simulate(SimulateConfig(seed=13, days=1, records_per_day=1200, feedback_rate=0.3,
@@ -248,7 +249,7 @@ def test_the_killed_workers_task_is_retried_on_a_live_worker(celery_cycle, celer
 
 def test_nothing_duplicated_and_both_candidates_evaluated(celery_cycle, celery_home,
                                                          celery_mlflow):
-    from tasks.validate import load_store
+    from tasks.ingest.store import load_store
 
     sim, _ = celery_cycle
     stored = load_store(str(celery_home))

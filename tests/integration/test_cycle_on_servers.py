@@ -165,7 +165,7 @@ class _Outage:
 @pytest.fixture(scope="module")
 def cycles(airflow_stack: AirflowStack, mlflow_server: MlflowServer, integration_home: Path,
            xs_base_model: Path):
-    from tasks.simulate import SimulateConfig, simulate
+    from tasks.demo.simulate import SimulateConfig, simulate
 
     started = time.monotonic()
     sim = simulate(SimulateConfig(seed=11, days=1, records_per_day=1200, feedback_rate=0.3,
@@ -269,7 +269,7 @@ def test_registry_holds_one_version_per_cycle_over_http(cycles, mlflow_server):
 
 
 def test_nothing_duplicated_or_lost(cycles, integration_home):
-    from tasks.validate import load_store
+    from tasks.ingest.store import load_store
 
     sim, _ = cycles
     reports = {}

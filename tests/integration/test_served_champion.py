@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import EXPERTS, get_paths, local_environment
+from tasks.core.config import get_paths, local_environment
+from tasks.demo.clinc150 import EXPERTS
 from tests.integration.servers import free_port, start_service, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,9 +28,9 @@ def champion(tmp_path_factory) -> dict:
     fresh, seeded head: routes are valid, not good; quality is not what is tested here)."""
     import shutil
 
-    from tasks.encoder_router import resolve_encoder
-    from tasks.register import promote, register_winner
-    from tasks.tracking import registered_model_name
+    from tasks.core.tracking import registered_model_name
+    from tasks.evaluation.encoder_router import resolve_encoder
+    from tasks.registry.register import promote, register_winner
     from tests.test_register import decision, evaluation, training_run
     from tests.test_serving import write_label_space
 

@@ -274,11 +274,11 @@ def browser(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def ui_cycle(browser: Browser, airflow_stack: AirflowStack, integration_home: Path,
              xs_base_model: Path) -> dict:
     """One cycle triggered and approved in the Airflow UI; returns the finished run and timings."""
-    from tasks.config import Paths
+    from tasks.core.config import Paths
 
     landing = Paths(integration_home).landing
     if not landing.is_dir() or not any(landing.iterdir()):  # alone, not after the cycle test
-        from tasks.simulate import SimulateConfig, simulate
+        from tasks.demo.simulate import SimulateConfig, simulate
 
         simulate(SimulateConfig(seed=11, days=1, records_per_day=1200, feedback_rate=0.3,
                                 start_date=dt.date.today() - dt.timedelta(days=1),
@@ -343,8 +343,8 @@ def test_run_conf_carries_the_thresholds_typed_in_the_form(ui_cycle, airflow_sta
 
 
 def test_mlflow_ui_shows_the_champion_with_its_gate_tags(ui_cycle, browser, mlflow_server):
-    from tasks.config import run_folder_name
-    from tasks.tracking import registered_model_name
+    from tasks.core.config import run_folder_name
+    from tasks.core.tracking import registered_model_name
 
     model = registered_model_name("router")
     found = mlflow_server.api("GET", "registered-models/alias", name=model, alias="champion")
@@ -366,7 +366,7 @@ def test_the_cycle_report_renders_as_a_page_with_the_models_table(ui_cycle, brow
     """The cycle's report.html, opened in the browser: a real table holds the teacher's and the
     candidate's rows (numbers in their own right-aligned cells), the gate shows badges, and the
     charts are loaded images."""
-    from tasks.config import run_folder_name
+    from tasks.core.config import run_folder_name
 
     page = integration_home / "runs" / run_folder_name(RUN_ID) / "report.html"
     assert page.is_file(), f"no report at {page}"

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from tasks.prompts import format_prompt, parse_expert, render_icl_prompt
+from tasks.core.prompts import format_prompt, parse_expert, render_icl_prompt
 
 
 def choices(doc: dict) -> list[str]:
     """The experts a document may be routed to: its ``choices``, written from the dataset
-    version's label space by :func:`tasks.evaluate.write_prompts`."""
+    version's label space by :func:`tasks.evaluation.evaluate.write_prompts`."""
     if not doc.get("choices"):
         raise ValueError(f"test document {doc.get('id', '?')!r} has no 'choices' (the experts it "
-                         f"may be routed to): write it with tasks.evaluate.write_prompts")
+                         "may be routed to): write it with "
+                         "tasks.evaluation.evaluate.write_prompts")
     return list(doc["choices"])
 
 
 def doc_to_text(doc: dict) -> str:
     """The prompt rendered for the model under test (``prompt``, written per model by
-    :func:`tasks.evaluate.write_prompts`: a chat model's template), else the plain prompt."""
+    :func:`tasks.evaluation.evaluate.write_prompts`: a chat model's template), else the plain
+    prompt."""
     return doc.get("prompt") or format_prompt(doc["query"])
 
 

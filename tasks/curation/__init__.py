@@ -1,0 +1,1 @@
+"""Curation: the judge, expert review, the vector index, versioned ground truth."""

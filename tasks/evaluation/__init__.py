@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval and the encoder routers on the frozen test split, latency, cost, the gate."""

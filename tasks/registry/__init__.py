@@ -1,0 +1,1 @@
+"""Registry: the MLflow model registry, challenger and champion, promotion."""

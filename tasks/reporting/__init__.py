@@ -1,0 +1,1 @@
+"""Reporting: the cycle's report (Markdown, HTML, JSON) and its charts."""

@@ -1,0 +1,1 @@
+"""Serving: the router as an MLflow pyfunc model, and the reference agent."""

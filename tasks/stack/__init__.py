@@ -1,0 +1,1 @@
+"""The embedded stack: one cycle through Airflow, the UIs."""

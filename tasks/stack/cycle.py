@@ -1,0 +1,153 @@
+"""One flywheel cycle of one workload on the embedded stack, from the command line.
+
+    flywheel cycle --workload-id desk --workloads-dir ./workloads          # nobody reviews
+    flywheel cycle --workload-id desk --workloads-dir ./workloads --approve # and promote it
+    flywheel cycle --workload-id desk --window-days 30 --conf '{"teacher_labels": "train"}'
+
+Runs the DAG ``flywheel_cycle`` for real (``airflow dags test`` against this home's embedded
+Airflow: SQLite, no scheduler needed) on whatever the landing folder holds, prints each task as it
+finishes and then the cycle's report. Candidates and gate thresholds come from the workload's
+file unless ``--conf`` names them. With ``--approve``, a challenger the gate passed is promoted
+at once (``flywheel_promotion`` with ``auto_approve``); without, it waits as ``challenger`` for a
+reviewer (the MLflow UI, or ``flywheel registry``).
+
+Review: ``skip`` (the default here) curates from user feedback and the teacher's labels alone;
+``ui`` needs the Airflow UI and a running scheduler (``make airflow-ui``), where the review waits
+in *Required actions*; between cycles, ``flywheel review export`` / ``import`` lets experts label
+the queue in a spreadsheet instead. ``simulated`` is the demo's (it reads the simulator's gold
+labels, which real logs never have).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.core.config import Paths, get_paths, local_environment
+from tasks.core.settings import parse_config
+from tasks.core.workload import Name, load_workload
+
+#: lines of the Airflow log worth showing live (the rest goes to the log file)
+TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+PROGRESS = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking run)")
+
+
+class CycleConfig(BaseModel):
+    """Settings of ``flywheel cycle``."""
+
+    workload_id: Name = Field("router", description="Which agent's logs to learn from (its "
+                                                    "workload file <workload_id>.yaml)")
+    workloads_dir: str | None = Field(None, description=(
+        "Folder of workload files (default $FLYWHEEL_WORKLOADS; the shipped ones are found too)"))
+    sme_review: Literal["skip", "ui", "simulated"] = Field(
+        "skip", description="Who reviews the judge's flags this cycle: nobody ('skip'), experts "
+                            "in the Airflow UI ('ui', needs a running scheduler), or the "
+                            "demo's simulated SME ('simulated')")
+    window_days: int = Field(7, ge=1, le=3650, description="Use records from the last N days")
+    approve: bool = Field(False, description="Promote a challenger the gate passed at once")
+    conf: dict[str, Any] = Field({}, description=(
+        "More DAG params as JSON (e.g. candidates, thresholds, teacher_labels); they win over "
+        "the workload file"))
+    home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME)")
+
+
+def run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool) -> int:
+    """Run the ``airflow`` CLI of this environment, logging everything, echoing progress lines."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with log_path.open("a") as log:
+        log.write(f"\n$ airflow {' '.join(args)}\n")
+        process = subprocess.Popen([airflow, *args], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if not show:
+                continue
+            if done := TASK_DONE.search(line):
+                task_id, index = done.groups()
+                label = task_id if index == "-1" else f"{task_id}[{index}]"
+                print(f"  {time.strftime('%H:%M:%S')} done: {label}", flush=True)
+            elif PROGRESS.search(line):
+                print("  " + line.rstrip()[:160], flush=True)
+        return process.wait()
+
+
+def prepare_airflow(paths: Paths, log_path: Path) -> dict[str, str]:
+    """The embedded stack's environment, with Airflow's metadata database migrated."""
+    env = {**os.environ, **local_environment(paths)}
+    os.environ.update(env)
+    if run_airflow(["db", "migrate"], env, log_path, show=False) != 0:
+        raise RuntimeError(f"airflow db migrate failed; see {log_path}")
+    return env
+
+
+def run_cycle(conf: dict[str, Any], env: dict[str, str], paths: Paths, log_path: Path
+              ) -> dict[str, Any] | None:
+    """One ``flywheel_cycle`` run with ``conf``; its report, or None when the run failed."""
+    print(f"  airflow dags test flywheel_cycle (full log: {log_path})")
+    wall = time.time()
+    code = run_airflow(["dags", "test", "flywheel_cycle", "--conf", json.dumps(conf)], env,
+                       log_path, show=True)
+    reports = [p for p in paths.runs.glob("*/report.json") if p.stat().st_mtime >= wall]
+    if code != 0 or not reports:
+        print(f"\nthe cycle failed (exit {code}); see {log_path}", file=sys.stderr)
+        return None
+    return {**json.loads(reports[0].read_text()), "report_path": str(reports[0])}
+
+
+def promote_challenger(report: dict[str, Any], workload_id: str, env: dict[str, str],
+                       log_path: Path) -> dict[str, Any] | None:
+    """Run ``flywheel_promotion`` with ``auto_approve`` on the challenger the cycle registered;
+    the report as the promotion rewrote it (None when the promotion run failed)."""
+    promotion = {"workload_id": workload_id, "version": report["registered"]["version"],
+                 "auto_approve": True}
+    print(f"  airflow dags test flywheel_promotion (version {promotion['version']})")
+    if run_airflow(["dags", "test", "flywheel_promotion", "--conf", json.dumps(promotion)], env,
+                   log_path, show=True) != 0:
+        print(f"\nthe promotion failed; see {log_path}", file=sys.stderr)
+        return None
+    path = Path(report["report_path"])
+    return {**json.loads(path.read_text()), "report_path": str(path)}
+
+
+def cycle(config: CycleConfig) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # show each step as it happens, even when piped
+    workload = load_workload(config.workload_id, config.workloads_dir)  # fail before Airflow
+    paths = get_paths(config.home)
+    log_path = paths.home / "cycle-airflow.log"
+    print(f"Flywheel home: {paths.home}; workload {workload.workload_id}: "
+          f"{len(workload.experts)} experts ({', '.join(workload.expert_names)})")
+    env = prepare_airflow(paths, log_path)
+    conf = {"workload_id": config.workload_id, "sme_review": config.sme_review,
+            "window_days": config.window_days, **config.conf}
+    if config.workloads_dir:
+        conf["workloads_dir"] = str(Path(config.workloads_dir).expanduser().resolve())
+    report = run_cycle(conf, env, paths, log_path)
+    if report is None:
+        return 1
+    if config.approve and report["registered"].get("registered"):
+        report = promote_challenger(report, config.workload_id, env, log_path)
+        if report is None:
+            return 1
+    print("\n" + Path(report["report_path"]).with_name("report.md").read_text())
+    print(f"Charts and HTML report: {Path(report['report_path']).parent}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.core.workload import WorkloadError
+
+    config = parse_config(CycleConfig, argv, "flywheel cycle", __doc__)
+    try:
+        return cycle(config)
+    except (WorkloadError, RuntimeError) as exc:
+        print(f"flywheel cycle: {exc}", file=sys.stderr)
+        return 2

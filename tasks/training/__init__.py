@@ -1,0 +1,1 @@
+"""Training: the candidate catalog, base models, fine-tuning, the scope guard."""
