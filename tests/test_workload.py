@@ -189,3 +189,14 @@ def test_flywheel_cycle_refuses_an_unknown_workload_before_starting_airflow(tmp_
                  "--home", str(tmp_path / "home")]) == 2
     assert "no workload file for 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "home" / "airflow").exists()
+
+
+def test_a_yes_no_setting_is_a_switch_on_the_command_line():
+    from tasks.core.settings import parse_config
+    from tasks.stack.cycle import CycleConfig
+
+    assert parse_config(CycleConfig, ["--approve"], "flywheel cycle").approve is True
+    assert parse_config(CycleConfig, ["--approve", "false"], "flywheel cycle").approve is False
+    assert parse_config(CycleConfig, [], "flywheel cycle").approve is False
+    with pytest.raises(SystemExit):  # a bad value is refused with the reason, not taken as true
+        parse_config(CycleConfig, ["--approve", "maybe"], "flywheel cycle")

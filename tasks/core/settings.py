@@ -36,7 +36,9 @@ def build_parser(model: type[BaseModel], prog: str, description: str | None = No
         flag = "--" + name.replace("_", "-")
         kind = "" if _is_scalar(field.annotation) else " (JSON)"
         default = field.default if field.default is not None else "none"
-        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS,
+        # a yes/no setting reads as a switch too: ``--approve`` alone means ``--approve true``
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
+        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, **switch,
                             help=f"{field.description or ''}{kind} [default: {default}]")
     return parser
 

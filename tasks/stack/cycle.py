@@ -145,7 +145,8 @@ def cycle(config: CycleConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     from tasks.core.workload import WorkloadError
 
-    config = parse_config(CycleConfig, argv, "flywheel cycle", __doc__)
+    config = parse_config(CycleConfig, argv, "flywheel cycle",
+                          __doc__.split("\n\n")[0] if __doc__ else None)
     try:
         return cycle(config)
     except (WorkloadError, RuntimeError) as exc:
