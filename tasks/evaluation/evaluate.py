@@ -131,8 +131,7 @@ def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
 
     Retrieval ranks train queries by cosine similarity of MiniLM embeddings
     (:func:`tasks.core.embeddings.embed_queries`); only the train split is searched, so no test
-    label
-    leaks into a prompt.
+    label leaks into a prompt.
     """
     from tasks.core.embeddings import embed_queries
 
@@ -482,16 +481,15 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
     close to 1.0 by construction), and the other records experts see were chosen by its failure
     signals (a thumbs-down, novelty: graded on them it scores low by construction). The traffic
     audit (:func:`tasks.curation.review.draw_traffic_audit`) is a seeded random sample of its
-    traffic,
-    whatever the feedback, so only those expert decisions grade it: every one of the workload's
-    to date (the test split is the students'), with their number and a Wilson 95% interval. Its
-    per-query results are aligned to ``test.jsonl`` on the traffic-audit records the split holds,
-    so the gate can pair it with a candidate there. The other expert decisions give a second
-    figure, labelled biased low, that the gate never reads; where the traffic simulator's gold
-    labels exist, its accuracy against them on every logged test query is given too, marked as a
-    simulation oracle. Records the flywheel's own models served
-    (:func:`tasks.curation.review.teacher_mask`)
-    are not the teacher's; ``teacher_model`` keeps only that model's records.
+    traffic, whatever the feedback, so only those expert decisions grade it: every one of the
+    workload's to date (the test split is the students'), with their number and a Wilson 95%
+    interval. Its per-query results are aligned to ``test.jsonl`` on the traffic-audit records the
+    split holds, so the gate can pair it with a candidate there. The other expert decisions give a
+    second figure, labelled biased low, that the gate never reads; where the traffic simulator's
+    gold labels exist, its accuracy against them on every logged test query is given too, marked as
+    a simulation oracle. Records the flywheel's own models served
+    (:func:`tasks.curation.review.teacher_mask`) are not the teacher's; ``teacher_model`` keeps only
+    that model's records.
 
     Args:
         dataset_dir: the curated version (``test.jsonl``, ``manifest.json``).

@@ -24,20 +24,17 @@ A candidate passes when every check holds:
   accuracy is not more than this below the teacher's accuracy on the traffic audit (experts'
   labels on a seeded random sample of the teacher's traffic,
   :func:`tasks.evaluation.evaluate.teacher_baseline`; never its own thumbs-up answers, nor the
-  records
-  experts saw because of negative feedback, where the teacher is worse by construction). Where
-  at least ``min_teacher_evidence`` traffic-audit records are in the test split and both have
-  per-query results, it is paired on them (the reason gives the interval and McNemar's p beside
-  it); otherwise it is unpaired, the candidate's whole test split against every traffic-audit
-  record, and the reason gives both n's and Newcombe's interval for independent samples. Fewer
-  than ``min_teacher_evidence`` traffic-audit records in all: the check fails, "not enough
-  evidence";
+  records experts saw because of negative feedback, where the teacher is worse by construction).
+  Where at least ``min_teacher_evidence`` traffic-audit records are in the test split and both have
+  per-query results, it is paired on them (the reason gives the interval and McNemar's p beside it);
+  otherwise it is unpaired, the candidate's whole test split against every traffic-audit record, and
+  the reason gives both n's and Newcombe's interval for independent samples. Fewer than
+  ``min_teacher_evidence`` traffic-audit records in all: the check fails, "not enough evidence";
 - ``min_speedup`` (optional): the teacher's p95 latency (from its logs, on its own hardware)
   divided by the candidate's (measured on the evaluation machine) is at least this;
 - ``max_forgetting`` (optional): its bits per byte on general text exceed its base model's by at
   most this (the forgetting check of :mod:`tasks.evaluation.evaluate`; encoder routers have no text
-  to forget,
-  and the check says so and holds).
+  to forget, and the check says so and holds).
 
 A check whose reference is missing (no teacher graded on a traffic audit for
 ``max_drop_vs_teacher``) fails: a gate that cannot compare does not wave a model through.

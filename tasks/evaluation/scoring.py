@@ -138,8 +138,7 @@ def hardware(device: str = "cpu") -> str:
 
     Evaluation loads every model on the CPU (lm-eval with ``device="cpu"``, the serving
     :class:`tasks.serving.router.Router`, the encoder classifier), so that is the default: a GPU in
-    the
-    machine is named only when the model actually ran on it (``device="cuda:0"``).
+    the machine is named only when the model actually ran on it (``device="cuda:0"``).
     """
     import torch
 

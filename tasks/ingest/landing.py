@@ -21,8 +21,7 @@ object (kept byte for byte when nothing was found); a line that does not parse h
 redacted as plain text. So staging and quarantine never hold the PII the redactor recognises.
 
 Ingestion checks shapes and types; :mod:`tasks.ingest.validate` checks values (ids, timestamps,
-routes,
-ranges) with great-expectations.
+routes, ranges) with great-expectations.
 
 The batch goes to ``staging/<run_id>/`` (``records.parquet``, ``feedback.parquet`` and
 ``_batch.json``, the result, written last as the commit marker) and rejected rows to
@@ -755,8 +754,7 @@ class _Stager:
         """``(raw, obj)`` with PII replaced, the counts per kind added to :attr:`pii`.
 
         A parsed object is redacted value by value, as :func:`tasks.ingest.redact.redact_record`
-        does,
-        and its raw text re-serialised from it (redacting JSON text directly could split an
+        does, and its raw text re-serialised from it (redacting JSON text directly could split an
         escape sequence); text that did not parse is redacted as is.
         """
         counts: dict[str, int] = {}

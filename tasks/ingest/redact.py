@@ -9,10 +9,10 @@ Kinds, their placeholders and how each is recognised (a candidate found by a reg
 only if its validator accepts it, so random digit runs, dates, times and prices stay as they are):
 
 ============  =============  ===============================================================
-kind          placeholder    recognised by
-============  =============  ===============================================================
-``email``     ``<EMAIL>``    local@domain.tld
-``phone``     ``<PHONE>``    ``+`` and 8-15 digits (international), or US ``(555) 201-7788``,
+kind          placeholder    recognised by ============  =============
+=============================================================== ``email``     ``<EMAIL>``
+local@domain.tld ``phone``     ``<PHONE>``    ``+`` and 8-15 digits (international), or US ``(555)
+201-7788``,
                              ``555-201-7788``, ``555.201.7788``, ``1-555-201-7788``
 ``card``      ``<CARD>``     13-19 digits, optionally grouped by spaces/dashes, starting 2-6,
                              passing the Luhn check

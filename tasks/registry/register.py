@@ -13,8 +13,7 @@ not registered twice) and records what it did in the report.json.
 
 The winner becomes a new version of ``flywheel-<workload>``: the router packaged as an MLflow pyfunc
 (:mod:`tasks.serving.router`; base model and adapter as its artifacts), logged in the winner's
-training
-run, with its metrics, the gate's verdict and every reason as version tags and a readable
+training run, with its metrics, the gate's verdict and every reason as version tags and a readable
 description. It gets alias ``challenger``, also the first one ever: nothing is served before a
 reviewer approves it (the cycle's approval task, or ``--action promote``).
 

@@ -256,10 +256,9 @@ def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
 
     ``family`` picks how it routes when loaded: ``causal_lm`` generates the expert's name,
     ``encoder`` classifies the query (:mod:`tasks.evaluation.encoder_router`). The model's config
-    carries
-    its label space (the experts it was trained over, its fallback and system message), so a
-    served router of any workload routes over its own experts; ``experts`` names them for a
-    model with no training record (an untrained base model).
+    carries its label space (the experts it was trained over, its fallback and system message), so a
+    served router of any workload routes over its own experts; ``experts`` names them for a model
+    with no training record (an untrained base model).
     """
     trained = trained_label_space(adapter_dir or base_model_path, experts)
     import shutil

@@ -1,9 +1,8 @@
 """The candidate catalog: which base models the cycle fine-tunes, how, and with what resources.
 
 The default catalog is ``tasks/training/configs/candidates.yaml``; a cycle's params form may pass
-its own
-list of names (picked from the catalog) or whole entries. Every entry is checked when it is read,
-so a typo or an impossible combination fails the planning task with the entry's name and the
+its own list of names (picked from the catalog) or whole entries. Every entry is checked when it is
+read, so a typo or an impossible combination fails the planning task with the entry's name and the
 reason, not a training job an hour later.
 
 Two model families are supported:

@@ -12,8 +12,7 @@ through its config file (``TrainingArguments(deepspeed=PATH)``; ``auto`` values 
 
 What it trains depends on the candidate: a causal LM (LoRA, full SFT, prompt tuning or p-tuning
 through peft) that completes the routing prompt (:mod:`tasks.core.prompts`) with an expert's name,
-the
-loss on the answer tokens only; or a sequence classifier, one label per expert, on any backbone
+the loss on the answer tokens only; or a sequence classifier, one label per expert, on any backbone
 ``AutoModelForSequenceClassification`` takes (a BERT-style sentence encoder, or a Llama-style
 decoder whose last token feeds a ``score`` head), by LoRA with the head trained in full or in full.
 

@@ -13,9 +13,9 @@ CPU with a tiny model, a short sequence and two steps, to check the script befor
 
 What it measures, in one process, on the same card: a pretrained model folder (``--model-dir``,
 e.g. the catalog's SmolLM2-135M-Instruct, the real model the CPU candidates fine-tune), or by
-default a randomly initialised 1B-class
-Llama-architecture model (TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads,
-MLP 5632, vocabulary 32000), bf16, sequence length 2048, random token ids, four runs:
+default a randomly initialised 1B-class Llama-architecture model (TinyLlama-1.1B's shape: hidden
+2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocabulary 32000), bf16, sequence length 2048,
+random token ids, four runs:
 
 * full SFT and LoRA (r=16 on every linear layer of the blocks), each
 * trained by a plain PyTorch loop (autocast bf16, fp32 weights, fused AdamW, grad clipping) and by

@@ -7,10 +7,9 @@ Run it::
 Each of ``--runs`` runs delivers ``--files-per-run`` new small JSONL files (``--lines-per-file``
 lines each, as the HTTP intake writes them: one file per request) into a landing folder that
 keeps every earlier file, then runs what the ingest DAG runs, :func:`tasks.ingest.landing.ingest`
-and
-:func:`tasks.ingest.validate.validate`, timed apart. By the last run the folder holds
-``runs x files-per-run`` files (100,000 by default), the manifest as many entries and the store
-one part per run; a run's new work stays the same, so its time must stay flat.
+and :func:`tasks.ingest.validate.validate`, timed apart. By the last run the folder holds ``runs x
+files-per-run`` files (100,000 by default), the manifest as many entries and the store one part per
+run; a run's new work stays the same, so its time must stay flat.
 
 The lines are simulated (:func:`tasks.demo.simulate.simulate`: records with PII, at-least-once
 duplicates and late feedback events, no malformed lines) once, before the first run, and reused

@@ -8,8 +8,7 @@ Both engines index the same random unit vectors (384-d, so the numbers measure Q
 encoder, which embeds ~400 short sentences/s on two cores) with payloads shaped like the flywheel's
 (a label on 3/4 of the points, 2/3 of them in train), in the same run and through the same
 :class:`tasks.curation.vectors.QueryIndex` methods: :class:`~tasks.curation.vectors.ServerIndex` on
-a local-mode
-client (``QdrantClient(path=...)``, the embedded index of earlier versions) and
+a local-mode client (``QdrantClient(path=...)``, the embedded index of earlier versions) and
 :class:`~tasks.curation.vectors.EdgeIndex` (the embedded default). Printed per engine, with the
 ratio:
 

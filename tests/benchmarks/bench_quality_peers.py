@@ -22,12 +22,11 @@ queries and 1,000 out-of-scope ones. Training sets:
 
 Each training set is scored three times: the classifier's own answer; the same with the scope
 guard a fine-tuned candidate is served with (:mod:`tasks.training.scope_guard`: built from the
-training
-points alone); and with an out-of-scope threshold: a query whose highest class probability is
-below ``t`` goes to ``out_of_scope``. ``t`` is chosen on CLINC150's validation split only (3,000
-in-scope + 100 out-of-scope queries), as the one that maximises the mean of in-scope accuracy
-and out-of-scope recall there (the mean, so the validation split's 3% out-of-scope share does
-not decide); the test split never tunes anything.
+training points alone); and with an out-of-scope threshold: a query whose highest class probability
+is below ``t`` goes to ``out_of_scope``. ``t`` is chosen on CLINC150's validation split only (3,000
+in-scope + 100 out-of-scope queries), as the one that maximises the mean of in-scope accuracy and
+out-of-scope recall there (the mean, so the validation split's 3% out-of-scope share does not
+decide); the test split never tunes anything.
 
 Use it from another benchmark::
 

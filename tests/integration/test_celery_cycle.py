@@ -6,8 +6,7 @@ components on a metadata database of their own, an MLflow server on its own back
 two ``airflow celery worker`` processes sharing the flywheel home (one host): ``worker-default``
 serves the ``default`` queue, ``worker-gpu`` the ``gpu`` queue. Each names itself through
 ``FLYWHEEL_WORKER_NAME`` (``[core] hostname_callable = tasks.core.config.worker_hostname``), so a
-task
-instance's hostname says which worker ran it.
+task instance's hostname says which worker ran it.
 
 One cycle trains two candidates on the test-only base model: one on the default queue, one whose
 entry asks for the ``gpu`` queue (``gpus: 0``: there is no GPU here; what is checked is where the
