@@ -44,6 +44,9 @@ TRAINING_QUEUES = [queue.strip() for queue in
                    os.environ.get("FLYWHEEL_TRAINING_QUEUES", "default,gpu").split(",")
                    if queue.strip()]
 TRAINING_QUEUE = os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")
+#: The workload a scheduled cycle learns (read where the DAG is parsed); a run's conf may name
+#: another.
+WORKLOAD_ID = os.environ.get("FLYWHEEL_WORKLOAD_ID", "router")
 #: When the cycle runs by itself (cron, UTC); "none" turns the schedule off (manual runs only).
 CYCLE_SCHEDULE = os.environ.get("FLYWHEEL_CYCLE_SCHEDULE", "0 2 * * *")
 #: How long each kind of task may run before Airflow fails it (and retries once): a hung judge
@@ -109,8 +112,9 @@ def _cycle_id(context) -> str:
     tags=["flywheel"],
     doc_md=__doc__,
     params={
-        "workload_id": Param("router", type="string", minLength=1,
-                             description="Which agent node's logs to learn from."),
+        "workload_id": Param(WORKLOAD_ID, type="string", minLength=1,
+                             description="Which agent's logs to learn from (its workload file "
+                                         "<workload_id>.yaml)."),
         "workloads_dir": Param(None, type=["null", "string"],
                                description="Folder of workload files (<workload_id>.yaml); "
                                            "empty = $FLYWHEEL_WORKLOADS, then the shipped "

@@ -208,3 +208,12 @@ def test_no_dag_reaches_the_demo_package():
     assert len(seen) > 20  # the walk found the stages the DAGs run
     reached = sorted(m for m in seen if m == DEMO or m.startswith(DEMO + "."))
     assert not reached, reached
+
+
+def test_the_nightly_workload_is_a_setting(dagbag, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    assert dagbag.dags["flywheel_cycle"].params["workload_id"] == "router"
+    monkeypatch.setenv("FLYWHEEL_WORKLOAD_ID", "desk")
+    parsed = DagBag(dag_folder=str(DAGS / "flywheel_cycle.py"))
+    assert parsed.dags["flywheel_cycle"].params["workload_id"] == "desk"
