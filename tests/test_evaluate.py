@@ -312,6 +312,9 @@ def test_documents_carry_their_label_space(tmp_path, xs_base_model):
     test.write_text(json.dumps({"id": "e1", "query": "reset my vpn", "expert": "it"}) + "\n")
     with pytest.raises(ValueError, match="'e1' has no 'choices'"):
         choices(json.loads(test.read_text()))
-    written = write_prompts(test, tmp_path / "out.jsonl", str(xs_base_model), ["hr", "it"])
+    from transformers import AutoTokenizer
+
+    written = write_prompts(test, tmp_path / "out.jsonl",
+                            AutoTokenizer.from_pretrained(xs_base_model), ["hr", "it"])
     doc = json.loads(written.read_text())
     assert doc["choices"] == ["hr", "it"] and doc_to_target(doc) == 1

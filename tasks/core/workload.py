@@ -32,6 +32,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -198,8 +199,9 @@ class WorkloadSettings(BaseModel):
     """The workload fields a stage's settings share: whose records, and its label space.
 
     ``experts`` and ``fallback_expert`` come from the workload's file unless given (a caller
-    that names them overrides the file, e.g. a test or a one-off run); ``teacher_models`` too.
-    A stage's settings inherit this class, so every stage reads the same file the same way.
+    that names them overrides the file, e.g. a test or a one-off run). A stage's settings inherit
+    this class, so every stage reads the same file the same way; the file is read once, when the
+    settings are made, and :meth:`workload` hands it out.
     """
 
     workload_id: Name = Field("router", description="Which agent's records (its workload file "
@@ -211,10 +213,12 @@ class WorkloadSettings(BaseModel):
     fallback_expert: str | None = Field(None, description=(
         "The expert of queries no other expert handles (default: the workload file's)"))
 
+    _file: Workload | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _from_workload_file(self) -> WorkloadSettings:
         if self.experts is None:
-            workload = load_workload(self.workload_id, self.workloads_dir)
+            workload = self._file = load_workload(self.workload_id, self.workloads_dir)
             self.experts = list(workload.expert_names)
             if self.fallback_expert is None:
                 self.fallback_expert = workload.fallback_expert
@@ -228,8 +232,11 @@ class WorkloadSettings(BaseModel):
     def workload(self) -> Workload | None:
         """The workload's file, read and checked; none when the caller named the experts and
         the workload has no file."""
+        if self._file is not None:
+            return self._file
         try:
-            return load_workload(self.workload_id, self.workloads_dir)
+            self._file = load_workload(self.workload_id, self.workloads_dir)
+            return self._file
         except WorkloadError:
             if self.experts is None or list_workloads(self.workloads_dir).get(self.workload_id):
                 raise
@@ -266,6 +273,13 @@ def describe_experts(experts: list[str], workload: Workload | None = None) -> st
                      for name in experts)
 
 
+def recorded_label_space(weights_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What fine-tuning recorded beside a model's weights (``flywheel_training.json``: its
+    ``labels``, ``fallback_expert``, ``system_prompt``, ...); empty when there is no record."""
+    info = Path(weights_dir) / "flywheel_training.json" if weights_dir else None
+    return json.loads(info.read_text()) if info is not None and info.is_file() else {}
+
+
 def trained_label_space(weights_dir: str | None, experts: Sequence[str] | None = None
                         ) -> dict[str, Any]:
     """``{"labels", "fallback_expert", "system_prompt"}`` a model was trained with (recorded
@@ -276,8 +290,7 @@ def trained_label_space(weights_dir: str | None, experts: Sequence[str] | None =
         ValueError: neither given nor recorded: a router that does not know its experts would
             route everything to one of somebody else's.
     """
-    info = Path(weights_dir) / "flywheel_training.json" if weights_dir else None
-    recorded = json.loads(info.read_text()) if info is not None and info.is_file() else {}
+    recorded = recorded_label_space(weights_dir)
     if experts:
         return {**recorded, "labels": list(experts)}
     if not recorded.get("labels"):

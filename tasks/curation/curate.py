@@ -43,11 +43,11 @@ train).
 A version is content-addressed and immutable: ``datasets/<workload>/<version>/`` holds
 ``train.jsonl`` and ``test.jsonl`` (lines ``{"id", "query", "expert", "label_source"}`` sorted by
 id; the source is ``sme``, ``feedback`` or ``teacher``) and ``manifest.json`` (counts, the funnel,
-and the lineage: label sources per split, every expert decision used,
-the judges, their calibration, the encoder and thresholds, the parent version);
-``version = "v" + sha256(train + test)[:12]``, so the same data gives the same version and a rerun
-changes nothing. ``datasets/<workload>/latest.json`` points at the newest one. Stages that train
-or evaluate on a version record it in MLflow with :func:`log_dataset_input`.
+and the lineage: label sources per split, every expert decision used, the judges, their calibration,
+the encoder and thresholds, the parent version); ``version = "v" + sha256(train + test +
+experts)[:12]``, so the same data over the same label space gives the same version and a rerun
+changes nothing. ``datasets/<workload>/latest.json`` points at the newest one. Stages that train or
+evaluate on a version record it in MLflow with :func:`log_dataset_input`.
 
 The funnel every cycle reports (``CurateResult.funnel``): records in the window -> with feedback
 -> negative -> judged -> flagged by the judge as routing errors -> confirmed by experts -> labelled

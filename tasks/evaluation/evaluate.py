@@ -29,13 +29,14 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from tasks.core.config import get_paths
 from tasks.core.prompts import NO_EXPERT
 from tasks.core.settings import parse_config
-from tasks.core.workload import manifest_experts, trained_label_space
+from tasks.core.workload import manifest_experts, recorded_label_space
 from tasks.evaluation.scoring import (  # noqa: F401  (the evaluation's settings and result live there)
     EvaluateConfig,
     EvaluateResult,
@@ -152,7 +153,7 @@ def write_icl_split(dataset_dir: Path, out: Path, k: int) -> Path:
     return out
 
 
-def write_prompts(test_file: Path, out: Path, model_path: str, experts: list[str],
+def write_prompts(test_file: Path, out: Path, tokenizer: Any, experts: list[str],
                   system: str | None = None, prompt_experts: list[str] | None = None) -> Path:
     """The test split with each document's ``choices`` (the dataset version's experts: what
     multiple choice scores and generations are parsed against) and, when the model's tokenizer
@@ -162,11 +163,8 @@ def write_prompts(test_file: Path, out: Path, model_path: str, experts: list[str
 
     lm-eval's routing tasks read both (``utils.doc_to_choice``, ``utils.doc_to_text``).
     """
-    from transformers import AutoTokenizer
-
     from tasks.core.prompts import render_icl_prompt, render_prompt, uses_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     chat = uses_chat_template(tokenizer)
     lines = []
     for doc in _read_jsonl(test_file):
@@ -182,15 +180,12 @@ def write_prompts(test_file: Path, out: Path, model_path: str, experts: list[str
     return out
 
 
-def answer_tokens(model_path: str, experts: list[str]) -> int:
+def answer_tokens(tokenizer: Any, experts: list[str]) -> int:
     """Tokens a generated answer may take: the longest expert name's, its delimiter and end
     token, and a margin (at least 8, the generation task's default): a workload whose experts
     are long function names must not be cut off mid-name."""
-    from transformers import AutoTokenizer
-
     from tasks.core.prompts import format_target
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     longest = max(len(tokenizer(format_target(e), add_special_tokens=False)["input_ids"])
                   for e in experts)
     return max(8, longest + 3)
@@ -332,6 +327,8 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
 
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Accuracy, latency and cost of one model on the dataset's frozen test split."""
+    from transformers import AutoTokenizer
+
     paths = get_paths(config.home)
     dataset_dir = Path(config.dataset_dir)
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
@@ -342,12 +339,14 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     test_file = (write_icl_split(dataset_dir, work_dir / "test_icl.jsonl", config.icl_examples)
                  if icl else dataset_dir / "test.jsonl")
     experts, _ = manifest_experts(manifest)
-    # a trained model is prompted as it is served: over the label space it was trained on
-    trained = (trained_label_space(config.adapter_dir) if config.adapter_dir and (
-        Path(config.adapter_dir) / "flywheel_training.json").is_file() else {})
-    test_file = write_prompts(test_file, work_dir / "test_prompts.jsonl", config.base_model_path,
-                              experts, trained.get("system_prompt", manifest.get("system_prompt")),
-                              trained.get("labels"))
+    # a trained model is asked as it is served: over the label space it was trained on (a
+    # champion from before an expert was added cannot name it), with its system message
+    trained = recorded_label_space(config.adapter_dir)
+    served_experts = trained.get("labels") or experts
+    system = trained.get("system_prompt", manifest.get("system_prompt"))
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model_path)
+    test_file = write_prompts(test_file, work_dir / "test_prompts.jsonl", tokenizer, experts,
+                              system, served_experts)
     mc_task, gen_task = (ICL_TASK, ICL_GEN_TASK) if icl else (ROUTING_TASK, GEN_TASK)
     general_file = (write_general_text(work_dir / "general_text.jsonl", config.general_text_docs,
                                        config.general_text_file)
@@ -356,8 +355,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     metrics: dict = {}
     samples = run_lm_eval(config, write_task_config(dataset_dir, work_dir / "lm_eval_task",
                                                      test_file, icl, general_file,
-                                                     answer_tokens(config.base_model_path,
-                                                                   experts)),
+                                                     answer_tokens(tokenizer, experts)),
                           tasks, metrics)
     general = metrics.get(GENERAL_TASK, {})
     gold, predicted = score_generations(samples[gen_task])
@@ -385,9 +383,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     latency = measure_latency(config.base_model_path, config.adapter_dir,
                               [d["query"] for d in docs], config.latency_warmup, config.threads,
                               prompts=prompts, batch_size=config.throughput_batch_size,
-                              # a trained router answers over its own label space
-                              experts=None if config.adapter_dir else experts,
-                              system=None if config.adapter_dir else manifest.get("system_prompt"))
+                              experts=served_experts, system=system)
     prompting = (f"in-context (k={config.icl_examples})" if icl
                  else "fine-tuned" if config.adapter_dir or config.mlflow_run_id else "zero-shot")
     result = EvaluateResult(

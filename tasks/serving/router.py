@@ -251,16 +251,15 @@ def _code_copy(staging: Path) -> Path:
 
 def log_router_model(run_id: str, base_model_path: str, adapter_dir: str | None,
                      workload_id: str, paths: Any = None, threads: int = 2,
-                     family: str = "causal_lm", experts: list[str] | None = None) -> Any:
+                     family: str = "causal_lm") -> Any:
     """Log the router as a pyfunc model into the run ``run_id``; returns MLflow's ModelInfo.
 
     ``family`` picks how it routes when loaded: ``causal_lm`` generates the expert's name,
     ``encoder`` classifies the query (:mod:`tasks.evaluation.encoder_router`). The model's config
     carries its label space (the experts it was trained over, its fallback and system message), so a
-    served router of any workload routes over its own experts; ``experts`` names them for a model
-    with no training record (an untrained base model).
+    served router of any workload routes over its own experts.
     """
-    trained = trained_label_space(adapter_dir or base_model_path, experts)
+    trained = trained_label_space(adapter_dir or base_model_path)
     import shutil
     import tempfile
 
