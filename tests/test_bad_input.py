@@ -149,6 +149,15 @@ def _event(rid: str, rating: Any = 1) -> bytes:
                  "rating": rating, "source": "user"})
 
 
+def _parquet_records(**bad: Any) -> pa.Table:
+    """The good records and one bad one (``bad`` fields) as a Parquet table of columns, the
+    nested parts as JSON text, in the corpus's order (2 good, the bad one, 2 good)."""
+    rows = [record(i) for i in ("g1", "g2")] + [record("b1", **bad)] + [
+        record(i) for i in ("g3", "g4")]
+    return pa.Table.from_pylist([
+        {k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()} for row in rows])
+
+
 DEPTH = 10_000
 MB_QUERY = "x" * (1 << 20)
 foreign = pa.table({"sku": [1, 2], "price": [9.5, 3.0]})
@@ -169,7 +178,20 @@ CASES: list[Case] = [
                b'{"id": "b1", "x": ' + b'{"a": ' * DEPTH + b"1" + b"}" * DEPTH + b"}",
                reason="nested too deeply"),
     # --- wrong types (ingest: shape)
-    jsonl_case("id_as_number", line(record("b1", id=17)), reason="id must be a string"),
+    jsonl_case("id_as_number", line(record("b1", id=17)), reason="'id' must be a string"),
+    # --- one contract with the HTTP intake, which answers these with 422
+    jsonl_case("empty_id", line(record("b1", id="")), reason="'id' is empty or blank"),
+    jsonl_case("blank_id", line(record("b1", id="   ")), reason="'id' is empty or blank"),
+    jsonl_case("late_feedback_blank_id", _event(" \t"), reason="'id' is empty or blank"),
+    jsonl_case("nan_ttft", line(record("b1")).replace(b'"ttft_ms": 300.0', b'"ttft_ms": NaN'),
+               reason="non-standard JSON constant NaN"),
+    jsonl_case("nan_rating", line(record("b1", feedback={"rating": "R"})).replace(
+        b'"R"', b"NaN"), reason="non-standard JSON constant NaN"),
+    jsonl_case("infinite_latency", line(record("b1")).replace(b"1200.0", b"-Infinity"),
+               reason="non-standard JSON constant -Infinity"),
+    Case("parquet_nan_latency", {"router.parquet": parquet_bytes(_parquet_records(
+        latency_ms=float("nan")))}, "quarantined", "non-standard JSON constant nan at latency_ms",
+         bad_file="router.parquet", bad_lines=(3,)),
     jsonl_case("latency_as_string", line(record("b1", latency_ms="12 ms")),
                reason="latency_ms must be a number"),
     jsonl_case("rating_as_string", line(record("b1", feedback={"rating": "thumbs-up"})),

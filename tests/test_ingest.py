@@ -218,9 +218,9 @@ def test_delivered_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None
         write_jsonl(landing / f"router-2026-11-{day + 10}.jsonl", [record(day)])
     assert run(tmp_path, "b1").records_parsed == 5
     hashed: list[str] = []
-    real = tasks.ingest.landing.sha256_of
-    monkeypatch.setattr(tasks.ingest.landing, "sha256_of", lambda path: hashed.append(path.name)
-                        or real(path))
+    real = tasks.ingest.landing._sha256_regular
+    monkeypatch.setattr(tasks.ingest.landing, "_sha256_regular",
+                        lambda path: hashed.append(path.name) or real(path))
     write_jsonl(landing / "router-2026-11-20.jsonl", [record(9)])
     second = run(tmp_path, "b2")
     assert second.files == ["router-2026-11-20.jsonl"]
@@ -368,3 +368,122 @@ def test_the_manifest_index_is_derived_from_the_manifest(tmp_path: Path) -> None
                                 for e in entries))
     old = run(tmp_path, "b4")
     assert (old.files, old.known_files) == ([], 3)
+
+
+# --------------------------------------------------------------------------------------------
+# nothing read from outside the landing folder; nothing left behind; nothing stranded
+
+
+def test_links_and_special_files_are_refused_unread(tmp_path: Path) -> None:
+    secret = write_jsonl(tmp_path / "elsewhere" / "secret.jsonl", [record(99)])
+    (tmp_path / "elsewhere" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    landing = write_jsonl(tmp_path / "landing" / "good.jsonl", [record(1)]).parent
+    (landing / "passwd.jsonl").symlink_to(tmp_path / "elsewhere" / "passwd")
+    (landing / "secret.jsonl").symlink_to(secret)
+    (landing / "inside.jsonl").symlink_to(landing / "good.jsonl")  # a link even to a file here
+    os.mkfifo(landing / "pipe.jsonl")  # would block a reader for ever
+    (landing / "folder.jsonl").mkdir()
+    (landing / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    result = ingest(IngestConfig(home=str(tmp_path), run_id="b1",
+                                 patterns=["*.jsonl", "sub/*.jsonl"]))
+    assert result.files == ["good.jsonl"] and result.records_parsed == 1
+    assert result.quarantined == 0 and result.quarantine_path is None
+    assert set(result.refused_files) == {"passwd.jsonl", "secret.jsonl", "inside.jsonl",
+                                         "pipe.jsonl", "folder.jsonl"}
+    assert "symbolic link" in result.refused_files["passwd.jsonl"]
+    assert "FIFO" in result.refused_files["pipe.jsonl"]
+    staged = pd.read_parquet(tmp_path / "staging" / "b1" / "records.parquet")
+    assert staged["id"].tolist() == ["r1"]  # nothing of the linked files was read
+    assert "root:x" not in (landing / MANIFEST_NAME).read_text()
+    # and they are reported again, never read, on the next run
+    again = run(tmp_path, "b2")
+    assert again.files == [] and "passwd.jsonl" in again.refused_files
+
+
+def test_a_link_swapped_in_after_listing_is_not_followed(tmp_path: Path) -> None:
+    from tasks.ingest.landing import RefusedFile, open_landing_file
+
+    target = tmp_path / "passwd"
+    target.write_text("root:x:0:0\n")
+    link = tmp_path / "landing.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(RefusedFile, match="symbolic link"):
+        open_landing_file(link)
+
+
+def test_a_broken_workload_file_quarantines_only_its_records(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    folder = tmp_path / "workloads"
+    folder.mkdir()
+    (folder / "desk.yaml").write_text(
+        "workload_id: desk\nexperts:\n  - {name: hr, description: people}\n"
+        "  - {name: it, description: laptops}\nprompt: Route the question.\n")  # no {experts}
+    write_jsonl(tmp_path / "landing" / "mixed.jsonl",
+                [record(1), record(2, workload_id="desk", expert="hr"), record(3), record(4),
+                 record(5), record(6)])
+    result = ingest(IngestConfig(home=str(tmp_path), run_id="b1", workloads_dir=str(folder)))
+    assert (result.records_parsed, result.quarantined) == (5, 1)
+    reason = quarantine(tmp_path, "b1")["reason"].item()
+    assert "desk.yaml" in reason and "{experts}" in reason
+    # the command line says it in the counts, not in a traceback
+    write_jsonl(tmp_path / "landing" / "more.jsonl", [record(7, workload_id="desk")])
+    assert main(["--home", str(tmp_path), "--workloads-dir", str(folder)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_killed_ingest_leaves_nothing_the_next_run_keeps(tmp_path: Path) -> None:
+    """kill -9 while the staging Parquet is half written: the next run removes the hidden file
+    and the uncommitted batch, counts them, and stages every line exactly once."""
+    import signal
+    import subprocess
+    import sys
+
+    landing = tmp_path / "landing"
+    write_jsonl(landing / "big.jsonl", [record(i) for i in range(3000)] + ["{not json"])
+    script = (
+        "import os, signal, sys\n"
+        "import tasks.ingest.landing as landing\n"
+        "real = landing.ChunkedTableWriter._flush\n"
+        "def flush(self):\n"
+        "    real(self)\n"
+        "    if self.path.name == 'records.parquet':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "landing.ChunkedTableWriter._flush = flush\n"
+        "landing.CHUNK_ROWS = 1000\n"
+        "landing.ingest(landing.IngestConfig(home=sys.argv[1], run_id='killed'))\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
+    assert any(p.name.startswith(".records.parquet.") for p in leftovers)
+
+    result = run(tmp_path, "b2")
+    assert result.leftovers_removed >= 1
+    assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["b2"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert (result.records_parsed, result.quarantined) == (3000, 1)
+    assert list((tmp_path / "quarantine").glob("*.parquet")) == [
+        tmp_path / "quarantine" / "b2-ingest.parquet"]
+
+
+def test_a_line_read_half_written_is_superseded_by_the_whole_record(tmp_path: Path) -> None:
+    path = tmp_path / "landing" / "agent.jsonl"
+    whole = json.dumps(record(2))
+    write_jsonl(path, [record(1), whole[:60]])  # the producer is still writing line 2
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    first = run(tmp_path, "b1")
+    assert (first.records_parsed, first.quarantined) == (1, 1)
+    with path.open("ab") as handle:  # appended in place
+        handle.write(whole[60:].encode() + b"\n")
+    second = ingest(IngestConfig(home=str(tmp_path), run_id="b2", recheck_delivered=True))
+    assert second.records_parsed == 2 and second.quarantine_superseded == 1
+    assert not (tmp_path / "quarantine" / "b1-ingest.parquet").exists()
+    # a line that was bad, not cut short, stays in the quarantine
+    write_jsonl(tmp_path / "landing" / "bad.jsonl", [record(3), "{not json at all"])
+    run(tmp_path, "b3")
+    with (tmp_path / "landing" / "bad.jsonl").open("ab") as handle:
+        handle.write(json.dumps(record(4)).encode() + b"\n")
+    fourth = ingest(IngestConfig(home=str(tmp_path), run_id="b4", recheck_delivered=True))
+    assert fourth.quarantine_superseded == 0
+    assert quarantine(tmp_path, "b3")["raw"].tolist() == ["{not json at all"]

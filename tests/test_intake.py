@@ -136,6 +136,36 @@ def test_malformed_records_are_422(client: TestClient, tmp_path: Path, body: byt
     assert landing_files(tmp_path) == []
 
 
+_GOOD_LINE = json.dumps(record(7))
+#: The same bad record, as a file line and as a request body: one contract refuses it both ways.
+ONE_RULE = {
+    "empty_id": (_GOOD_LINE.replace('"rec-7"', '""'), "'id' is empty or blank"),
+    "blank_id": (_GOOD_LINE.replace('"rec-7"', '"  \\t "'), "'id' is empty or blank"),
+    "nan_latency": (_GOOD_LINE.replace("1837.2", "NaN"), "non-standard JSON constant NaN"),
+    "infinite_latency": (_GOOD_LINE.replace("1837.2", "Infinity"),
+                         "non-standard JSON constant Infinity"),
+    "nan_rating": (_GOOD_LINE[:-1] + ', "feedback": {"rating": NaN}}',
+                   "non-standard JSON constant NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_RULE))
+def test_files_and_http_refuse_the_same_records(client: TestClient, tmp_path: Path,
+                                                case: str) -> None:
+    body, words = ONE_RULE[case]
+    answer = client.post("/v1/records", content=body.encode(), headers=AUTH)
+    assert answer.status_code == 422 and words in answer.json()["detail"], answer.json()
+    assert landing_files(tmp_path) == []
+    (tmp_path / "landing").mkdir(exist_ok=True)
+    (tmp_path / "landing" / "agent.jsonl").write_text(_GOOD_LINE + "\n" + body + "\n")
+    staged = ingest(IngestConfig(home=str(tmp_path), run_id="b1"))
+    assert (staged.records_parsed, staged.quarantined) == (1, 1)
+    import pandas as pd
+
+    reasons = pd.read_parquet(staged.quarantine_path)["reason"].tolist()
+    assert len(reasons) == 1 and words in reasons[0]
+
+
 def test_bad_feedback_is_422(client: TestClient) -> None:
     for event, words in (({"id": "a", "rating": 0}, "'rating' must be 1 or -1"),
                          ({"id": "a", "rating": True}, "'rating' must be 1 or -1"),

@@ -22,6 +22,7 @@ The *label* of a record is the expert the router chose: the ``expert`` argument 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,51 @@ def nesting_error(value: Any, limit: int = MAX_NESTING) -> str | None:
     """Why ``value`` is nested too deeply to accept, or None."""
     if nesting_depth(value, limit) > limit:
         return f"nested more than {limit} levels deep (objects and arrays); the limit is {limit}"
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity``: Python's parser
+    accepts them, JSON does not, and a NaN latency or rating would otherwise become "missing"
+    without a word. Files and HTTP parse with this one rule.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON.
+        ValueError: it uses a non-standard constant (the message names it).
+    """
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def non_finite_error(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """Why ``value`` (already parsed, e.g. a Parquet row) holds a number JSON cannot write
+    (NaN or an infinity), or None; the same rule as :func:`loads_strict` for input that did not
+    come as JSON text."""
+    stack = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"non-standard JSON constant {item!r} at {where.lstrip('.') or 'top level'}"
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}") for key, child in item.items())
+        elif isinstance(item, list) and where.count(".") + where.count("[") <= limit:
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def id_problem(value: Any, what: str = "id") -> str | None:
+    """Why ``value`` cannot be a record's or feedback event's id, or None: an id is a string
+    with at least one character that is not white space (the intake and ingestion refuse the
+    same ids)."""
+    if value is None:
+        return f"{what} is missing"
+    if not isinstance(value, str):
+        return f"{what} must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"{what} is empty or blank"
     return None
 
 

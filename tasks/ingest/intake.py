@@ -16,9 +16,10 @@ Endpoints:
 
 Every accepted request becomes ONE new JSONL file in the landing folder, written atomically
 (hidden temp file, fsync, rename), so :mod:`tasks.ingest.landing` reads it whole or not at all. The
-endpoint only guarantees well-formed JSON objects with string ids; checking values is the
-validate stage's job, which quarantines with reasons. Re-delivery is harmless: ingestion
-de-duplicates by id.
+endpoint guarantees well-formed JSON objects (no ``NaN`` or ``Infinity``, which ingestion refuses
+from files too: :func:`tasks.core.records.loads_strict`) with non-blank string ids; checking
+values is the validate stage's job, which quarantines with reasons. Re-delivery is harmless:
+ingestion de-duplicates by id.
 
 Authentication is a bearer token (``Authorization: Bearer <token>``): the ``token`` argument,
 else ``$FLYWHEEL_INTAKE_TOKEN``, else the password of the Airflow connection ``flywheel_intake``.
@@ -43,7 +44,7 @@ from tasks.core.clock import now_iso
 from tasks.core.clock import stamp as clock_stamp
 from tasks.core.config import get_paths
 from tasks.core.files import write_bytes_atomic
-from tasks.core.records import nesting_error
+from tasks.core.records import id_problem, loads_strict, nesting_error
 
 TOKEN_ENV = "FLYWHEEL_INTAKE_TOKEN"
 CONNECTION_ID = "flywheel_intake"
@@ -137,15 +138,11 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def _parse(body: bytes) -> Any:
     if not body.strip():
         raise IntakeRejection(422, "invalid_json", "empty body")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        return loads_strict(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise IntakeRejection(422, "invalid_json", f"body is not UTF-8 (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
@@ -180,10 +177,8 @@ def _check_id(index: int, item: Any) -> dict[str, Any]:
         raise IntakeRejection(422, "invalid_item",
                               f"item {index}: not a JSON object (got {type(item).__name__})",
                               item=index)
-    if not isinstance(item.get("id"), str) or not item["id"].strip():
-        raise IntakeRejection(422, "invalid_item",
-                              f"item {index}: 'id' is missing or not a non-empty string",
-                              item=index)
+    if problem := id_problem(item.get("id"), "'id'"):
+        raise IntakeRejection(422, "invalid_item", f"item {index}: {problem}", item=index)
     too_deep = nesting_error(item)
     if too_deep:  # writing it to the landing file would recurse as deep
         raise IntakeRejection(422, "too_deep", f"item {index}: {too_deep}", item=index)

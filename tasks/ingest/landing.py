@@ -20,6 +20,14 @@ placeholders such as ``<EMAIL>``, and its ``raw`` text is then re-serialised fro
 object (kept byte for byte when nothing was found); a line that does not parse has its raw text
 redacted as plain text. So staging and quarantine never hold the PII the redactor recognises.
 
+Only regular files inside the landing folder are read: a symbolic link (wherever it points) or
+anything else that is not a plain file is refused unread, and listed by name in the result
+(``refused_files``) every run until it is removed. A record whose workload's file fails its checks
+is quarantined with the file's path and every problem; the other workloads' records are staged.
+Records follow one contract whether they arrive as files or over HTTP
+(:mod:`tasks.ingest.intake`): an empty or blank id, or a non-standard JSON constant (``NaN``,
+``Infinity``) anywhere in a line, is refused with the reason.
+
 Ingestion checks shapes and types; :mod:`tasks.ingest.validate` checks values (ids, timestamps,
 routes, ranges) with great-expectations.
 
@@ -34,15 +42,23 @@ A run costs the new files, not the folder's history: a delivered file is recogni
 and inode straight from the folder listing (no ``stat``, no hash, no read), the manifest is read
 through its Arrow index (``_manifest.arrow``, only lines appended since are parsed), and only new
 files are hashed. Files are expected to arrive whole, renamed into place (a replaced file is read
-again); set ``recheck_delivered`` for producers that append to delivered files in place.
+again); set ``recheck_delivered`` for producers that append to delivered files in place. Then a
+line read before its producer had finished it is quarantined as it was, and superseded (removed
+from that quarantine file) once the whole line is staged.
+
+A run killed part-way commits nothing (the marker and the manifest come last): the next run removes
+what it left (hidden temporary files, the staging folder without its marker, its quarantine file),
+counts it (``leftovers_removed``) and reads its landing files again.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import functools
 import gzip
 import json
+import logging
 import os
 import re
 import sys
@@ -50,8 +66,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from stat import S_ISREG
-from typing import TYPE_CHECKING, Any
+from stat import S_ISLNK, S_ISREG
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -60,25 +76,30 @@ from tasks.core.config import Paths, get_paths
 from tasks.core.files import (
     file_lock,
     publish,
-    sha256_of,
     temporary_beside,
     write_arrow_atomic,
     write_bytes_atomic,
+    write_table_atomic,
 )
 from tasks.core.records import (
     FLAT_COLUMNS,
     MAX_NESTING,
     SCHEMA_VERSION,
     RecordError,
+    id_problem,
+    loads_strict,
     nesting_error,
+    non_finite_error,
     query_of,
     route_of,
 )
-from tasks.core.workload import Decision, list_workloads, read_workload
+from tasks.core.workload import Decision, WorkloadError, list_workloads, read_workload
 from tasks.ingest.redact import KEEP_FIELDS, redact
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+_log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.jsonl"
 #: The manifest's columns in Arrow's file format, derived from it (see :func:`_read_manifest`).
@@ -175,6 +196,18 @@ class IngestResult(BaseModel):
     pii_redacted: dict[str, int] = Field(default_factory=dict,
                                          description="PII values replaced by placeholders, per "
                                                      "kind (email, phone, card, ...)")
+    refused_files: dict[str, str] = Field(
+        default_factory=dict, description="Landing entries matching the patterns that were not "
+                                          "read, name -> reason: symbolic links and anything "
+                                          "that is not a regular file (their content is never "
+                                          "opened; they are listed again each run until removed)")
+    leftovers_removed: int = Field(0, ge=0, description="Files an interrupted ingest had left "
+                                                        "(hidden temporary files, batches "
+                                                        "without their commit marker), removed")
+    quarantine_superseded: int = Field(
+        0, ge=0, description="Quarantined lines of an earlier run that did not parse because "
+                             "they were read before their file was complete, removed now that "
+                             "the whole line is staged (with recheck_delivered)")
 
 
 def rows_to_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pa.Table:
@@ -294,9 +327,11 @@ def _parse_line(number: int, data: bytes) -> Parsed:
 
 def _parse_text(number: int, text: str) -> Parsed:
     try:
-        obj = json.loads(text)
+        obj = loads_strict(text)
     except json.JSONDecodeError as exc:
         return number, text, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except ValueError as exc:  # NaN, Infinity: refused as the intake refuses them
+        return number, text, None, f"invalid JSON: {exc}"
     except RecursionError:  # json.loads recurses once per level of nesting
         return number, text, None, "invalid JSON: nested too deeply to parse"
     if not isinstance(obj, dict):
@@ -313,16 +348,18 @@ def _parse_text(number: int, text: str) -> Parsed:
 def _read_jsonl(path: Path) -> Iterator[Parsed]:
     """Lines of a JSONL file. CRLF line ends are accepted, and so is a UTF-8 byte order mark at
     the start of the file (it is stripped); blank lines are skipped and not counted."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     number = 0
     try:
-        with opener(path, "rb") as handle:
+        with open_landing_file(path) as raw, (
+                gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw) as handle:
             for number, data in enumerate(handle, start=1):  # noqa: B007 - used after the loop
                 data = data.rstrip(b"\r\n")
                 if number == 1 and data.startswith(b"\xef\xbb\xbf"):
                     data = data[3:]
                 if data.strip():
                     yield _parse_line(number, data)
+    except RefusedFile:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         # A truncated or corrupt gzip: keep the lines read so far, quarantine the rest.
         yield number + 1, "", None, f"unreadable file after line {number} ({path.name}): {exc}"
@@ -336,25 +373,26 @@ def _read_parquet(path: Path) -> Iterator[Parsed]:
     whole)."""
     import pyarrow.parquet as pq
 
-    try:
-        reader = pq.ParquetFile(path)
-        names = reader.schema_arrow.names
-    except Exception as exc:  # noqa: BLE001 - any reader error means an unreadable file
-        yield 1, "", None, f"unreadable Parquet file {path.name}: {exc}"
-        return
-    foreign = None
-    if "record" not in names and not {"request", "response"} <= set(names):
-        foreign = (f"foreign Parquet schema in {path.name}: neither a 'record' column nor "
-                   f"'request' and 'response' columns (has {names[:10]})")
-    number = 0
-    try:
-        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in _parquet_rows(batch, names):
-                number += 1
-                yield _parquet_row(number, row, names, foreign)
-    except Exception as exc:  # noqa: BLE001 - a corrupt page part-way through the file
-        yield number + 1, "", None, (f"unreadable Parquet file {path.name} after row {number}: "
-                                     f"{exc}")
+    with open_landing_file(path) as handle:
+        try:
+            reader = pq.ParquetFile(handle)
+            names = reader.schema_arrow.names
+        except Exception as exc:  # noqa: BLE001 - any reader error means an unreadable file
+            yield 1, "", None, f"unreadable Parquet file {path.name}: {exc}"
+            return
+        foreign = None
+        if "record" not in names and not {"request", "response"} <= set(names):
+            foreign = (f"foreign Parquet schema in {path.name}: neither a 'record' column nor "
+                       f"'request' and 'response' columns (has {names[:10]})")
+        number = 0
+        try:
+            for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for row in _parquet_rows(batch, names):
+                    number += 1
+                    yield _parquet_row(number, row, names, foreign)
+        except Exception as exc:  # noqa: BLE001 - a corrupt page part-way through the file
+            yield number + 1, "", None, (f"unreadable Parquet file {path.name} after row "
+                                         f"{number}: {exc}")
 
 
 def _parquet_rows(batch, names: list[str]) -> Iterator[Any]:
@@ -377,12 +415,14 @@ def _parquet_row(number: int, row: Any, names: list[str], foreign: str | None) -
     for name in _JSON_FIELDS:
         if isinstance(obj.get(name), str):
             try:
-                obj[name] = json.loads(obj[name])
+                obj[name] = loads_strict(obj[name])
             except json.JSONDecodeError as exc:
                 error = f"column {name!r} is not valid JSON: {exc.msg}"
+            except ValueError as exc:
+                error = f"column {name!r} is not valid JSON: {exc}"
             except RecursionError:
                 error = f"column {name!r} is nested too deeply to parse"
-    error = foreign or error or nesting_error(obj)
+    error = foreign or error or nesting_error(obj) or non_finite_error(obj)
     return number, raw, (None if error else obj), error
 
 
@@ -429,6 +469,8 @@ def flatten_record(obj: dict[str, Any],
     if feedback is not None and not isinstance(feedback, dict):
         raise RecordError("feedback must be an object")
     feedback = feedback or {}
+    if (problem := id_problem(obj.get("id"), "'id'")) and "id" in obj:
+        raise RecordError(problem)  # a missing id is validation's (id_not_null)
     return {
         "id": _text(obj, "id"),
         "timestamp": _text(obj, "timestamp"),
@@ -452,9 +494,9 @@ def flatten_feedback(obj: dict[str, Any]) -> dict[str, Any]:
     Raises:
         RecordError: no id, no parseable timestamp, or a rating other than +1/-1.
     """
-    event_id = _text(obj, "id", "feedback event: ")
-    if not event_id:
-        raise RecordError("feedback event has no id")
+    if problem := id_problem(obj.get("id"), "'id'"):
+        raise RecordError(f"feedback event: {problem}")
+    event_id = obj["id"]
     timestamp = _text(obj, "timestamp", "feedback event: ")
     try:
         moment = datetime.fromisoformat(timestamp or "")
@@ -566,8 +608,68 @@ def _record_in_manifest(paths: Paths, entries: list[dict[str, Any]],
 Candidate = tuple[str, Path, os.stat_result]
 
 
+def open_landing_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading only if it is a regular file itself: a symbolic link is
+    refused even when it was swapped in after the folder was listed (``O_NOFOLLOW``), and so is
+    anything else that is not a plain file (a FIFO would block, a device would read for ever).
+
+    Raises:
+        RefusedFile: not a regular file; the message says what it is.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RefusedFile("a symbolic link: only regular files inside the landing folder "
+                              "are read") from None
+        raise
+    mode = os.fstat(handle).st_mode
+    if not S_ISREG(mode):
+        os.close(handle)
+        raise RefusedFile(f"not a regular file ({_file_kind(mode)})")
+    os.set_blocking(handle, True)
+    return os.fdopen(handle, "rb")
+
+
+class RefusedFile(OSError):
+    """A landing entry that is not read: a symbolic link, or not a regular file."""
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _refusal(landing: Path, path: Path, mode: int) -> str | None:
+    """Why the landing entry at ``path`` (``mode`` from ``lstat``) is not read, or None.
+
+    Only regular files inside the landing folder are read: a symbolic link (to a file or a
+    folder, inside the folder or out of it) is refused, so that whoever can create a link there
+    cannot copy any file the service may read into the store and the quarantine.
+    """
+    if S_ISLNK(mode):
+        return "a symbolic link: only regular files inside the landing folder are read"
+    if not S_ISREG(mode):
+        return f"not a regular file ({_file_kind(mode)})"
+    relative = path.relative_to(landing)
+    for depth in range(1, len(relative.parts)):  # a folder on the way that is a link
+        folder = landing.joinpath(*relative.parts[:depth])
+        if folder.is_symlink():
+            return f"inside {folder.name}/, a symbolic link: only files inside the landing " \
+                   "folder are read"
+    return None
+
+
 def _new_landing_files(paths: Paths, patterns: list[str], manifest: pa.Table,
-                       recheck: bool = False) -> tuple[list[Candidate], int]:
+                       recheck: bool = False
+                       ) -> tuple[list[Candidate], int, dict[str, str]]:
     """The landing files matching ``patterns`` that the manifest does not know, by name.
 
     A delivered file is known by its name and inode, both read from the folder itself (one scan,
@@ -580,7 +682,9 @@ def _new_landing_files(paths: Paths, patterns: list[str], manifest: pa.Table,
     kept always get). Names starting with '_' or '.' never match.
 
     Returns:
-        ``(candidates, known)``: the files to hash, by name, and how many were known.
+        ``(candidates, known, refused)``: the files to hash, by name, how many were known, and
+        the entries matching ``patterns`` that are not read (symbolic links, anything but a
+        regular file), name -> reason.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -593,10 +697,10 @@ def _new_landing_files(paths: Paths, patterns: list[str], manifest: pa.Table,
             inodes.append(entry.inode())
     plain = [p for p in patterns if "/" not in p and os.sep not in p]
     below = {path.name: path for pattern in patterns if pattern not in plain
-             for path in paths.landing.glob(pattern) if path.is_file()}  # rare: stat-ed
+             for path in paths.landing.glob(pattern)}  # rare: stat-ed
     for name, path in below.items():
         names.append(name)
-        inodes.append(path.stat().st_ino)
+        inodes.append(path.lstat().st_ino)
     table = pa.table({"file": pa.array(names, pa.string()), "inode": pa.array(inodes, pa.int64())})
     by_stat = manifest
     if not recheck:
@@ -609,21 +713,23 @@ def _new_landing_files(paths: Paths, patterns: list[str], manifest: pa.Table,
                      by_stat["mtime_ns"].to_pylist(), strict=True))
     match = re.compile("|".join(fnmatch.translate(p) for p in plain)).match if plain else None
     candidates: list[Candidate] = []
+    refused: dict[str, str] = {}
     for name in sorted(set(table["file"].to_pylist())):
         if name[0] in "_." or not (name in below or (match and match(name))):
             continue
         path = below.get(name, paths.landing / name)
         try:
-            stat = path.stat()
+            stat = path.lstat()
         except FileNotFoundError:  # gone since the scan
             continue
-        if not S_ISREG(stat.st_mode):
+        if reason := _refusal(paths.landing, path, stat.st_mode):
+            refused[name] = reason
             continue
         if (name, stat.st_size, stat.st_mtime_ns) in stamps:
             known += 1
             continue
         candidates.append((name, path, stat))
-    return candidates, known
+    return candidates, known, refused
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,14 +756,25 @@ def ingest(config: IngestConfig) -> IngestResult:
             saved = json.loads(marker.read_text())
             _record_in_manifest(paths, saved["manifest"])
             return IngestResult.model_validate(saved["result"])
+        leftovers = remove_leftovers(paths)
 
         manifest = _read_manifest(paths)
-        candidates, known = _new_landing_files(paths, config.patterns, manifest,
-                                               recheck=config.recheck_delivered)
+        candidates, known, refused = _new_landing_files(paths, config.patterns, manifest,
+                                                        recheck=config.recheck_delivered)
         # only new files are hashed; content staged before (a re-delivered copy) is skipped
-        digests = [sha256_of(path) for _, path, _ in candidates]
+        hashed: list[Candidate] = []
+        digests: list[str] = []
+        for candidate in candidates:
+            try:
+                digests.append(_sha256_regular(candidate[1]))
+                hashed.append(candidate)
+            except RefusedFile as exc:  # became a link or a FIFO since it was listed
+                refused[candidate[0]] = str(exc)
+        candidates = hashed
         staged_before = pc.is_in(pa.array(digests, pa.string()),
                                  value_set=manifest["sha256"]).to_pylist()
+        delivered = set(manifest["file"].to_pylist())
+        partial = _partial_lines(paths, [name for name, _, _ in candidates if name in delivered])
         quarantine_path = paths.quarantine / f"{run_id}-ingest.parquet"
         files: list[str] = []
         skipped: list[str] = []
@@ -667,18 +784,22 @@ def ingest(config: IngestConfig) -> IngestResult:
         with (ChunkedTableWriter(staging_dir / "records.parquet", STAGED_COLUMNS) as records,
               ChunkedTableWriter(staging_dir / "feedback.parquet", FEEDBACK_COLUMNS) as events,
               ChunkedTableWriter(quarantine_path, QUARANTINE_COLUMNS) as rejected):
-            stager = _Stager(records, events, rejected, config.workloads_dir)
+            stager = _Stager(records, events, rejected, config.workloads_dir, partial)
             for (name, path, stat), digest, before in zip(candidates, digests, staged_before,
                                                            strict=True):
                 if before or digest in seen:  # the same content twice in one delivery: once
                     skipped.append(name)
                     continue
+                file_lines = 0
+                try:
+                    for number, raw, obj, error in read_landing_file(path):
+                        file_lines += 1
+                        stager.stage(name, number, raw, obj, error)
+                except RefusedFile as exc:  # swapped for a link since it was hashed
+                    refused[name] = str(exc)
+                    continue
                 seen.add(digest)
                 files.append(name)
-                file_lines = 0
-                for number, raw, obj, error in read_landing_file(path):
-                    file_lines += 1
-                    stager.stage(name, number, raw, obj, error)
                 lines_in += file_lines
                 entries.append({"file": name, "sha256": digest, "run_id": run_id,
                                 "lines": file_lines, "size": stat.st_size,
@@ -693,11 +814,109 @@ def ingest(config: IngestConfig) -> IngestResult:
             lines_in=lines_in, records_parsed=records.count, feedback_events=events.count,
             quarantined=rejected.count, staging_dir=str(staging_dir),
             quarantine_path=str(quarantine_path) if has_quarantine else None,
-            pii_redacted=dict(sorted(stager.pii.items())))
+            pii_redacted=dict(sorted(stager.pii.items())), refused_files=refused,
+            leftovers_removed=leftovers, quarantine_superseded=len(stager.superseded))
         payload = {"result": result.model_dump(mode="json"), "manifest": entries}
         write_bytes_atomic(marker, json.dumps(payload, indent=2).encode())  # the commit point
         _record_in_manifest(paths, entries, check_existing=False)
+        _drop_superseded(stager.superseded)
+    for name, reason in refused.items():
+        _log.warning("landing entry %s not read: %s", name, reason)
     return result
+
+
+def _sha256_regular(path: Path) -> str:
+    """:func:`tasks.core.files.sha256_of` through :func:`open_landing_file` (never a link)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open_landing_file(path) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+#: The files an ingest writes through a hidden temporary file (``.<name>.<pid>.<thread>.tmp``);
+#: one left behind was being written when its run died.
+_INGEST_TEMPORARIES = (("staging/*", ".records.parquet.*.tmp"),
+                       ("staging/*", ".feedback.parquet.*.tmp"),
+                       ("staging/*", f".{BATCH_MARKER}.*.tmp"),
+                       ("quarantine", ".*-ingest.parquet.*.tmp"),
+                       ("landing", f".{MANIFEST_INDEX_NAME}.*.tmp"))
+
+
+def remove_leftovers(paths: Paths) -> int:
+    """Remove what an ingest killed part-way left (call it under the ingest lock, which every
+    writer of these files holds): hidden temporary files, and each staging folder without its
+    commit marker together with its quarantine file. Nothing in them was committed: their
+    landing files are not in the manifest, so this run reads them again.
+
+    Returns:
+        How many files were removed.
+    """
+    import shutil
+
+    removed = 0
+    for folder, pattern in _INGEST_TEMPORARIES:
+        for path in paths.home.glob(f"{folder}/{pattern}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    if paths.staging.is_dir():
+        for batch in paths.staging.iterdir():
+            if batch.is_dir() and not (batch / BATCH_MARKER).exists():
+                removed += sum(1 for p in batch.rglob("*") if p.is_file())
+                shutil.rmtree(batch, ignore_errors=True)
+                orphan = paths.quarantine / f"{batch.name}-ingest.parquet"
+                if orphan.exists():
+                    orphan.unlink()
+                    removed += 1
+    if removed:
+        _log.warning("removed %d file(s) an interrupted ingest had left", removed)
+    return removed
+
+
+#: Reasons of a line that did not parse: it may have been read before its file was complete.
+_PARSE_FAILURES = ("invalid JSON", "invalid UTF-8")
+
+
+def _partial_lines(paths: Paths, names: list[str]) -> dict[tuple[str, int], list[tuple[Path, str]]]:
+    """Earlier ingest quarantine rows of the landing files ``names`` (delivered before, read
+    again with ``recheck_delivered``) whose line did not parse: ``(file, line) -> [(quarantine
+    file, raw)]``. Such a line may have been read while its producer was still writing it."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    found: dict[tuple[str, int], list[tuple[Path, str]]] = {}
+    if not names or not paths.quarantine.is_dir():
+        return found
+    for path in sorted(paths.quarantine.glob("*-ingest.parquet")):
+        table = pq.read_table(path, columns=["source_file", "line", "reason", "raw"],
+                              filters=pc.field("source_file").isin(names))
+        for row in table.to_pylist():
+            if (row["line"] is not None and row["raw"]
+                    and str(row["reason"] or "").startswith(_PARSE_FAILURES)):
+                found.setdefault((row["source_file"], row["line"]), []).append(
+                    (path, row["raw"]))
+    return found
+
+
+def _drop_superseded(superseded: list[tuple[Path, str, int]]) -> None:
+    """Rewrite each earlier quarantine file without its rows ``(file, line)`` whose whole line is
+    now staged (a partial line is not data lost: it is a prefix of what was staged)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    by_file: dict[Path, set[tuple[str, int]]] = {}
+    for path, name, line in superseded:
+        by_file.setdefault(path, set()).add((name, line))
+    for path, rows in by_file.items():
+        table = pq.read_table(path)
+        keep = [(row["source_file"], row["line"]) not in rows
+                for row in table.select(["source_file", "line"]).to_pylist()]
+        if any(keep):
+            write_table_atomic(table.filter(pa.array(keep)), path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class _Stager:
@@ -710,23 +929,38 @@ class _Stager:
     """
 
     def __init__(self, records: ChunkedTableWriter, events: ChunkedTableWriter,
-                 rejected: ChunkedTableWriter, workloads_dir: str | None = None):
+                 rejected: ChunkedTableWriter, workloads_dir: str | None = None,
+                 partial: dict[tuple[str, int], list[tuple[Path, str]]] | None = None):
         self.records, self.events, self.rejected = records, events, rejected
         self.workloads_dir = workloads_dir
-        self._decisions: dict[str | None, Decision] = {}
+        self._decisions: dict[str | None, Decision | str] = {}
+        #: earlier quarantined lines that did not parse, and those now staged whole
+        self.partial = partial or {}
+        self.superseded: list[tuple[Path, str, int]] = []
         self.pii: dict[str, int] = {}
         self._cached: Callable[[str], tuple[str, dict[str, int]]] = functools.lru_cache(
             maxsize=REDACT_CACHE_SIZE)(redact)
 
     def _decision_of(self, workload_id: str | None) -> Decision:
         """How ``workload_id``'s records hold their decision (its file's ``decision``); a
-        workload without a file is read as the router's and quarantined by validation."""
+        workload without a file is read as the router's and quarantined by validation.
+
+        Raises:
+            RecordError: the workload's file fails its checks (the reason names the file and
+                every problem): only that workload's records are quarantined, the rest staged.
+        """
         if workload_id not in self._decisions:
             files = list_workloads(self.workloads_dir)
-            self._decisions[workload_id] = (
-                read_workload(files[workload_id]).decision
-                if isinstance(workload_id, str) and workload_id in files else Decision())
-        return self._decisions[workload_id]
+            try:
+                self._decisions[workload_id] = (
+                    read_workload(files[workload_id]).decision
+                    if isinstance(workload_id, str) and workload_id in files else Decision())
+            except WorkloadError as exc:
+                self._decisions[workload_id] = f"workload file fails its checks: {exc}"
+        decision = self._decisions[workload_id]
+        if isinstance(decision, str):
+            raise RecordError(decision)
+        return decision
 
     def _redact(self, text: str) -> tuple[str, dict[str, int]]:
         return self._cached(text) if len(text) <= REDACT_CACHE_MAX_CHARS else redact(text)
@@ -738,10 +972,13 @@ class _Stager:
             try:
                 if obj.get("kind") == "feedback":
                     self.events.append({**flatten_feedback(obj), **where})
-                    return
-                if obj.get("kind") not in (None, "record"):
+                elif obj.get("kind") not in (None, "record"):
                     raise RecordError(f"unknown kind {obj.get('kind')!r}")
-                self.records.append({**flatten_record(obj, self._decision_of), **where})
+                else:
+                    self.records.append({**flatten_record(obj, self._decision_of), **where})
+                for path, earlier in self.partial.get((source, number), ()):
+                    if raw.startswith(earlier):  # read before its file was complete
+                        self.superseded.append((path, source, number))
                 return
             except RecordError as exc:
                 error = str(exc)
@@ -806,6 +1043,14 @@ def main(argv: list[str] | None = None) -> int:
     pii = ", ".join(f"{kind} {n}" for kind, n in result.pii_redacted.items()) or "none"
     print(f"  PII redacted    {sum(result.pii_redacted.values()):>8}  ({pii})")
     print(f"  staging         {result.staging_dir}")
+    if result.quarantine_superseded:
+        print(f"  superseded      {result.quarantine_superseded:>8}  (lines quarantined half "
+              "written, now staged whole)")
+    if result.leftovers_removed:
+        print(f"  leftovers       {result.leftovers_removed:>8}  (files of an interrupted "
+              "ingest, removed)")
+    for name, reason in result.refused_files.items():
+        print(f"refused: {name}: {reason}")
     return 0
 
 
