@@ -237,14 +237,14 @@ def flywheel_cycle():
 
     @task(execution_timeout=QUICK)
     def validate(ingested: dict, params: dict | None = None) -> dict:
-        from tasks.ingest.validate import ValidateConfig
-        from tasks.ingest.validate import validate as run
+        from tasks.ingest.validate import ValidateConfig, validate_waiting
 
-        # a batch over the invalid limit is flagged (the report leads with it), not a failed
-        # cycle: the good rows are stored and tonight's cycle learns from every other client
-        return run(ValidateConfig(run_id=ingested["run_id"], on_excess="flag",
-                                  workloads_dir=params.get("workloads_dir"))).model_dump(
-            mode="json")
+        # every batch waiting (one a killed run left included), this cycle's among them; one
+        # over the invalid limit is flagged (the report leads with it), not a failed cycle: the
+        # good rows are stored and tonight's cycle learns from every other client
+        return validate_waiting(ValidateConfig(
+            run_id=ingested["run_id"], on_excess="flag",
+            workloads_dir=params.get("workloads_dir"))).model_dump(mode="json")
 
     @task(execution_timeout=JUDGING)
     def attribute(validated: dict, params: dict | None = None) -> dict:

@@ -45,10 +45,11 @@ def flywheel_ingest():
 
     @task(outlets=[STORE])
     def validate(ingested: dict) -> dict:
-        from tasks.ingest.validate import ValidateConfig
-        from tasks.ingest.validate import validate as run
+        from tasks.ingest.validate import ValidateConfig, validate_waiting
 
-        return run(ValidateConfig(run_id=ingested["run_id"])).model_dump(mode="json")
+        # every batch not yet stored, oldest first: a batch whose validation died waits for this
+        return validate_waiting(ValidateConfig(run_id=ingested["run_id"])).model_dump(
+            mode="json")
 
     validate(ingest())
 

@@ -13,12 +13,19 @@
     flywheel serve airflow|mlflow         # the UIs on the embedded state (127.0.0.1)
 
 ``flywheel <stage> --help`` lists a stage's settings; each stage also takes ``--config FILE.yaml``.
+A mistake in what a command was given (a missing batch, a broken workload file, too few examples)
+is one line on stderr and exit status 1; ``flywheel --debug <stage> ...`` (or
+``FLYWHEEL_DEBUG=1``) shows the traceback as well.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
+
+from tasks.core.errors import UserError
 
 #: sub-command -> module whose ``main(argv)`` runs it (``module:function`` names another function)
 COMMANDS: dict[str, str] = {
@@ -44,6 +51,9 @@ COMMANDS: dict[str, str] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("FLYWHEEL_DEBUG", "").lower() in {"1", "true", "yes"}
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__.strip())
         print("\ncommands: " + ", ".join(COMMANDS))
@@ -55,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _, function = COMMANDS[command].partition(":")
     module = importlib.import_module(module_name)
-    return int(getattr(module, function or "main")(rest) or 0)
+    try:
+        return int(getattr(module, function or "main")(rest) or 0)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        first, *more = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"flywheel {command}: error: {first}", *more, sep="\n", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,9 +50,17 @@ def parse_config(model: type[M], argv: list[str] | None, prog: str,
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     if (config_file := args.pop("config", None)) is not None:
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            parser.error(f"{config_file}: cannot read settings: {exc}")
         if not isinstance(loaded, dict):
             parser.error(f"{config_file}: expected a mapping of settings")
+        unknown = sorted(str(key) for key in loaded if key not in model.model_fields)
+        if unknown:  # a misspelt setting would otherwise be ignored without a word
+            known = ", ".join(model.model_fields)
+            parser.error(f"{config_file}: unknown setting(s) {', '.join(map(repr, unknown))} "
+                         f"(known: {known})")
         values.update(loaded)
     for name, raw in args.items():
         annotation = model.model_fields[name].annotation

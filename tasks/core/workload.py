@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.core.errors import validation_problems
+from tasks.core.errors import UserError, validation_problems
 
 #: The folder of the workload files that ship with the package (the demo's router).
 SHIPPED = Path(__file__).resolve().parent.parent / "workloads"
@@ -57,7 +57,7 @@ def _checked_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_checked_name)]
 
 
-class WorkloadError(ValueError):
+class WorkloadError(UserError, ValueError):
     """A workload file that is missing or wrong; the message names the file."""
 
 

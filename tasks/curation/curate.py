@@ -73,6 +73,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.core.clock import now_iso
 from tasks.core.config import STUDENT_PREFIX, get_paths, utc_window
+from tasks.core.errors import UserError
 from tasks.core.files import write_json_atomic
 from tasks.core.workload import (
     WorkloadSettings,
@@ -88,11 +89,11 @@ if TYPE_CHECKING:
 SOURCE_RANK = {"sme": 0, "feedback": 1, "teacher": 2}
 
 
-class LabelSpaceError(ValueError):
+class LabelSpaceError(UserError, ValueError):
     """The workload's experts dropped one the dataset's previous version has."""
 
 
-class NotEnoughData(RuntimeError):
+class NotEnoughData(UserError, RuntimeError):
     """Fewer labelled examples than ``min_examples``; the message shows the funnel."""
 
 

@@ -1,8 +1,16 @@
-"""Validate: check a staging batch with great-expectations and add what passes to the store.
+"""Validate: check staging batches with great-expectations and add what passes to the store.
 
 Run it::
 
-    flywheel validate --run-id 2026-11-26 --home /tmp/flywheel
+    flywheel validate --home /tmp/flywheel                       # every batch waiting
+    flywheel validate --run-id 2026-11-26 --home /tmp/flywheel   # one batch (again)
+
+Without ``--run-id`` (and in both DAGs) every staged batch not yet stored is validated, oldest
+first, each exactly once (:func:`validate_waiting`): a batch whose validation was killed, or that a
+concurrent run's ingest staged, is stored by the next run. A batch is stored once its result,
+``staging/<run_id>/_stored.json``, is written, the last step of its validation; the whole run
+holds the store's lock, so two runs take turns and the second finds only what the first left.
+A killed run's hidden temporary files are removed by the next.
 
 Each record of ``staging/<run_id>/records.parquet`` ends in exactly one bucket
 (``records_in == stored + duplicates + quarantined``):
@@ -28,6 +36,9 @@ The validation result is kept in ``staging/<run_id>/validation.json`` (GX's own 
 count and sample failing rows).
 
 A retry with the same ``run_id`` rewrites the same part files, so the task is idempotent.
+
+A record whose workload's file fails its checks is quarantined (``workload_file_valid``, with the
+file and every problem); the other workloads' records are stored.
 
 A run costs its batch, not the store's history: ids are looked up in an index of each store
 table (:class:`IdIndex`, ``_ids.arrow`` beside the parts, brought up to date from the parts when
@@ -58,6 +69,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from tasks.core.clock import utc_now
 from tasks.core.config import Paths, get_paths
+from tasks.core.errors import UserError
 from tasks.core.files import (
     atomic_path,
     file_lock,
@@ -81,10 +93,20 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 PENDING_NAME = "pending.parquet"
+#: A batch's validation result, written last in ``staging/<run_id>/``: the batch is stored.
+STORED_MARKER = "_stored.json"
+#: In ``staging/``: batches validated before stored markers existed have been marked.
+ADOPTED_FLAG = "_stored_markers"
+#: Held by every validation for its whole run, in ``store/``.
+STORE_LOCK = ".store.lock"
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(UserError, RuntimeError):
     """Too much of a batch is invalid; the message names the clients and files at fault."""
+
+
+class MissingBatch(UserError, FileNotFoundError):
+    """The staging batch named does not exist, or is not complete."""
 
 
 class ValidateConfig(BaseModel):
@@ -155,17 +177,66 @@ class ValidateResult(BaseModel):
                                                 "batch was rejected: by whom, and where to look")
 
 
+class ValidateRun(BaseModel):
+    """What one run over the waiting batches did: each batch's result and the totals (the
+    fields a cycle's report reads, as for one batch)."""
+
+    run_id: str | None = Field(description="This run's own batch, if it named one, else the "
+                                           "last batch validated")
+    batches: list[ValidateResult] = Field(description="Each batch validated, oldest first (and "
+                                                      "the run's own batch if another run "
+                                                      "stored it first)")
+    records_in: int = Field(ge=0, description="Records in those batches")
+    stored: int = Field(ge=0, description="New records appended to the store")
+    duplicates: int = Field(ge=0, description="Copies within a batch or ids already stored")
+    quarantined: int = Field(ge=0, description="Records failing one or more expectations")
+    feedback_merged: int = Field(ge=0, description="Feedback events joined to a stored record")
+    feedback_pending: int = Field(ge=0, description="Events still waiting for their record")
+    leftovers_removed: int = Field(0, ge=0, description="Hidden temporary files a killed "
+                                                        "validation had left, removed")
+    validation_path: str | None = Field(None, description="GX result of the run's own (or last) "
+                                                          "batch")
+    validation_html_path: str | None = Field(None, description="The same as HTML")
+    alarm: str | None = Field(None, description="Every batch's alarm, one per line")
+
+    @classmethod
+    def of(cls, results: list[ValidateResult], own: str | None, leftovers: int) -> ValidateRun:
+        main = next((r for r in results if r.run_id == own), results[-1] if results else None)
+        alarms = [r.alarm for r in results if r.alarm]
+        return cls(
+            run_id=own or (main.run_id if main else None), batches=results,
+            records_in=sum(r.records_in for r in results),
+            stored=sum(r.stored for r in results),
+            duplicates=sum(r.duplicates for r in results),
+            quarantined=sum(r.quarantined for r in results),
+            feedback_merged=sum(r.feedback_merged for r in results),
+            feedback_pending=results[-1].feedback_pending if results else 0,
+            leftovers_removed=leftovers,
+            validation_path=main.validation_path if main else None,
+            validation_html_path=main.validation_html_path if main else None,
+            alarm="\n".join(alarms) or None)
+
+
 # --------------------------------------------------------------------------------------------
 # the expectation suite
 
 
-def batch_workloads(config: ValidateConfig, workload_ids: set[str]) -> dict[str, tuple[str, ...]]:
-    """The experts of each workload of the batch that has a file (read and checked here: a
-    malformed file stops validation before anything is stored, with the file's path)."""
-    from tasks.core.workload import list_workloads, read_workload
+def batch_workloads(config: ValidateConfig, workload_ids: set[str]
+                    ) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """The experts of each workload of the batch that has a file, and the workloads whose file
+    fails its checks (id -> the file's path and every problem): their records are quarantined
+    with that reason (:data:`WORKLOAD_FILE_VALID`), the other workloads' records go on."""
+    from tasks.core.workload import WorkloadError, list_workloads, read_workload
 
     files = list_workloads(config.workloads_dir)
-    return {w: read_workload(files[w]).expert_names for w in sorted(workload_ids) if w in files}
+    experts: dict[str, tuple[str, ...]] = {}
+    broken: dict[str, str] = {}
+    for workload_id in sorted(w for w in workload_ids if w in files):
+        try:
+            experts[workload_id] = read_workload(files[workload_id]).expert_names
+        except WorkloadError as exc:
+            broken[workload_id] = str(exc)
+    return experts, broken
 
 
 def build_suite(config: ValidateConfig, now: datetime | None = None,
@@ -223,6 +294,8 @@ def build_suite(config: ValidateConfig, now: datetime | None = None,
 REUSED_ID_FIELDS = ("workload_id", "client_id", "model", "query", "route", "latency_ms", "ttft_ms")
 #: The store-side check's name, as the quarantine reason and the validation report show it.
 ID_NOT_REUSED = "id_not_reused"
+#: A record whose workload's file fails its checks; the reason carries the file and the problem.
+WORKLOAD_FILE_VALID = "workload_file_valid"
 
 #: Columns the suite reads; only these are handed to GX.
 SUITE_COLUMNS = ("id", "_timestamp", "workload_id", "client_id", "route", "latency_ms", "ttft_ms",
@@ -575,11 +648,69 @@ def _event_keys(events: pd.DataFrame) -> pd.Series:
                      index=events.index, dtype=object)
 
 
-def _latest_batch(paths: Paths) -> str:
-    batches = [p for p in paths.staging.iterdir() if (p / BATCH_MARKER).exists()]
-    if not batches:
-        raise FileNotFoundError(f"no staging batch under {paths.staging}: run `flywheel ingest`")
-    return max(batches, key=lambda p: (p / BATCH_MARKER).stat().st_mtime).name
+def _stored_marker(paths: Paths, run_id: str) -> Path:
+    return paths.staging / run_id / STORED_MARKER
+
+
+def waiting_batches(paths: Paths) -> list[str]:
+    """The staged batches not yet stored, oldest first (by their commit marker's time): a batch
+    whose validation died part-way, or that a concurrent run's ingest staged, included."""
+    _adopt_earlier_batches(paths)
+    if not paths.staging.is_dir():
+        return []
+    waiting = []
+    for batch in paths.staging.iterdir():
+        marker = batch / BATCH_MARKER
+        if batch.is_dir() and not (batch / STORED_MARKER).exists():
+            try:
+                waiting.append((marker.stat().st_mtime_ns, batch.name))
+            except FileNotFoundError:  # being staged: not committed yet
+                continue
+    return [name for _, name in sorted(waiting)]
+
+
+def _adopt_earlier_batches(paths: Paths) -> None:
+    """Once per home: mark as stored the batches that code before :data:`STORED_MARKER` existed
+    validated (those with a ``validation.json``), so they are not validated again. Later, only
+    the marker counts, so a batch whose validation dies after ``validation.json`` waits."""
+    flag = paths.staging / ADOPTED_FLAG
+    if flag.exists():
+        return
+    if paths.staging.is_dir():
+        for batch in paths.staging.iterdir():
+            if (batch / "validation.json").exists() and not (batch / STORED_MARKER).exists():
+                write_bytes_atomic(batch / STORED_MARKER, json.dumps(
+                    {"run_id": batch.name, "adopted": "validated before stored markers"}
+                ).encode())
+    write_bytes_atomic(flag, b"batches validated before stored markers are marked stored\n")
+
+
+def stored_result(paths: Paths, run_id: str) -> ValidateResult | None:
+    """What the validation of ``run_id`` stored, if it finished (None for a batch adopted from
+    before stored markers, or not stored yet)."""
+    marker = _stored_marker(paths, run_id)
+    if not marker.exists():
+        return None
+    saved = json.loads(marker.read_text())
+    return None if "adopted" in saved else ValidateResult.model_validate(saved)
+
+
+#: Written by validation, as its hidden temporary files, under the store's lock.
+_VALIDATE_TEMPORARIES = ("store/records/.*.tmp", "store/feedback/.*.tmp",
+                         "staging/*/.validation.*.tmp", f"staging/*/.{STORED_MARKER}.*.tmp",
+                         f"staging/.{ADOPTED_FLAG}.*.tmp",
+                         "quarantine/.*-validate.parquet.*.tmp")
+
+
+def _remove_leftovers(paths: Paths) -> int:
+    """Remove the hidden temporary files of a validation killed part-way (under the store's
+    lock, which every writer of them holds); returns how many."""
+    removed = 0
+    for pattern in _VALIDATE_TEMPORARIES:
+        for path in paths.home.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _pending_before(feedback_dir: Path, part: str) -> pd.DataFrame:
@@ -607,7 +738,8 @@ def _blame(invalid: pd.DataFrame) -> str:
 
 
 def validate(config: ValidateConfig) -> ValidateResult:
-    """Validate staging batch ``config.run_id`` and store its valid new records.
+    """Validate staging batch ``config.run_id`` (again, if it was stored before: the same part
+    files are rewritten) and store its valid new records.
 
     Args:
         config: the batch, the allowed experts, the bounds and the failure threshold.
@@ -619,17 +751,63 @@ def validate(config: ValidateConfig) -> ValidateResult:
         ValidationFailed: the invalid fraction exceeds ``config.max_invalid_fraction`` and
             ``config.on_excess`` is ``"fail"`` (after the valid records are stored and the rest
             quarantined).
-        FileNotFoundError: the staging batch does not exist.
+        MissingBatch: the staging batch does not exist (or no ``run_id`` was given).
     """
+    paths = get_paths(config.home)
+    if not config.run_id:
+        raise MissingBatch("name the batch (--run-id), or validate every waiting batch with "
+                           "validate_waiting")
+    with file_lock(paths.store / STORE_LOCK):
+        _remove_leftovers(paths)
+        result = _validate_batch(paths, config, config.run_id)
+    if result.alarm and config.on_excess == "fail":
+        raise ValidationFailed(result.alarm)
+    return result
+
+
+def validate_waiting(config: ValidateConfig) -> ValidateRun:
+    """Validate every staged batch not yet stored, oldest first, each exactly once: the batch a
+    killed validation left, and one a concurrent ingest staged, included. Runs under the store's
+    lock, so two at once take turns and the second finds only what the first left.
+
+    Args:
+        config: the settings; ``run_id``, when given, names this run's own batch, whose result
+            is reported even if another run stored it first.
+
+    Returns:
+        Each batch's result, oldest first, and the totals.
+
+    Raises:
+        ValidationFailed: with ``on_excess="fail"``, a batch was over ``max_invalid_fraction``
+            (raised after every waiting batch is stored).
+    """
+    paths = get_paths(config.home)
+    with file_lock(paths.store / STORE_LOCK):
+        leftovers = _remove_leftovers(paths)
+        results = [_validate_batch(paths, config, run_id) for run_id in waiting_batches(paths)]
+    own = config.run_id
+    if own and own not in {r.run_id for r in results}:
+        if (earlier := stored_result(paths, own)) is not None:  # stored by a concurrent run
+            results.append(earlier)
+        elif not (paths.staging / own / BATCH_MARKER).exists():
+            raise MissingBatch(f"staging batch {paths.staging / own} is missing or incomplete: "
+                               f"run `flywheel ingest --run-id {own}` first")
+    run = ValidateRun.of(results, own, leftovers)
+    if run.alarm and config.on_excess == "fail":
+        raise ValidationFailed(run.alarm)
+    return run
+
+
+def _validate_batch(paths: Paths, config: ValidateConfig, run_id: str) -> ValidateResult:
+    """One batch, under the store's lock (held by the caller); its result is written last as
+    ``_stored.json``, the mark that it needs no validation again."""
     import pandas as pd
     import pyarrow as pa
 
-    paths = get_paths(config.home)
-    run_id = config.run_id or _latest_batch(paths)
     staging = paths.staging / run_id
     if not (staging / BATCH_MARKER).exists():
-        raise FileNotFoundError(f"staging batch {staging} is missing or incomplete: "
-                                f"run `flywheel ingest --run-id {run_id}` first")
+        raise MissingBatch(f"staging batch {staging} is missing or incomplete: "
+                           f"run `flywheel ingest --run-id {run_id}` first")
     # ``raw`` is most of a batch's bytes: it stays on disk and is read back, a batch at a time,
     # only for the rows that are quarantined or stored (``_row`` is the staged row position).
     staged_path = staging / "records.parquet"
@@ -647,8 +825,8 @@ def validate(config: ValidateConfig) -> ValidateResult:
 
     # 2. The expectation suite.
     validation_path = staging / "validation.json"
-    workloads = (None if config.experts is not None
-                 else batch_workloads(config, set(work["workload_id"].dropna())))
+    workloads, broken = (None, {}) if config.experts is not None else batch_workloads(
+        config, set(work["workload_id"].dropna()))
     if len(work):
         failures, summary, result_json = run_suite(work, config, workloads=workloads)
     else:
@@ -662,6 +840,13 @@ def validate(config: ValidateConfig) -> ValidateResult:
     for index in reused:
         failures.setdefault(index, []).append(ID_NOT_REUSED)
     summary[ID_NOT_REUSED] = ExpectationSummary(success=not reused, unexpected_count=len(reused))
+    unusable = work.index[work["workload_id"].isin(list(broken))] if broken else []
+    for index in unusable:
+        failures.setdefault(int(index), []).append(
+            f"{WORKLOAD_FILE_VALID} ({broken[work.at[index, 'workload_id']]})")
+    if broken:
+        summary[WORKLOAD_FILE_VALID] = ExpectationSummary(success=False,
+                                                          unexpected_count=len(unusable))
     write_bytes_atomic(validation_path, json.dumps(result_json, indent=1, default=str).encode())
     validation_html_path = staging / "validation.html"
     write_bytes_atomic(validation_html_path,
@@ -700,43 +885,42 @@ def validate(config: ValidateConfig) -> ValidateResult:
     # The store is looked up for the ids at hand only (this batch's, its late events', the
     # events still pending), so a run costs its batch, not the history.
     valid = work[~failed]
-    with file_lock(paths.store / ".store.lock"):
-        late = events.assign(
-            timestamp=pd.to_datetime(events["timestamp"], utc=True, format="ISO8601"),
-            origin="event", run_id=run_id).reindex(columns=list(FEEDBACK_HISTORY))
-        before = _pending_before(feedback_dir, part)
-        records_index = IdIndex(records_dir)
-        known = records_index.found(
-            pd.concat([valid["id"], late["id"], before["id"]]).dropna().unique(), part)
-        seen = isin_ids(valid["id"], known)
-        new = valid[~seen]
-        new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
-        stored_ids = text_array(new["id"])
-        _write_records_part(new, staged_path, records_dir / part)
-        records_index.update(part)
+    late = events.assign(
+        timestamp=pd.to_datetime(events["timestamp"], utc=True, format="ISO8601"),
+        origin="event", run_id=run_id).reindex(columns=list(FEEDBACK_HISTORY))
+    before = _pending_before(feedback_dir, part)
+    records_index = IdIndex(records_dir)
+    known = records_index.found(
+        pd.concat([valid["id"], late["id"], before["id"]]).dropna().unique(), part)
+    seen = isin_ids(valid["id"], known)
+    new = valid[~seen]
+    new = new.assign(timestamp=new["_timestamp"], run_id=run_id)
+    stored_ids = text_array(new["id"])
+    _write_records_part(new, staged_path, records_dir / part)
+    records_index.update(part)
 
-        # 4. Feedback history: this run's events (late + inline, duplicates' included).
-        own = pd.concat([frame for frame in (late, _inline_events(valid, run_id)) if len(frame)]
-                        or [late], ignore_index=True)
-        feedback_index = IdIndex(feedback_dir)
-        _write_part(own, feedback_schema(), feedback_dir / part)
-        feedback_index.update(part)
-        all_ids = pa.concat_arrays([known, stored_ids])
-        # Earlier events that matter here: those of this run's ids (an event delivered twice,
-        # say by a re-sent feedback file, is one event) and of the records stored just now.
-        earlier = feedback_index.rows(pa.concat_arrays([text_array(own["id"]), stored_ids]),
-                                      part, feedback_schema())
-        earlier = earlier[~_event_keys(earlier).duplicated()]
-        keys = _event_keys(own)
-        own = own[~keys.isin(set(_event_keys(earlier))) & ~keys.duplicated()]
-        merged = int(isin_ids(own["id"], all_ids).sum() + isin_ids(earlier["id"], stored_ids).sum())
-        # Pending: the events that were waiting, and this run's new ones, whose record is still
-        # not stored.
-        waiting = pd.concat([frame for frame in (before, own) if len(frame)] or [before],
-                            ignore_index=True)
-        waiting = waiting[~_event_keys(waiting).duplicated()]
-        pending = waiting[~isin_ids(waiting["id"], all_ids)]
-        write_table_atomic(_to_table(pending, feedback_schema()), feedback_dir / PENDING_NAME)
+    # 4. Feedback history: this run's events (late + inline, duplicates' included).
+    own = pd.concat([frame for frame in (late, _inline_events(valid, run_id)) if len(frame)]
+                    or [late], ignore_index=True)
+    feedback_index = IdIndex(feedback_dir)
+    _write_part(own, feedback_schema(), feedback_dir / part)
+    feedback_index.update(part)
+    all_ids = pa.concat_arrays([known, stored_ids])
+    # Earlier events that matter here: those of this run's ids (an event delivered twice,
+    # say by a re-sent feedback file, is one event) and of the records stored just now.
+    earlier = feedback_index.rows(pa.concat_arrays([text_array(own["id"]), stored_ids]),
+                                  part, feedback_schema())
+    earlier = earlier[~_event_keys(earlier).duplicated()]
+    keys = _event_keys(own)
+    own = own[~keys.isin(set(_event_keys(earlier))) & ~keys.duplicated()]
+    merged = int(isin_ids(own["id"], all_ids).sum() + isin_ids(earlier["id"], stored_ids).sum())
+    # Pending: the events that were waiting, and this run's new ones, whose record is still
+    # not stored.
+    waiting = pd.concat([frame for frame in (before, own) if len(frame)] or [before],
+                        ignore_index=True)
+    waiting = waiting[~_event_keys(waiting).duplicated()]
+    pending = waiting[~isin_ids(waiting["id"], all_ids)]
+    write_table_atomic(_to_table(pending, feedback_schema()), feedback_dir / PENDING_NAME)
 
     result = ValidateResult(
         run_id=run_id, records_in=records_in, stored=len(new),
@@ -748,8 +932,8 @@ def validate(config: ValidateConfig) -> ValidateResult:
         store_part=str(records_dir / part) if len(new) else None, alarm=alarm)
     assert result.records_in == result.stored + result.duplicates + result.quarantined, \
         "validate lost records"
-    if alarm and config.on_excess == "fail":
-        raise ValidationFailed(alarm)
+    write_bytes_atomic(staging / STORED_MARKER,  # the commit point
+                       json.dumps(result.model_dump(mode="json"), indent=1).encode())
     return result
 
 
@@ -759,10 +943,25 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(ValidateConfig, argv, prog="flywheel validate",
                           description=__doc__.split("\n\n")[0] if __doc__ else None)
     try:
-        result = validate(config)
+        if config.run_id:
+            results, leftovers = [validate(config)], 0
+        else:
+            run = validate_waiting(config)
+            results, leftovers = run.batches, run.leftovers_removed
     except ValidationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if leftovers:
+        print(f"removed {leftovers} temporary file(s) a killed validation had left")
+    if not results:
+        print("validate: no staged batch waits to be stored (run `flywheel ingest` to stage "
+              "the landing folder's new files)")
+    for result in results:
+        _print_result(result)
+    return 0
+
+
+def _print_result(result: ValidateResult) -> None:
     print(f"validate {result.run_id}: {result.records_in} records in")
     print(f"  stored          {result.stored:>8}")
     print(f"  duplicates      {result.duplicates:>8}")
@@ -775,7 +974,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  validation      {result.validation_path}")
     if result.alarm:
         print(f"alarm: {result.alarm}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.core.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CATALOG = CONFIG_DIR / "candidates.yaml"
 
@@ -48,7 +50,7 @@ DEFAULT_MODULES_TO_SAVE: dict[str, list[str]] = {
 }
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A malformed catalog or candidate entry; the message names the entry and the problem."""
 
 
