@@ -333,3 +333,50 @@ def test_traffic_audit_has_its_own_budget_and_shows_its_reason(home: Path) -> No
     write_csv(out, [{"record_id": rid, "reason": TRAFFIC_AUDIT, "label": "discard"}])
     assert import_decisions(store, out, "alice", ["travel"]) == 1
     assert store.decisions()[rid]["label"] == "discard"
+
+
+DESK = """\
+workload_id: desk
+experts:
+  - {name: trips, description: "Travel and commuting"}
+  - {name: money, description: "Banking and cards"}
+"""
+
+
+def test_review_commands_read_the_workload_from_workloads_dir(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A workload whose file is only in the user's folder: export, import and status take
+    ``--workloads-dir``, and import refuses a label outside that file's experts."""
+    monkeypatch.delenv("FLYWHEEL_WORKLOADS", raising=False)
+    folder = tmp_path / "workloads"
+    folder.mkdir()
+    (folder / "desk.yaml").write_text(DESK)
+    desk = ReviewStore(str(home), "desk")
+    desk.append("queue", list(ReviewStore(str(home), "router").queue().values()))
+    where = ["--workload-id", "desk", "--workloads-dir", str(folder), "--home", str(home)]
+    out = tmp_path / "desk.csv"
+
+    assert main(["export", *where, "--out", str(out)]) == 0
+    assert "label each with one of trips, money or discard" in capsys.readouterr().out
+    rows = read_csv(out)
+    assert len(rows) == 4
+    rows[0]["label"] = "travel"  # the router's expert, not the desk's
+    write_csv(out, rows)
+    assert main(["import", str(out), *where, "--reviewer", "alice"]) == 1
+    assert "label 'travel' is not an expert (trips, money)" in capsys.readouterr().err
+    assert desk.decisions() == {}
+    rows[0]["label"] = "trips"
+    write_csv(out, rows)
+    assert main(["import", str(out), *where, "--reviewer", "alice"]) == 0
+    assert desk.decisions()[rows[0]["record_id"]]["label"] == "trips"
+    assert main(["status", *where]) == 0
+    assert "review desk: 4 queued" in capsys.readouterr().out
+
+    # without the folder the workload is unknown: refused, not given an empty queue
+    unknown = ["--workload-id", "desk", "--home", str(home)]
+    for argv in (["export", *unknown], ["import", str(out), *unknown, "--reviewer", "alice"],
+                 ["status", *unknown]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "no workload file for 'desk'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,30 @@ def test_a_yes_no_setting_is_a_switch_on_the_command_line():
     assert parse_config(CycleConfig, [], "flywheel cycle").approve is False
     with pytest.raises(SystemExit):  # a bad value is refused with the reason, not taken as true
         parse_config(CycleConfig, ["--approve", "maybe"], "flywheel cycle")
+
+
+#: Every sub-command that reads workload files, with its settings model (ingest and validate read
+#: every workload's file). finetune, evaluate and register take a workload id too, but read the
+#: label space their dataset or model version recorded, never a workload file.
+READS_WORKLOAD_FILES = {
+    "review": "tasks.curation.review:ReviewConfig",
+    "review export": "tasks.curation.review:ExportConfig",
+    "review import": "tasks.curation.review:ImportConfig",
+    "review status": "tasks.curation.review:StatusConfig",
+    "cycle": "tasks.stack.cycle:CycleConfig",
+    "curate": "tasks.curation.curate:CurateConfig",
+    "attribute": "tasks.curation.judge:JudgeConfig",
+    "ingest": "tasks.ingest.landing:IngestConfig",
+    "validate": "tasks.ingest.validate:ValidateConfig",
+    "agent": "tasks.serving.agent:AgentConfig",
+}
+
+
+@pytest.mark.parametrize("command", list(READS_WORKLOAD_FILES))
+def test_every_command_that_reads_workload_files_takes_workloads_dir(command, tmp_path):
+    from tasks.core.settings import build_parser
+
+    module, _, name = READS_WORKLOAD_FILES[command].partition(":")
+    model = getattr(importlib.import_module(module), name)
+    parser = build_parser(model, f"flywheel {command}")
+    assert parser.parse_args(["--workloads-dir", str(tmp_path)]).workloads_dir == str(tmp_path)

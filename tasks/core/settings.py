@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tasks.core.errors import validation_problems
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -73,5 +75,5 @@ def parse_config(model: type[M], argv: list[str] | None, prog: str,
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        parser.error(str(exc))
+        parser.error(validation_problems(exc, "settings"))
         raise  # unreachable: parser.error exits

@@ -8,6 +8,7 @@ Run it::
     flywheel review export --out review.csv                        # pending items, for experts
     flywheel review import review.csv --reviewer alice             # their answers back in
     flywheel review status
+    flywheel review export --workload-id desk --workloads-dir ./workloads --out desk.csv
 
 Everything lives in ``<home>/review/<workload_id>/`` as append-only JSON lines, so no decision is
 ever lost and a rerun is harmless:
@@ -664,18 +665,19 @@ def import_decisions(store: ReviewStore, path: Path, reviewer: str,
 # ------------------------------------------------------------------------------------ CLI
 
 
-class ExportConfig(BaseModel):
-    """Settings of ``flywheel review export``."""
+class ExportConfig(WorkloadSettings):
+    """Settings of ``flywheel review export``: the workload's file is read (an unknown workload
+    is refused, not given an empty queue) and its experts are the labels the export asks for."""
 
     home: str | None = Field(None, description="Flywheel home folder")
-    workload_id: str = Field("router", description="Whose review queue")
     out: Path = Field(Path("review.csv"), description="File to write: .csv or .jsonl")
     include_decided: bool = Field(False, description="Also export decided items (with their "
                                                      "current label)")
 
 
 class ImportConfig(WorkloadSettings):
-    """Settings of ``flywheel review import``."""
+    """Settings of ``flywheel review import``: labels are checked against the workload's
+    experts."""
 
     home: str | None = Field(None, description="Flywheel home folder")
     file: Path = Field(description="The filled-in export (.csv or .jsonl)")
@@ -683,11 +685,11 @@ class ImportConfig(WorkloadSettings):
                                                                     "with every decision)")
 
 
-class StatusConfig(BaseModel):
-    """Settings of ``flywheel review status``."""
+class StatusConfig(WorkloadSettings):
+    """Settings of ``flywheel review status``: the workload's file is read, so an unknown
+    workload is refused rather than reported as an empty queue."""
 
     home: str | None = Field(None, description="Flywheel home folder")
-    workload_id: str = Field("router", description="Whose review queue")
     min_agreement: float = Field(0.7, ge=0.0, le=1.0, description="Calibration alarm floor")
 
 
@@ -700,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         if action == "export":
             ex = parse_config(ExportConfig, argv, prog="flywheel review export")
             n = export_queue(ReviewStore(ex.home, ex.workload_id), ex.out, ex.include_decided)
-            print(f"review export {ex.workload_id}: {n} item(s) -> {ex.out}")
+            print(f"review export {ex.workload_id}: {n} item(s) -> {ex.out}; label each with "
+                  f"one of {', '.join(ex.experts or [])} or {DISCARD}")
         elif action == "import":
             if argv and not argv[0].startswith("-"):
                 argv = ["--file", *argv]

@@ -6,10 +6,11 @@
 
 Runs the DAG ``flywheel_cycle`` for real (``airflow dags test`` against this home's embedded
 Airflow: SQLite, no scheduler needed) on whatever the landing folder holds, prints each task as it
-finishes and then the cycle's report. Candidates and gate thresholds come from the workload's
-file unless ``--conf`` names them. With ``--approve``, a challenger the gate passed is promoted
-at once (``flywheel_promotion`` with ``auto_approve``); without, it waits as ``challenger`` for a
-reviewer (the MLflow UI, or ``flywheel registry``).
+finishes, a running task's progress every few seconds (a fine-tune's step, loss and time left),
+and then the cycle's report. Candidates and gate thresholds come from the workload's file unless
+``--conf`` names them. With ``--approve``, a challenger the gate passed is promoted at once
+(``flywheel_promotion`` with ``auto_approve``); without, it waits as ``challenger`` for a reviewer
+(the MLflow UI, or ``flywheel registry``).
 
 Review: ``skip`` (the default here) curates from user feedback and the teacher's labels alone;
 ``ui`` needs the Airflow UI and a running scheduler (``make airflow-ui``), where the review waits
@@ -21,11 +22,13 @@ labels, which real logs never have).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +39,15 @@ from tasks.core.settings import parse_config
 from tasks.core.workload import Name, load_workload
 
 #: lines of the Airflow log worth showing live (the rest goes to the log file)
+TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
 TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
-PROGRESS = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking run)")
+NOTICE = re.compile(r"(new_state=(failed|up_for_retry)|ERROR|Traceback|Marking run)")
+#: a tqdm progress bar, as the fine-tune worker and lm-eval print it, e.g.
+#: ``train minilm-router-lora:  15%|#5   | 120/800 [00:30<02:50, 4.00it/s, loss=0.412]``
+BAR = re.compile(r"(?:(?P<desc>[^|]*?):\s*)?\d+%\|[^|]*\|\s*(?P<n>[\d.]+[kMGT]?)/"
+                 r"(?P<total>[\d.]+[kMGT]?)\s*\[[^<\]]*<(?P<eta>[^,\]]*)(?P<rest>[^\]]*)\]")
+#: seconds between two progress lines of one task in the terminal
+PROGRESS_EVERY = 5.0
 
 
 class CycleConfig(BaseModel):
@@ -59,25 +69,99 @@ class CycleConfig(BaseModel):
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME)")
 
 
+def _task_label(task_id: str, map_index: str) -> str:
+    return task_id if map_index == "-1" else f"{task_id}[{map_index}]"
+
+
+def _duration(text: str) -> str | None:
+    """tqdm's ``[H:]MM:SS`` as ``3m10s`` or ``1h02m``; None when unknown (``?``)."""
+    parts = text.strip().split(":")
+    if not all(part.isdigit() for part in parts):
+        return None
+    hours, rest = divmod(sum(int(part) * 60**i for i, part in enumerate(reversed(parts))), 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _describe(bar: re.Match[str]) -> str:
+    """One progress bar state in words: ``train minilm-router-lora 120/800 loss 0.412 eta
+    2m50s``."""
+    words = [(bar["desc"] or "").strip() or "progress", f"{bar['n']}/{bar['total']}"]
+    if loss := re.search(r"\bloss=([^,\s]+)", bar["rest"]):
+        words.append(f"loss {loss[1]}")
+    if bar["n"] != bar["total"] and (eta := _duration(bar["eta"])):
+        words.append(f"eta {eta}")
+    return " ".join(words)
+
+
+class LiveEcho:
+    """Which lines of ``airflow dags test`` the terminal shows; the log file keeps them all.
+
+    Under ``dags test`` every task runs inside the airflow process, one at a time, so what it and
+    its subprocesses print arrives here raw among Airflow's own log lines, progress bars included
+    (the fine-tune worker's steps, loss and time left; lm-eval's requests). Without them a
+    fine-tune of several minutes would look stuck. A bar refreshes often, so a task's progress is
+    shown at most once every ``every`` seconds; the latest state held back is shown when the task
+    ends, before its ``done`` line.
+    """
+
+    def __init__(self, every: float = PROGRESS_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.clock = every, clock
+        self.task = "airflow"  # the running task, from its [DAG TEST] start line
+        self.shown_at: dict[str, float] = {}
+        self.held: dict[str, str] = {}
+
+    def __call__(self, line: str) -> list[str]:
+        """The terminal lines for one line of Airflow's output (usually none)."""
+        if started := TASK_START.search(line):
+            self.task = _task_label(*started.groups())
+            return []
+        if done := TASK_DONE.search(line):
+            label = _task_label(*done.groups())
+            return [*self.flush(label), f"  {time.strftime('%H:%M:%S')} done: {label}"]
+        if NOTICE.search(line):
+            return ["  " + line.rstrip()[:160]]
+        bar = BAR.search(line)
+        if bar is None or bar["n"] == "0":  # a bar just opened says nothing yet
+            return []
+        text = f"  {time.strftime('%H:%M:%S')} {self.task} {_describe(bar)}"
+        now = self.clock()
+        if now - self.shown_at.get(self.task, -math.inf) < self.every:
+            self.held[self.task] = text
+            return []
+        self.shown_at[self.task] = now
+        self.held.pop(self.task, None)
+        return [text]
+
+    def flush(self, task: str | None = None) -> list[str]:
+        """The progress lines held back: ``task``'s, or every task's (the run is over)."""
+        tasks = list(self.held) if task is None else [task]
+        return [self.held.pop(t) for t in tasks if t in self.held]
+
+
 def run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool) -> int:
-    """Run the ``airflow`` CLI of this environment, logging everything, echoing progress lines."""
+    """Run the ``airflow`` CLI of this environment, logging everything; with ``show``, the
+    terminal gets each task's progress and end as it happens (:class:`LiveEcho`)."""
     airflow = str(Path(sys.executable).with_name("airflow"))
+    echo = LiveEcho()
     with log_path.open("a") as log:
         log.write(f"\n$ airflow {' '.join(args)}\n")
+        # text mode reads a carriage return as a line end: each refresh of a bar is a line
         process = subprocess.Popen([airflow, *args], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
-            if not show:
-                continue
-            if done := TASK_DONE.search(line):
-                task_id, index = done.groups()
-                label = task_id if index == "-1" else f"{task_id}[{index}]"
-                print(f"  {time.strftime('%H:%M:%S')} done: {label}", flush=True)
-            elif PROGRESS.search(line):
-                print("  " + line.rstrip()[:160], flush=True)
-        return process.wait()
+            if show:
+                for shown in echo(line):
+                    print(shown, flush=True)
+        code = process.wait()
+    for shown in echo.flush():
+        print(shown, flush=True)
+    return code
 
 
 def prepare_airflow(paths: Paths, log_path: Path) -> dict[str, str]:
