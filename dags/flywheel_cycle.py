@@ -95,6 +95,19 @@ def _settings(params: dict) -> dict:
     return cycle_params(params, getattr(run, "conf", None) or {})
 
 
+def _window(params: dict) -> dict:
+    """The run's window of records as ``start``/``end``, the same for every task of the run and
+    every retry (tasks.core.clock.run_window: the data interval's end, else ``run_after``)."""
+    from airflow.sdk import get_current_context
+
+    from tasks.core.clock import run_window
+
+    context = get_current_context()
+    start, end = run_window(params["window_days"], context.get("data_interval_end"),
+                            getattr(context.get("dag_run"), "run_after", None))
+    return {"start": start, "end": end}
+
+
 def _cycle_id(context) -> str:
     """A file-name-safe id of this DAG run."""
     from tasks.core.config import run_folder_name
@@ -248,15 +261,12 @@ def flywheel_cycle():
 
     @task(execution_timeout=JUDGING)
     def attribute(validated: dict, params: dict | None = None) -> dict:
-        from airflow.sdk import get_current_context
 
         from tasks.curation.judge import JudgeConfig
         from tasks.curation.judge import attribute as run
 
-        end = get_current_context().get("data_interval_end") or pendulum.now("UTC")
         config = JudgeConfig(workload_id=params["workload_id"],
-                             workloads_dir=params.get("workloads_dir"),
-                             start=end - timedelta(days=params["window_days"]), end=end,
+                             workloads_dir=params.get("workloads_dir"), **_window(params),
                              backend=params["judge_backend"],
                              endpoint_url=params.get("judge_endpoint_url"),
                              model=params.get("judge_model"))
@@ -289,10 +299,8 @@ def flywheel_cycle():
         answer = None
         if params["sme_review"] == "ui":
             answer = context["ti"].xcom_pull(task_ids="sme_review_ui")
-        end = context.get("data_interval_end") or pendulum.now("UTC")
         config = ReviewConfig(workload_id=params["workload_id"], mode=params["sme_review"],
-                              workloads_dir=params.get("workloads_dir"),
-                              start=end - timedelta(days=params["window_days"]), end=end,
+                              workloads_dir=params.get("workloads_dir"), **_window(params),
                               sme_capacity=params["sme_capacity"],
                               traffic_audit_size=params["traffic_audit_size"],
                               min_agreement=params["min_judge_agreement"],
@@ -307,12 +315,10 @@ def flywheel_cycle():
         from tasks.curation.curate import CurateConfig
         from tasks.curation.curate import curate as run
 
-        context = get_current_context()
-        # a run triggered without a logical date (REST, UI, CLI in Airflow 3) has no interval
-        end = context.get("data_interval_end") or pendulum.now("UTC")
+        # a retry returns the version the first try built (run_key), over the same window
         config = CurateConfig(workload_id=params["workload_id"],
-                              workloads_dir=params.get("workloads_dir"),
-                              start=end - timedelta(days=params["window_days"]), end=end,
+                              workloads_dir=params.get("workloads_dir"), **_window(params),
+                              run_key=_cycle_id(get_current_context()),
                               near_duplicate_threshold=params["near_duplicate_threshold"],
                               min_judge_agreement=params["min_judge_agreement"],
                               teacher_labels=params["teacher_labels"],

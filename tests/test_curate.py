@@ -426,3 +426,51 @@ def test_an_added_expert_grows_the_label_space_and_a_removed_one_is_refused(tmp_
         run(home, workloads_dir=str(folder))
     latest = json.loads((home / "datasets" / "router" / "latest.json").read_text())
     assert latest["version"] == second.version  # nothing written by the refused run
+
+
+def test_a_retried_curate_builds_the_same_version(tmp_path: Path) -> None:
+    """A cycle's curate retried after records (inside its window) and labels arrived returns
+    the version its first try built; another run over the same data builds a new one."""
+    window = {"start": "2026-11-19T00:00:00Z", "end": "2026-11-23T00:00:00Z"}
+    load(tmp_path, "b1", positives(20, 10))
+    first = run(tmp_path, run_key="cycle-1", **window)
+    load(tmp_path, "b2", positives(21, 10))  # stored between the try and the retry
+    retry = run(tmp_path, run_key="cycle-1", **window)
+    assert retry == first
+    assert run(tmp_path, run_key="cycle-2", **window).version != first.version
+
+
+def test_every_task_of_a_run_sees_one_window() -> None:
+    """A run triggered by hand has no data interval: its window ends at its run_after, fixed for
+    the run, not at the moment each task starts; a scheduled run's at its interval's end."""
+    from datetime import UTC, datetime
+
+    from tasks.core.clock import run_window
+
+    triggered = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
+    windows = {run_window(7, None, triggered) for _ in range(3)}  # attribute, review, curate
+    assert windows == {(datetime(2026, 11, 30, 21, 0, tzinfo=UTC), triggered)}
+    nightly = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    assert run_window(1, nightly, triggered) == (datetime(2026, 12, 6, 2, 0, tzinfo=UTC),
+                                                 nightly)
+    with pytest.raises(ValueError, match="run_after"):
+        run_window(1, None, None)
+
+
+def test_the_cycle_dag_takes_its_window_from_the_run_alone() -> None:
+    """No task of the cycle reads the clock for its window: every store reader calls _window."""
+    import ast
+
+    source = (Path(__file__).resolve().parent.parent / "dags" / "flywheel_cycle.py").read_text()
+    tree = ast.parse(source)
+    calls = {node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    assert "now" not in calls and "utcnow" not in calls
+    readers = {"attribute", "review", "curate"}
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef) and function.name in readers:
+            names = {n.func.id for n in ast.walk(function)
+                     if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+            assert "_window" in names, function.name
+            readers.discard(function.name)
+    assert not readers

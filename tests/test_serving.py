@@ -161,3 +161,22 @@ def test_the_scope_guard_travels_with_the_weights_into_the_served_model(tmp_path
     router = Router(str(xs_base_model), str(adapter))
     assert router.guard is not None and router.route(nonsense) == FALLBACK_EXPERT
     assert Router(str(xs_base_model), str(xs_adapter)).guard is None  # no file, no guard
+
+
+def test_a_full_fine_tune_keeps_its_scope_guard(tmp_path, xs_base_model):
+    """A full fine-tune is a whole model in one folder (no adapter): the guard the training
+    wrote there is loaded by the causal router as it is for an adapter."""
+    import shutil
+
+    from tasks.demo.clinc150 import FALLBACK_EXPERT, examples
+    from tasks.serving.router import Router
+    from tasks.training.scope_guard import ScopeGuard
+
+    full = shutil.copytree(xs_base_model, tmp_path / "full")  # stands for full SFT's output
+    write_label_space(full)
+    train = [e for e in examples() if e.split == "train" and e.expert != FALLBACK_EXPERT][:200]
+    ScopeGuard.build([e.query for e in train], [e.expert for e in train], 0.05,
+                     fallback=FALLBACK_EXPERT).save(full)
+    router = Router(str(full), None)
+    assert router.guard is not None
+    assert router.route("blorf quantum zebra kazoo") == FALLBACK_EXPERT

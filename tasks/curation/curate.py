@@ -143,6 +143,11 @@ class CurateConfig(WorkloadSettings):
         None, min_length=1, max_length=500,
         description="The logged model whose routes are teacher labels (default: every model "
                     f"not named {STUDENT_PREFIX}..., the flywheel's own served routers)")
+    run_key: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,199}$",
+        description="Names this curation (the cycle's id): a retry with the same key returns "
+                    "the version the first try built, even if records or labels arrived in "
+                    "between (a task is a transaction over a fixed partition)")
 
     @model_validator(mode="after")
     def _window(self) -> CurateConfig:
@@ -371,7 +376,10 @@ def curate(config: CurateConfig) -> CurateResult:
     thr = config.near_duplicate_threshold
     workload = config.workload()
     teachers = teacher_models(config.teacher_model, workload)
+    done = root / "runs" / f"{config.run_key}.json" if config.run_key else None
     with file_lock(root / ".curate.lock"):
+        if done is not None and done.exists():  # a retry: the first try's version
+            return CurateResult.model_validate_json(done.read_text())
         store = load_store(config.home, workload_id=config.workload_id)
         window = store
         if config.start is not None:
@@ -582,13 +590,17 @@ def curate(config: CurateConfig) -> CurateResult:
         _write_json(latest_path, {
             "version": version, "digest": digest, "dataset_dir": str(dataset_dir)})
 
+        result = CurateResult(
+            workload_id=config.workload_id, version=version, digest=digest, created=created,
+            dataset_dir=str(dataset_dir), train_path=str(dataset_dir / "train.jsonl"),
+            test_path=str(dataset_dir / "test.jsonl"), n_train=len(train), n_test=len(test),
+            label_counts=label_counts, funnel=funnel, label_space_change=change)
+        if done is not None:
+            write_json_atomic(done, result.model_dump(mode="json"))
+
     if review_counts["judge_alarm"]:
         announce_calibration(review_lineage["calibration"])
-    return CurateResult(
-        workload_id=config.workload_id, version=version, digest=digest, created=created,
-        dataset_dir=str(dataset_dir), train_path=str(dataset_dir / "train.jsonl"),
-        test_path=str(dataset_dir / "test.jsonl"), n_train=len(train), n_test=len(test),
-        label_counts=label_counts, funnel=funnel, label_space_change=change)
+    return result
 
 
 def label_space_change(root: Path, experts: list[str],

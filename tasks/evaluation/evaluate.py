@@ -283,7 +283,7 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
 
     router = Router(base_model_path, adapter_dir, threads=threads, experts=experts,
                     system=system)
-    guard = ScopeGuard.load(adapter_dir)
+    guard = ScopeGuard.load(adapter_dir or base_model_path)  # a full fine-tune holds its own
     prompts = prompts or [None] * len(queries)
 
     class Stamps(BaseStreamer):
@@ -363,7 +363,8 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     if not icl:
         from tasks.training.scope_guard import ScopeGuard
 
-        guard = ScopeGuard.load(config.adapter_dir)
+        # beside the adapter, or in a full fine-tune's own folder (a base has none)
+        guard = ScopeGuard.load(config.adapter_dir or config.base_model_path)
     if guard is not None:
         guarded = guard.apply([s["doc"]["query"] for s in samples[gen_task]], predicted)
         guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))

@@ -85,7 +85,8 @@ class Router:
         self.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         from tasks.training.scope_guard import ScopeGuard
 
-        self.guard = ScopeGuard.load(adapter_dir)
+        # beside the adapter, or in a full fine-tune's own folder (a base has none)
+        self.guard = ScopeGuard.load(adapter_dir or base_model_path)
 
     def prompt_text(self, query: str) -> str:
         """The prompt this router completes for ``query`` (chat template or plain)."""
