@@ -393,14 +393,25 @@ def flywheel_cycle():
                    _cycle_id(get_current_context()), params["latency_queries"],
                    price_per_device_hour=params["price_per_device_hour"])
 
+    @task(max_active_tis_per_dagrun=1, execution_timeout=EVALUATING)
+    def time_head_to_head(evaluations: list[dict], champion: dict, dataset: dict,
+                          params: dict | None = None) -> dict | None:
+        """The candidates and the champion loaded as served and timed together, query by query
+        in turn, so load on the machine falls on all alike (the gate's "cheaper" reads it)."""
+        from tasks.evaluation.latency import head_to_head
+
+        result = head_to_head(list(evaluations), champion, dataset["dataset_dir"],
+                              params["workload_id"], params["latency_queries"])
+        return result.model_dump(mode="json") if result else None
+
     @task(execution_timeout=QUICK)
-    def gate(evaluations: list[dict], champion: dict, teacher: dict,
+    def gate(evaluations: list[dict], champion: dict, teacher: dict, latency: dict | None,
              params: dict | None = None) -> dict:
         from tasks.evaluation.gate import gate_cycle
 
         return gate_cycle(list(evaluations), params["workload_id"], _settings(params),
-                          champion=champion,
-                          teacher=teacher).model_dump(mode="json")
+                          champion=champion, teacher=teacher,
+                          latency=latency).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
     def register(decision: dict, evaluations: list[dict], params: dict | None = None) -> dict:
@@ -458,7 +469,8 @@ def flywheel_cycle():
     evaluations = evaluate.partial(dataset=dataset).expand(trained=trained)
     teacher = evaluate_teacher(dataset)
     champion = evaluate_champion(dataset)
-    decision = gate(evaluations, champion, teacher)
+    latency = time_head_to_head(evaluations, champion, dataset)
+    decision = gate(evaluations, champion, teacher, latency)
     registered = register(decision, evaluations)
     announce(registered, decision)
     report(ingested, validated, dataset, teacher, evaluations, champion, decision, registered)

@@ -226,3 +226,8 @@ def test_a_second_workload_runs_by_configuration_only(session_home, airflow_db, 
     assert before["per_expert"]["hr"]["recall"] == 0.0  # it cannot name the new expert
     assert report["evaluations"][0]["finetuned"]["per_expert"]["hr"]["support"] > 0
     assert "**Label space changed: hr added" in newest.with_name("report.md").read_text()
+    # the candidate and the champion were timed head to head, in the same window
+    latency = report["decision"]["latency"]
+    assert latency["reference"] == f"v{version.version}" and latency["queries"] == 5
+    assert set(latency["timings"]) == {f"v{version.version}", "minilm-router-lora"}
+    assert latency["versus"]["minilm-router-lora"]["low"] > 0

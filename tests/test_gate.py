@@ -487,3 +487,91 @@ def test_gate_cycle_pairs_what_the_cycle_tasks_return(tmp_path):
     assert v.comparisons["champion"].n == 1000 and v.comparisons["teacher"].n == 60
     assert result.teacher.n == 60 and result.champion.name == "v3"
     assert result.winner is None
+
+
+# --------------------------------------------------------------------------------------------
+# head-to-head latency: the gate's "cheaper" is not chosen by load on the machine
+
+
+def _spin(rounds: int) -> int:
+    """CPU-bound work (what a model's forward pass is to the machine)."""
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    return total
+
+
+class _Load:
+    """Busy processes on every core (and one more), started and stopped by PID."""
+
+    def __init__(self) -> None:
+        self.processes: list = []
+
+    def start(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        for _ in range((os.cpu_count() or 2) + 1):
+            self.processes.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes.clear()
+
+
+def test_load_while_the_champion_is_timed_does_not_make_an_equal_challenger_cheaper():
+    """Champion and challenger do the same work. Timed apart, the champion while a neighbour
+    loads the cores, the challenger looks cheaper; timed head to head (the load arriving part-way,
+    as it does), the gate sees no difference beyond the spread and refuses to swap them; a
+    challenger doing half the work is still found faster."""
+    from tasks.evaluation.latency import compare, time_interleaved
+
+    load = _Load()
+    work = 60_000
+    queries = [f"q{i}" for i in range(40)]
+    same = lambda q: _spin(work)  # noqa: E731
+    try:
+        load.start()
+        champion_apart = time_interleaved({"v3": same}, queries)["v3"]
+        load.stop()
+        challenger_apart = time_interleaved({"c": same}, queries)["c"]
+        verdict, _ = duel((900, 10, 10, 80), cost=None,
+                          p95=sorted(challenger_apart)[37], champion_p95=sorted(champion_apart)[37])
+        assert verdict.passed, champion_reason(verdict)  # the apart timings are fooled by load
+
+        calls = {"n": 0}
+
+        def champion(query: str) -> int:  # the load arrives at the 15th timed query
+            calls["n"] += 1
+            if calls["n"] == 2 + 15:
+                load.start()
+            return _spin(work)
+
+        together = compare({"v3": champion, "c": same}, queries, reference="v3")
+    finally:
+        load.stop()
+    verdict = _duel_with(together)
+    reason = champion_reason(verdict)
+    assert not verdict.passed, reason
+    assert "timed head to head, interleaved on the same 40 queries" in reason
+    assert "not faster beyond the measurement's spread" in reason
+    assert together.versus["c"].high >= 1.0 - 0.1  # within the spread of "no difference"
+
+    half = compare({"v3": same, "c": lambda q: _spin(work // 2)}, queries, reference="v3")
+    verdict = _duel_with(half)
+    assert verdict.passed and "faster beyond the measurement's spread" in champion_reason(verdict)
+
+
+def _duel_with(latency):
+    """The equal-accuracy duel of :func:`duel`, "cheaper" read from the head-to-head timing."""
+    new, ref = paired(900, 10, 10, 80)
+    challenger = CandidateScore(candidate="c", accuracy=0.91, correct=new, dataset_version="v1",
+                                latency_p95_ms=latency.timings["c"].p95_ms,
+                                cost_per_1k_requests=0.01)  # its own cost says "cheaper"
+    champion = Reference(name="v3", accuracy=0.91, correct=ref, dataset_version="v1",
+                         latency_p95_ms=latency.timings["v3"].p95_ms, cost_per_1k_requests=0.05)
+    return decide([challenger], without_teacher(min_accuracy=0.5), champion=champion,
+                  latency=latency).verdicts[0]

@@ -53,8 +53,12 @@ interval for paired proportions (1998, method 10, with its continuity-corrected 
    least ``min_paired_queries`` paired queries with a discordant pair: below that the verdict
    says "not enough evidence" and it cannot be shown better;
 3. otherwise (no significant difference, or not enough evidence) passes only at equal accuracy
-   when cheaper: not below the champion by more than ``m`` by the point estimate, and a lower
-   cost per 1,000 requests (a lower p95 latency where either has no cost).
+   when cheaper: not below the champion by more than ``m`` by the point estimate, and faster
+   beyond the measurement's spread. Where the two were timed head to head, in the same window
+   and interleaved query by query (:mod:`tasks.evaluation.latency`), that means the whole 95%
+   interval of the median of their per-query time ratios below ``1 - min_saving``; only without
+   such a timing, a lower cost per 1,000 requests (a lower p95 where either has no cost), each
+   measured in its own evaluation.
 
 Each reason states the difference, its interval, the McNemar p-value, ``b``, ``c`` and ``n``. When
 the challenger or the champion has no per-query results (a champion known only by its registry
@@ -78,6 +82,7 @@ from statistics import NormalDist
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.core.settings import parse_config
+from tasks.evaluation.latency import HeadToHead
 
 #: A per-query result vector: one character per line of the frozen ``test.jsonl``, in its order:
 #: ``1`` right, ``0`` wrong, ``-`` not scored (e.g. for the teacher, not a traffic-audit record).
@@ -316,6 +321,8 @@ class GateResult(BaseModel):
     champion_accuracy: float | None
     champion: Reference | None = None
     teacher: Reference | None = None
+    latency: HeadToHead | None = Field(None, description=(
+        "The candidates and the champion timed head to head, where they were"))
 
 
 RULE = ("most accurate passing candidate; within {margin:.3f} of the best accuracy, the cheapest "
@@ -333,11 +340,24 @@ def _unpaired_because(s: CandidateScore, ref: Reference) -> str | None:
     return None
 
 
-def _cheaper(s: CandidateScore, ref: Reference, saving: float = 0.0) -> tuple[bool, str]:
-    """Is the candidate cheaper than ``ref`` by at least the share ``saving`` (a p95 measured
-    twice on a shared machine differs by a few percent): cost per 1,000 requests, else p95."""
+def _cheaper(s: CandidateScore, ref: Reference, saving: float = 0.0,
+             latency: HeadToHead | None = None) -> tuple[bool, str]:
+    """Is the candidate cheaper than ``ref`` by at least the share ``saving``: by the head-to-head
+    timing where both were in it (the whole interval of the paired time ratio below
+    ``1 - saving``),
+    else by cost per 1,000 requests, else by p95, each from its own evaluation."""
     factor = 1.0 - saving
     margin = f" by {saving:.0%}" if saving else ""
+    if (latency is not None and latency.reference == ref.name and s.candidate in latency.versus
+            and ref.name in latency.timings and s.candidate in latency.timings):
+        ratio, mine, theirs = (latency.versus[s.candidate], latency.timings[s.candidate],
+                               latency.timings[ref.name])
+        ok = ratio.high < factor
+        return ok, (f"timed head to head, interleaved on the same {latency.queries} queries: "
+                    f"p50/p95 {mine.p50_ms:.1f}/{mine.p95_ms:.1f} ms vs {ref.name}'s "
+                    f"{theirs.p50_ms:.1f}/{theirs.p95_ms:.1f} ms, "
+                    f"{ratio.summary()}; {'faster' if ok else 'not faster'} beyond the "
+                    f"measurement's spread (the interval's top must be below {factor:.2f})")
     if s.cost_per_1k_requests is not None and ref.cost_per_1k_requests is not None:
         ok = s.cost_per_1k_requests <= factor * ref.cost_per_1k_requests
         return ok, (f"cost per 1,000 requests {s.cost_per_1k_requests:.5f} "
@@ -350,7 +370,8 @@ def _cheaper(s: CandidateScore, ref: Reference, saving: float = 0.0) -> tuple[bo
     return False, f"no cost or latency of {ref.name} to compare"
 
 
-def _champion_check(s: CandidateScore, t: GateThresholds, champion: Reference
+def _champion_check(s: CandidateScore, t: GateThresholds, champion: Reference,
+                    latency: HeadToHead | None = None
                     ) -> tuple[bool, str, PairedComparison | None]:
     """The champion rule of the module docstring: held, reason, the paired comparison."""
     m = t.max_accuracy_drop
@@ -381,7 +402,7 @@ def _champion_check(s: CandidateScore, t: GateThresholds, champion: Reference
     if paired.difference < -m - 1e-12:
         return False, (f"{head}; {state}, and below the champion by the point estimate "
                        f"(allowed drop {m:.3f}): refused"), paired
-    cheaper, cost = _cheaper(s, champion, t.min_saving)
+    cheaper, cost = _cheaper(s, champion, t.min_saving, latency)
     if cheaper:
         equal = "not worse by the point estimate" if evidence else "equal accuracy"
         return True, f"{head}; {state}; {equal} and cheaper ({cost}): passes", paired
@@ -433,7 +454,7 @@ def _teacher_check(s: CandidateScore, t: GateThresholds, teacher: Reference | No
 
 
 def _check(s: CandidateScore, t: GateThresholds, champion: Reference | None,
-           teacher: Reference | None) -> Verdict:
+           teacher: Reference | None, latency: HeadToHead | None = None) -> Verdict:
     checks: dict[str, bool] = {}
     reasons: list[str] = []
     comparisons: dict[str, PairedComparison] = {}
@@ -455,7 +476,7 @@ def _check(s: CandidateScore, t: GateThresholds, champion: Reference | None,
     if champion is None or champion.accuracy is None:
         record("max_accuracy_drop", True, "no champion yet")
     else:
-        record("max_accuracy_drop", *_champion_check(s, t, champion), key="champion")
+        record("max_accuracy_drop", *_champion_check(s, t, champion, latency), key="champion")
     if t.max_drop_vs_teacher is not None:
         record("max_drop_vs_teacher", *_teacher_check(s, t, teacher), key="teacher")
     if t.min_speedup is not None:
@@ -485,7 +506,7 @@ def _check(s: CandidateScore, t: GateThresholds, champion: Reference | None,
 
 def decide(scores: list[CandidateScore], thresholds: GateThresholds,
            champion_accuracy: float | None = None, *, champion: Reference | None = None,
-           teacher: Reference | None = None) -> GateResult:
+           teacher: Reference | None = None, latency: HeadToHead | None = None) -> GateResult:
     """Judge each candidate against the thresholds and pick the winner among those that pass.
 
     Args:
@@ -496,6 +517,8 @@ def decide(scores: list[CandidateScore], thresholds: GateThresholds,
             results: the paired rule); none on the first cycle.
         teacher: the teacher graded on its traffic audit (with its per-query results on the
             traffic-audit records of this test set), and its p95 latency from its logs.
+        latency: the candidates and the champion timed head to head (same window, interleaved);
+            where given, "cheaper than the champion" is read from it.
     """
     names = [s.candidate for s in scores]
     if len(names) != len(set(names)):
@@ -503,7 +526,7 @@ def decide(scores: list[CandidateScore], thresholds: GateThresholds,
     if champion is None and champion_accuracy is not None:
         champion = Reference(name="champion", accuracy=champion_accuracy,
                              source="as given")
-    verdicts = [_check(s, thresholds, champion, teacher) for s in scores]
+    verdicts = [_check(s, thresholds, champion, teacher, latency) for s in scores]
     passing = [s for s, v in zip(scores, verdicts, strict=True) if v.passed]
     winner = None
     if passing:
@@ -517,7 +540,7 @@ def decide(scores: list[CandidateScore], thresholds: GateThresholds,
     return GateResult(verdicts=verdicts, winner=winner,
                       rule=RULE.format(margin=thresholds.tie_margin), thresholds=thresholds,
                       champion_accuracy=champion.accuracy if champion else None,
-                      champion=champion, teacher=teacher)
+                      champion=champion, teacher=teacher, latency=latency)
 
 
 class GateConfig(GateThresholds):
@@ -642,7 +665,7 @@ def teacher_reference(teacher: dict) -> Reference:
 
 def gate_cycle(evaluations: list[dict], workload_id: str, params: dict,
                home: str | None = None, champion: dict | None = None,
-               teacher: dict | None = None) -> GateResult:
+               teacher: dict | None = None, latency: dict | None = None) -> GateResult:
     """The cycle's gate: thresholds from the run's params, references from this cycle.
 
     Args:
@@ -655,6 +678,7 @@ def gate_cycle(evaluations: list[dict], workload_id: str, params: dict,
             set, with its per-query results); without one, the champion's recorded accuracy from
             the registry is compared unpaired and the reason says so.
         teacher: the ``evaluate_teacher`` task's result.
+        latency: the ``time_head_to_head`` task's result (:class:`HeadToHead`), if any.
     """
     may_be_off = {k for k, f in GateThresholds.model_fields.items()
                   if type(None) in typing.get_args(f.annotation)}
@@ -671,4 +695,5 @@ def gate_cycle(evaluations: list[dict], workload_id: str, params: dict,
             reference = Reference(name=f"v{version.version}", accuracy=accuracy,
                                   source="registry tag: its own cycle's test set")
     teacher_ref = teacher_reference(teacher) if teacher else None
-    return decide(scores_of(evaluations), thresholds, champion=reference, teacher=teacher_ref)
+    return decide(scores_of(evaluations), thresholds, champion=reference, teacher=teacher_ref,
+                  latency=HeadToHead.model_validate(latency) if latency else None)

@@ -124,6 +124,11 @@ class Router:
             return self.guard.fallback
         return parse_expert(self.generate(query), self.experts) or self.fallback or NO_EXPERT
 
+    def route_batch(self, queries: list[str]) -> list[str]:
+        """:meth:`route` for each query, one ``generate`` call each, as the agent asks: the
+        same method every router family has (:func:`open_router`)."""
+        return [self.route(q) for q in queries]
+
     def generate_batch(self, prompts: list[str]) -> list[str]:
         """Completions of a batch of whole prompts (left-padded), for the throughput figure."""
         import torch
@@ -193,23 +198,29 @@ class EncoderRouter:
         return routed if self.guard is None else self.guard.apply(queries, routed)
 
 
+def open_router(base_model_path: str, adapter_dir: str | None = None, family: str = "causal_lm",
+                threads: int = 2, experts: list[str] | None = None, fallback: str | None = None,
+                system: str | None = None) -> Router | EncoderRouter:
+    """The router of ``family`` over these weights, as it is served: ``route_batch(queries)``
+    whatever the family (the scope guard included, loaded from beside the weights)."""
+    if family == "encoder":
+        return EncoderRouter(base_model_path, adapter_dir, threads=threads, experts=experts)
+    return Router(base_model_path, adapter_dir, threads=threads, experts=experts,
+                  fallback=fallback, system=system)
+
+
 class RouterModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: ``predict(list of queries) -> list of expert names``."""
 
     def load_context(self, context: Any) -> None:
         config = context.model_config or {}
-        if config.get("family") == "encoder":
-            self.router = EncoderRouter(context.artifacts[BASE_ARTIFACT],
-                                        context.artifacts.get(ADAPTER_ARTIFACT),
-                                        threads=int(config.get("threads", 2)),
-                                        experts=config.get("experts"))
-            return
-        self.router = Router(context.artifacts[BASE_ARTIFACT],
-                             context.artifacts.get(ADAPTER_ARTIFACT),
-                             threads=int(config.get("threads", 2)),
-                             experts=config.get("experts"),
-                             fallback=config.get("fallback_expert"),
-                             system=config.get("system_prompt"))
+        self.router = open_router(context.artifacts[BASE_ARTIFACT],
+                                  context.artifacts.get(ADAPTER_ARTIFACT),
+                                  family=config.get("family", "causal_lm"),
+                                  threads=int(config.get("threads", 2)),
+                                  experts=config.get("experts"),
+                                  fallback=config.get("fallback_expert"),
+                                  system=config.get("system_prompt"))
 
     # no type hints here: MLflow would infer a schema from them; the signature is given instead
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
@@ -220,9 +231,7 @@ class RouterModel(mlflow.pyfunc.PythonModel):
             queries = _queries(model_input)
         except (TypeError, ValueError) as exc:  # the scoring server answers these with a 400
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
-        if hasattr(self.router, "route_batch"):
-            return self.router.route_batch(queries)
-        return [self.router.route(q) for q in queries]
+        return self.router.route_batch(queries)
 
 
 #: what loading and routing import, beside the project's own code the model carries: the
