@@ -474,3 +474,37 @@ def test_the_cycle_dag_takes_its_window_from_the_run_alone() -> None:
             assert "_window" in names, function.name
             readers.discard(function.name)
     assert not readers
+
+
+def test_traffic_audit_labels_imported_between_cycles_are_paired_with_the_teacher(
+        tmp_path: Path) -> None:
+    """The audit's records wait out of the dataset (not taught as the teacher's own routes)
+    until experts decide them; decided between two cycles, every one joins the second version's
+    test split, where the teacher is graded on them query by query."""
+    from tasks.curation.review import ReviewStore, make_decision
+    from tasks.evaluation.evaluate import teacher_baseline
+
+    load(tmp_path, "b1", positives(20, 6) + teacher_traffic())
+    audit = sorted(f"t-{expert}-{k}" for expert in EXPERTS for k in range(6, 9))[::2]
+    review = ReviewStore(str(tmp_path), "router")
+    review.append("traffic_audit", [{"record_id": rid, "window": "w1", "seed": 0}
+                                    for rid in audit])
+    first = run(tmp_path, teacher_labels="train", run_key="cycle-1")
+    assert not (ids(first.train_path) | ids(first.test_path)) & set(audit)  # waiting
+    assert first.funnel["audit_waiting"] == len(audit)
+    assert teacher_baseline(first.dataset_dir, home=str(tmp_path)).n_traffic_audit == 0
+
+    # between the cycles experts label the audit (flywheel review export / import); one
+    # disagrees with the teacher's route
+    labels = {rid: rid.split("-")[1] for rid in audit}
+    labels[audit[0]] = next(e for e in EXPERTS if e != labels[audit[0]])
+    review.append("decisions", [make_decision(rid, label, "alice", "sme")
+                                for rid, label in labels.items()])
+    second = run(tmp_path, teacher_labels="train", run_key="cycle-2")
+    assert set(audit) <= ids(second.test_path)
+    assert second.funnel["audit_to_test"] == len(audit)
+    assert ids(first.test_path) <= ids(second.test_path)  # the frozen split only grows
+    teacher = teacher_baseline(second.dataset_dir, home=str(tmp_path))
+    assert teacher.n_traffic_audit == len(audit)
+    graded = teacher.correct.replace("-", "")
+    assert len(graded) == len(audit) and graded.count("0") == 1  # paired on every one

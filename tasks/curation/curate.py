@@ -9,6 +9,14 @@ decision (:mod:`tasks.curation.review`: a confirmed routing error, a route the j
 doubted, a novel query labelled) replaces it whatever the rating, and ``discard`` removes the
 record. The judge alone never labels anything (:mod:`tasks.curation.judge` only proposes).
 
+The traffic audit (:func:`tasks.curation.review.draw_traffic_audit`), a random sample of the
+teacher's traffic whatever its feedback, is the one unbiased measure of the teacher and the
+students alike, so it is kept for the test split: a drawn record stays out of the dataset (neither
+a thumbs-up nor the teacher's route makes it a training example) until experts decide it, and then
+joins the test split whenever that happens, unless it is near a query an earlier version trained
+on. Paired evidence against the teacher grows cycle by cycle (``audit_waiting`` and
+``audit_to_test`` in the funnel).
+
 Teacher labels (``teacher_labels="train"``; off by default): the ~90% of records nobody rated
 carry the production teacher's own route, right most of the time. With the setting on, each
 unrated, undecided record the teacher routed (:func:`teacher_labelled`: never a model named
@@ -386,7 +394,14 @@ def curate(config: CurateConfig) -> CurateResult:
             window = window[window["timestamp"] >= config.start]
         if config.end is not None:
             window = window[window["timestamp"] < config.end]
-        decisions = ReviewStore(config.home, config.workload_id).decisions()
+        review_store = ReviewStore(config.home, config.workload_id)
+        decisions = review_store.decisions()
+        # the traffic audit, a random sample of the teacher's traffic, is the unbiased measure
+        # of teacher and students alike: a drawn record waits out of the dataset until experts
+        # decide it, then joins the test split (never train, where no one could grade on it)
+        drawn = set(review_store.traffic_audit())
+        audited = {rid for rid in drawn
+                   if rid in decisions and decisions[rid]["label"] in experts}
         labels_all = confirmed_labels(store, decisions, experts)
         labelled_all = store.merge(labels_all, on="id", how="inner")
         labelled_all["norm"] = labelled_all["query"].map(normalise)
@@ -414,6 +429,9 @@ def curate(config: CurateConfig) -> CurateResult:
         if config.teacher_labels == "train" and len(from_teacher):
             pool = pd.concat([labelled, from_teacher.assign(
                 norm=from_teacher["query"].map(normalise))], ignore_index=True)
+        waiting = pool["id"].isin(drawn - audited)
+        funnel["audit_waiting"] = int(waiting.sum())
+        pool = pool[~waiting]
 
         test_ids, test_queries = _read_assigned(root / "test_ids.json")
         train_ids, train_queries = _read_assigned(root / "train_ids.json")
@@ -433,9 +451,13 @@ def curate(config: CurateConfig) -> CurateResult:
             examples = examples[~out_of_scope]
         sticky = examples["id"].isin(train_ids) | examples["norm"].isin(train_queries)
         # curated examples first, so that a near-duplicate teacher-labelled one is the one dropped
-        examples = examples.assign(_sticky=sticky, _teacher=examples["label_source"] == "teacher"
-                                   ).sort_values(["_teacher", "_sticky", "timestamp", "id"],
-                                                 ascending=[True, False, True, True],
+        # ... and traffic-audit ones first among the new, so that a near-duplicate of one is
+        # the one dropped, not the audited record
+        examples = examples.assign(_sticky=sticky, _teacher=examples["label_source"] == "teacher",
+                                   _audit=examples["id"].isin(audited) & ~sticky
+                                   ).sort_values(["_teacher", "_sticky", "_audit", "timestamp",
+                                                  "id"],
+                                                 ascending=[True, False, False, True, True],
                                                  kind="mergesort")
 
         with open_index(config.workload_id, home=config.home, url=config.qdrant_url) as index:
@@ -443,7 +465,8 @@ def curate(config: CurateConfig) -> CurateResult:
                                 store[store["id"].isin(frozen["id"])]])
             index.index_records(needed)
             # leakage: a new example near a frozen test query never enters the dataset
-            fresh_ids = examples.loc[~examples["_sticky"], "id"].tolist()
+            # (an audited record joins the test split: near a test query is no leak for it)
+            fresh_ids = examples.loc[~examples["_sticky"] & ~examples["_audit"], "id"].tolist()
             near_test = _near_duplicates(index, fresh_ids, frozen["id"].tolist(), thr)
             leaked = {rid for rid, found in near_test.items() if found}
             examples = examples[~examples["id"].isin(leaked)]
@@ -469,8 +492,11 @@ def curate(config: CurateConfig) -> CurateResult:
             near_old = _near_duplicates(index, fresh["id"].tolist(), earlier["id"].tolist(),
                                         thr, k=1)
             seen_before = fresh["id"].isin({rid for rid, found in near_old.items() if found})
-            fresh_train, fresh_test = _split(fresh[~seen_before], config.test_fraction,
-                                             config.seed)
+            to_test = ~seen_before & fresh["_audit"]
+            fresh_train, fresh_test = _split(fresh[~seen_before & ~to_test],
+                                             config.test_fraction, config.seed)
+            fresh_test = pd.concat([fresh[to_test], fresh_test])
+            funnel["audit_to_test"] = int(to_test.sum())
             train = pd.concat([examples[sticky], fresh[seen_before], fresh_train,
                                examples[~sticky & by_teacher]])
             funnel["near_earlier_train"] = int(seen_before.sum())
