@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DS_BUILD_OPS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast test-integration airflow-ui mlflow-ui lint bench bench-quality clean
+.PHONY: setup demo test test-fast test-integration airflow-ui mlflow-ui lint docs bench bench-quality clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ mlflow-ui: setup
 
 lint: setup
 	$(BIN)/ruff check dags tasks plugins tests
+
+# The reference pages in docs/ (mkdocs.yml): --strict fails on a broken link or anchor and on a
+# page missing from the navigation. The site goes to site/, which git ignores.
+docs: setup
+	$(BIN)/mkdocs build --strict --clean --site-dir site
 
 # Benchmarks print their figures and exit non-zero when a target is missed; `-` runs them all.
 bench: setup
