@@ -119,7 +119,8 @@ def test_forgetting_check_bounds_the_rise_over_the_base():
         CandidateScore(candidate="kept", accuracy=0.9, latency_p95_ms=50, forgetting_bpb=0.05),
         CandidateScore(candidate="forgot", accuracy=0.95, latency_p95_ms=50, forgetting_bpb=0.6),
         CandidateScore(candidate="unmeasured", accuracy=0.95, latency_p95_ms=50),
-        CandidateScore(candidate="encoder", accuracy=0.8, latency_p95_ms=5, family="encoder")]
+        CandidateScore(candidate="encoder", accuracy=0.8, latency_p95_ms=5, family="encoder",
+                       forgetting_applies=False)]
     result = decide(candidates, t)
     v = verdicts(result)
     assert v["kept"].passed and "forgetting +0.050 bits/byte vs its base <= max 0.200" in \

@@ -135,3 +135,48 @@ def test_every_stage_has_its_room():
     assert {"core", "ingest", "curation", "training", "evaluation", "registry", "serving",
             "reporting", "stack", "demo"} <= rooms
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "cli.py"]
+
+
+def family_branches(package: Path, names: set[str]) -> list[str]:
+    """``file:line`` of every comparison with a model family's name (``== "encoder"``, ``in
+    ("causal_lm", ...)``) and every ``hasattr`` probe of a router's methods, outside training."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("tasks/training/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                values = {c.value for o in operands for c in ast.walk(o)
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+                if values & names:
+                    found.append(f"{relative}:{node.lineno}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id == "hasattr" and len(node.args) == 2
+                  and isinstance(node.args[1], ast.Constant)
+                  and node.args[1].value in {"route", "route_batch", "generate"}):
+                found.append(f"{relative}:{node.lineno}")
+    return found
+
+
+def test_only_training_asks_which_family_a_model_is():
+    """Evaluation, the gate, the registry, serving and the report take any model through
+    tasks.families; only training builds each family its own way."""
+    from tasks.families import FAMILIES
+
+    assert family_branches(PACKAGE, set(FAMILIES)) == []
+
+
+def test_the_family_check_sees_a_branch(tmp_path):
+    package = tmp_path / "tasks"
+    package.mkdir()
+    (package / "bad.py").write_text(
+        'def f(e):\n    if e["family"] == "encoder":\n        return 1\n'
+        '    return hasattr(e, "route_batch")\n')
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert family_branches(package, {"encoder"}) == ["tasks/bad.py:2", "tasks/bad.py:4"]
+    finally:
+        ROOT = saved

@@ -22,26 +22,13 @@ note saying so, to keep the cycle's table uniform, not as a zero-shot router.
 
 from __future__ import annotations
 
-import json
-import statistics
-import time
 from pathlib import Path
 
-from pydantic import Field
-
-from tasks.core.config import get_paths
 from tasks.core.settings import parse_config
 from tasks.core.workload import manifest_experts, trained_label_space
-from tasks.evaluation.scoring import (
-    EvaluateConfig,
-    EvaluateResult,
-    classification_report,
-    correctness,
-    hardware,
-    log_evaluation,
-    percentile,
-)
-from tasks.training.scope_guard import ScopeGuard
+from tasks.evaluation.deciders import evaluate_decider, read_test_split
+from tasks.evaluation.scoring import EvaluateConfig, EvaluateResult
+from tasks.families import open_decider
 
 #: Names under which the package-shipped all-MiniLM-L6-v2 can be referenced offline.
 SHIPPED_ENCODERS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
@@ -51,10 +38,8 @@ BASE_NOTE = ("pretrained encoder with an untrained, randomly initialised classif
              "(seed 0): chance level by construction, not a zero-shot router")
 
 
-class EncoderEvaluateResult(EvaluateResult):
-    """:class:`tasks.evaluation.scoring.EvaluateResult` plus a note on what the numbers mean."""
-
-    note: str | None = Field(None, description="What this model is, where it is not obvious.")
+#: The encoder family's results have the one shape (the note included) every family's have.
+EncoderEvaluateResult = EvaluateResult
 
 
 def resolve_encoder(ref: str, home: str | None = None) -> Path | str:
@@ -137,92 +122,28 @@ def predict(model, tokenizer, labels: list[str], docs: list[dict], batch_size: i
     return predicted
 
 
-def measure_latency(model, tokenizer, queries: list[str], warmup: int, threads: int,
-                    guard=None) -> dict[str, float]:
-    """Batch-size-1 latency as the agent would call the router: warm-up, then one query at a
-    time, tokenisation outside the clock (as for the causal LMs), one forward pass inside, and
-    the scope guard's look (embedding the query) when the model has one."""
-    import torch
-
-    torch.set_num_threads(threads)
-    if not queries:
-        raise ValueError("no queries to time")
-    times = []
-    with torch.inference_mode():
-        for i, query in enumerate(queries[:warmup] + queries):
-            inputs = tokenizer(query, return_tensors="pt")
-            start = time.perf_counter()
-            if guard is not None:
-                guard.out_of_scope([query])
-            model(**inputs).logits.argmax(-1)
-            elapsed = (time.perf_counter() - start) * 1000
-            if i >= warmup:
-                times.append(elapsed)
-    p50, p95 = statistics.median(times), percentile(times, 0.95)
-    return {"latency_p50_ms": p50, "latency_p95_ms": p95, "ttft_p50_ms": p50, "ttft_p95_ms": p95}
-
-
-def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> EncoderEvaluateResult:
-    """Accuracy and latency of an encoder router on the dataset's frozen test split."""
-    import torch
-
-    paths = get_paths(config.home)
-    dataset_dir = Path(config.dataset_dir)
-    test_path = dataset_dir / "test.jsonl"
-    if not test_path.is_file():
-        raise FileNotFoundError(f"dataset folder {dataset_dir} has no test.jsonl")
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    docs = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
-    if config.limit:
-        docs = docs[: config.limit]
-    if not docs:
-        raise ValueError(f"{test_path} has no test queries")
-    slug = config.candidate.replace(":", "_").replace("/", "_")
-    work_dir = paths.runs / config.cycle_id / "eval" / slug
-    work_dir.mkdir(parents=True, exist_ok=True)
-
-    started = time.perf_counter()
-    torch.set_num_threads(config.threads)
-    model, tokenizer, labels = load_classifier(
-        config.base_model_path, config.adapter_dir,
-        None if config.adapter_dir else manifest_experts(manifest)[0])  # a base: a new head
-    predicted = predict(model, tokenizer, labels, docs, batch_size=config.batch_size)
-    guard = ScopeGuard.load(config.adapter_dir or config.base_model_path)
-    guard_fallbacks = None
-    if guard is not None:
-        guarded = guard.apply([d["query"] for d in docs], predicted)
-        guard_fallbacks = sum(g != p for g, p in zip(guarded, predicted, strict=True))
-        predicted = guarded
-    gold = [d["expert"] for d in docs]
-    accuracy, macro_f1, per_expert, confusion = classification_report(
-        gold, predicted, list(dict.fromkeys([*manifest_experts(manifest)[0], *labels])))
-    latency = measure_latency(model, tokenizer, [d["query"] for d in docs][
-        : config.latency_queries], config.latency_warmup, config.threads, guard)
-    result = EncoderEvaluateResult(
-        candidate=config.candidate, base_model_path=config.base_model_path,
-        adapter_dir=config.adapter_dir, dataset_version=manifest["version"], n_test=len(gold),
-        accuracy=accuracy, macro_f1=macro_f1, per_expert=per_expert, confusion=confusion,
-        latency_hardware=hardware(str(model.device)), eval_seconds=time.perf_counter() - started,
-        note=note, correct=correctness(gold, predicted),
-        prompting="untrained head (chance)" if note == BASE_NOTE else "fine-tuned",
-        scope_guard=guard.describe() if guard else None, guard_fallbacks=guard_fallbacks,
-        **latency)
-    (work_dir / "predictions.jsonl").write_text("".join(
-        json.dumps({"id": d.get("id"), "query": d["query"], "gold": g, "predicted": p}) + "\n"
-        for d, g, p in zip(docs, gold, predicted, strict=True)))
-    if config.track:
-        result.mlflow_run_id = log_evaluation(config, result, work_dir)
-    (work_dir / "evaluate_result.json").write_text(result.model_dump_json(indent=1))
-    return result
+def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> EvaluateResult:
+    """Accuracy and latency of an encoder router on the dataset's frozen test split, as served
+    (:class:`tasks.serving.router.EncoderRouter`, its scope guard included) and timed by the one
+    protocol every family is (:func:`tasks.evaluation.deciders.evaluate_decider`)."""
+    manifest, _ = read_test_split(config)
+    router = open_decider("encoder", config.base_model_path, config.adapter_dir,
+                          threads=config.threads, experts=None if config.adapter_dir
+                          else manifest_experts(manifest)[0])  # a base: a new head
+    return evaluate_decider(config, router, note=note,
+                            prompting="untrained head (chance)" if note == BASE_NOTE
+                            else "fine-tuned")
 
 
 def evaluate_encoder_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
                                latency_queries: int = 40, home: str | None = None,
-                               limit: int | None = None) -> dict:
+                               limit: int | None = None, price_per_device_hour: float = 1.0,
+                               **_: object) -> dict:
     """:func:`tasks.evaluation.evaluate.evaluate_candidate` for the encoder family (same return
     shape)."""
     common = dict(dataset_dir=dataset_dir, workload_id=workload_id, cycle_id=cycle_id,
-                  latency_queries=latency_queries, home=home, limit=limit)
+                  latency_queries=latency_queries, home=home, limit=limit,
+                  price_per_device_hour=price_per_device_hour)
     if trained.get("method") == "full":
         weights = dict(base_model_path=trained["adapter_dir"], adapter_dir=None)
     else:
@@ -238,7 +159,8 @@ def evaluate_encoder_candidate(trained: dict, dataset_dir: str, workload_id: str
             "family": "encoder", "mlflow_run_id": tuned.mlflow_run_id,
             "dataset_version": tuned.dataset_version,
             "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-            "forgetting_bpb": None}  # no language-model head: no general text to forget
+            # no language-model head: no general text to forget
+            "forgetting_bpb": None, "forgetting_applies": False}
 
 
 def main(argv: list[str] | None = None) -> int:

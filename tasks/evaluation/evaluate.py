@@ -325,7 +325,7 @@ def measure_latency(base_model_path: str, adapter_dir: str | None, queries: list
             "throughput_qps": len(whole) / seconds, "throughput_batch_size": batch_size}
 
 
-def evaluate(config: EvaluateConfig) -> EvaluateResult:
+def evaluate(config: EvaluateConfig, note: str | None = None) -> EvaluateResult:
     """Accuracy, latency and cost of one model on the dataset's frozen test split."""
     from transformers import AutoTokenizer
 
@@ -400,7 +400,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         cost_per_1k_requests=cost_per_1k_requests(latency["throughput_qps"],
                                                   config.price_per_device_hour),
         scope_guard=guard.describe() if guard else None, guard_fallbacks=guard_fallbacks,
-        **latency)
+        note=note, **latency)
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = zip(samples[gen_task], gold, predicted, mc_predicted, strict=True)
     (work_dir / "predictions.jsonl").write_text("".join(
@@ -561,22 +561,29 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
 
 def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
                        latency_queries: int = 40, home: str | None = None,
-                       limit: int | None = None, icl_examples: int = 0,
-                       price_per_device_hour: float = 1.0, general_text_docs: int = 0,
-                       general_text_file: str | None = None) -> dict:
-    """Evaluate a fine-tuned candidate and, beside it, its base model zero-shot and in context.
+                       limit: int | None = None, **settings: Any) -> dict:
+    """A trained candidate evaluated as its family says (:func:`tasks.families.evaluate_candidate`:
+    the same result shape whatever the family), beside its base model."""
+    from tasks.families import evaluate_candidate as by_family
+
+    return by_family(trained, dataset_dir, workload_id, cycle_id, latency_queries=latency_queries,
+                     home=home, limit=limit, **settings)
+
+
+def evaluate_causal_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
+                              latency_queries: int = 40, home: str | None = None,
+                              limit: int | None = None, icl_examples: int = 0,
+                              price_per_device_hour: float = 1.0, general_text_docs: int = 0,
+                              general_text_file: str | None = None) -> dict:
+    """Evaluate a fine-tuned causal LM and, beside it, its base model zero-shot and in context.
 
     Returns ``{"candidate", "base_model", "family", "mlflow_run_id", "dataset_version",
-    "finetuned", "base", "base_icl", "forgetting_bpb"}`` (EvaluateResults as JSON-ready dicts,
-    for XCom); ``base_icl`` is None when ``icl_examples`` is 0. With ``general_text_docs``, the
-    candidate and its base are scored on the same general text and ``forgetting_bpb`` is the
-    candidate's bits per byte minus the base's (positive: it forgot); otherwise None.
+    "finetuned", "base", "base_icl", "forgetting_bpb", "forgetting_applies"}`` (EvaluateResults
+    as JSON-ready dicts, for XCom); ``base_icl`` is None when ``icl_examples`` is 0. With
+    ``general_text_docs``, the candidate and its base are scored on the same general text and
+    ``forgetting_bpb`` is the candidate's bits per byte minus the base's (positive: it forgot);
+    otherwise None.
     """
-    if trained.get("family") == "encoder":  # a classifier: no lm-eval, same result shape
-        from tasks.evaluation.encoder_router import evaluate_encoder_candidate
-
-        return evaluate_encoder_candidate(trained, dataset_dir, workload_id, cycle_id,
-                                          latency_queries, home, limit)
     common = dict(base_model_path=trained["base_model_path"], dataset_dir=dataset_dir,
                   workload_id=workload_id, cycle_id=cycle_id, latency_queries=latency_queries,
                   home=home, limit=limit, price_per_device_hour=price_per_device_hour)
@@ -601,7 +608,7 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
             "mlflow_run_id": tuned.mlflow_run_id, "dataset_version": tuned.dataset_version,
             "finetuned": tuned.model_dump(mode="json"), "base": base.model_dump(mode="json"),
             "base_icl": base_icl.model_dump(mode="json") if base_icl else None,
-            "forgetting_bpb": forgetting}
+            "forgetting_bpb": forgetting, "forgetting_applies": True}
 
 
 def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,
@@ -612,19 +619,17 @@ def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,
 
     Returns ``{"version", "candidate", "evaluation"}``; all None before the first promotion.
     """
+    from tasks.families import evaluate_weights
     from tasks.registry.register import champion_version, download_version
 
     version = champion_version(workload_id, home)
     if version is None:
         return {"version": None, "candidate": None, "evaluation": None}
     base_path, adapter = download_version(workload_id, str(version.version), home)
-    run = evaluate
-    if version.tags.get("family") == "encoder":
-        from tasks.evaluation.encoder_router import evaluate_encoder as run
-    result = run(EvaluateConfig(
+    result = evaluate_weights(version.tags.get("family"), EvaluateConfig(
         candidate=f"champion:v{version.version}", base_model_path=base_path, adapter_dir=adapter,
         dataset_dir=dataset_dir, workload_id=workload_id, cycle_id=cycle_id,
         latency_queries=latency_queries, home=home, limit=limit,
         price_per_device_hour=price_per_device_hour))
     return {"version": str(version.version), "candidate": version.tags.get("candidate"),
-            "evaluation": result.model_dump(mode="json")}
+            "family": version.tags.get("family"), "evaluation": result.model_dump(mode="json")}

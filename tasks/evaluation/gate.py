@@ -276,7 +276,11 @@ class CandidateScore(BaseModel):
     latency_p95_ms: float = Field(gt=0)
     cost_per_1k_requests: float | None = Field(None, ge=0)
     base_accuracy: float | None = None
-    family: str = Field("causal_lm", description="causal_lm or encoder.")
+    family: str = Field("causal_lm", description="Its model family (tasks.families), for the "
+                                                 "record: no check depends on it.")
+    forgetting_applies: bool = Field(True, description=(
+        "Whether it has a language-model head whose forgetting can be measured (an encoder "
+        "classifier or a linear probe has none)."))
     forgetting_bpb: float | None = Field(None, description=(
         "Bits per byte on general text minus its base model's (none: not measured)."))
     correct: str | None = Field(None, pattern=CORRECT_PATTERN, description=(
@@ -490,8 +494,8 @@ def _check(s: CandidateScore, t: GateThresholds, champion: Reference | None,
                    f"(teacher p95 {teacher.latency_p95_ms:.1f} ms from its logs; candidate "
                    f"p95 {s.latency_p95_ms:.1f} ms measured{where or ' here'})")
     if t.max_forgetting is not None:
-        if s.family == "encoder":
-            record("max_forgetting", True, "forgetting: n/a for an encoder router (no "
+        if not s.forgetting_applies:
+            record("max_forgetting", True, f"forgetting: n/a for a {s.family} router (no "
                                            "language-model head)")
         elif s.forgetting_bpb is None:
             record("max_forgetting", False, "forgetting not measured (general_text_docs = 0?)")
@@ -622,6 +626,7 @@ def scores_of(evaluations: list[dict]) -> list[CandidateScore]:
             cost_per_1k_requests=tuned.get("cost_per_1k_requests"),
             base_accuracy=(e.get("base") or {}).get("accuracy"),
             family=e.get("family") or "causal_lm", forgetting_bpb=e.get("forgetting_bpb"),
+            forgetting_applies=e.get("forgetting_applies", True),
             correct=tuned.get("correct"),
             dataset_version=tuned.get("dataset_version") or e.get("dataset_version"),
             n_test=tuned.get("n_test"), hardware=tuned.get("latency_hardware")))

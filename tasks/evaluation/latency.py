@@ -1,10 +1,11 @@
-"""Head-to-head latency: the models the gate compares, timed in the same window, interleaved.
+"""Latency, one protocol for every family: one model alone (:func:`measure`), and the models the
+gate compares timed in the same window, interleaved (:func:`head_to_head`).
 
 Each candidate's figures from its own evaluation were measured minutes apart from the champion's,
 on a machine other work shares: a champion re-measured while a neighbour job held the cores looks
 slow, and an equal challenger then looks "cheaper". So before the gate, every candidate and the
-champion are loaded as they are served (:func:`tasks.serving.router.open_router`: tokenisation and
-the scope guard inside the clock) and timed query by query, batch 1, in turn: for each query every
+champion are loaded as they are served (:func:`tasks.families.open_decider`: tokenisation and the
+scope guard inside the clock) and timed query by query, batch 1, in turn: for each query every
 model answers once, in an order that rotates from query to query, so a burst of load falls on all
 of them alike. Each query then gives a paired ratio, the candidate's time over the champion's,
 measured milliseconds apart; a candidate is faster than the champion only when the whole 95%
@@ -119,29 +120,58 @@ def compare(models: dict[str, Callable[[str], Any]], queries: Sequence[str],
     return HeadToHead(reference=reference, queries=len(queries), timings=timings, versus=versus)
 
 
+def measure(decider: Any, queries: Sequence[str], warmup: int = 5, batch_size: int = 16,
+            price_per_device_hour: float | None = None) -> dict[str, float | int | None]:
+    """The one latency protocol, for a model of any family, as the agent calls it:
+    ``route_batch([query])`` per query after ``warmup`` untimed ones (tokenisation, the scope
+    guard and the decision all inside the clock), batch-1 p50/p95; then the same queries in
+    batches of ``batch_size`` after one untimed batch, for the throughput and the cost per 1,000
+    requests at ``price_per_device_hour``.
+
+    Returns the fields of :class:`tasks.evaluation.scoring.EvaluateResult` they fill (a model
+    that answers in one step has no first token before its answer: ``ttft`` is its whole time).
+    """
+    from tasks.evaluation.scoring import cost_per_1k_requests
+
+    queries = list(queries)
+    if not queries:
+        raise ValueError("no queries to time")
+    times = time_interleaved({"model": lambda q: decider.route_batch([q])}, queries,
+                             warmup)["model"]
+    batches = [queries[i:i + batch_size] for i in range(0, len(queries), batch_size)]
+    decider.route_batch(batches[0])  # warm-up at this shape
+    started = time.perf_counter()
+    for batch in batches:
+        decider.route_batch(batch)
+    throughput = len(queries) / max(time.perf_counter() - started, 1e-9)
+    p50, p95 = _p(times, 50), _p(times, 95)
+    return {"latency_p50_ms": p50, "latency_p95_ms": p95, "ttft_p50_ms": p50,
+            "ttft_p95_ms": p95, "throughput_qps": throughput,
+            "throughput_batch_size": batch_size, "price_per_device_hour": price_per_device_hour,
+            "cost_per_1k_requests": (cost_per_1k_requests(throughput, price_per_device_hour)
+                                     if price_per_device_hour is not None else None)}
+
+
 def head_to_head(evaluations: list[dict], champion: dict | None, dataset_dir: str,
                  workload_id: str, queries: int = 40, home: str | None = None,
                  threads: int = 2) -> HeadToHead | None:
-    """The cycle's candidates and its champion, loaded as served and timed together on the
-    first ``queries`` queries of the test split; None without a champion (nothing to compare).
+    """The cycle's candidates and its champion (as ``evaluate_champion`` re-evaluated it: the
+    weights it downloaded from the registry), loaded as served and timed together on the first
+    ``queries`` queries of the test split; None without a champion (nothing to compare).
     """
-    from tasks.registry.register import champion_version, download_version
-    from tasks.serving.router import open_router
+    from tasks.families import open_decider
 
-    if not champion or not champion.get("version"):
+    if not champion or not champion.get("version") or not champion.get("evaluation"):
         return None
-    version = champion_version(workload_id, home)
-    if version is None or str(version.version) != str(champion["version"]):
-        return None  # promoted or rolled back since it was evaluated: its figures stand alone
-    reference = f"v{version.version}"
-    base, adapter = download_version(workload_id, str(version.version), home)
-    routers = {reference: open_router(base, adapter, version.tags.get("family", "causal_lm"),
-                                      threads=threads)}
+    reference = f"v{champion['version']}"
+    weights = champion["evaluation"]
+    routers = {reference: open_decider(champion.get("family"), weights["base_model_path"],
+                                       weights.get("adapter_dir"), threads=threads)}
     for evaluation in evaluations:
         tuned = evaluation["finetuned"]
-        routers[evaluation["candidate"]] = open_router(
-            tuned["base_model_path"], tuned.get("adapter_dir"),
-            evaluation.get("family") or "causal_lm", threads=threads)
+        routers[evaluation["candidate"]] = open_decider(
+            evaluation.get("family"), tuned["base_model_path"], tuned.get("adapter_dir"),
+            threads=threads)
     lines = (Path(dataset_dir) / "test.jsonl").read_text().splitlines()[:queries]
     texts = [json.loads(line)["query"] for line in lines]
     calls = {name: (lambda q, r=router: r.route_batch([q])) for name, router in routers.items()}

@@ -90,6 +90,7 @@ class EvaluateResult(BaseModel):
         "time is inside the latency figures."))
     guard_fallbacks: int | None = Field(None, description=(
         "Test queries the guard sent to the fallback expert (none: no guard)."))
+    note: str | None = Field(None, description="What this model is, where it is not obvious.")
 
 
 def correctness(gold: list[str], predicted: list[str]) -> str:

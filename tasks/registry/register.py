@@ -36,6 +36,7 @@ from tasks.core import tracking
 from tasks.core.clock import now_iso
 from tasks.core.config import get_paths
 from tasks.core.settings import parse_config
+from tasks.families import get_family
 
 GATE_PASSED = "passed"
 
@@ -52,8 +53,8 @@ class RegisterConfig(BaseModel):
     base_model: str = Field(description="Base model the adapter applies to.")
     base_model_path: str = Field(description="Base model folder (packaged with the version).")
     adapter_dir: str | None = Field(None, description="Adapter folder (packaged with it).")
-    family: Literal["causal_lm", "encoder"] = Field(
-        "causal_lm", description="Generates the expert's name, or classifies the query.")
+    family: str = Field("causal_lm", description=(
+        "Its model family (tasks.families): how the served pyfunc loads and runs it."))
     dataset_version: str = Field(description="Curated dataset version it was trained on.")
     metrics: dict[str, float] = Field(description="Metrics to tag the version with.")
     verdict: list[str] = Field(default_factory=list, description="The gate's reasons.")
@@ -141,8 +142,8 @@ def register(config: RegisterConfig) -> RegisterResult:
         }
         weights = (f"fine-tuned weights of {config.base_model}" if not config.adapter_dir else
                    f"adapter on {config.base_model}, packaged with its base,")
-        kind = "classifier" if config.family == "encoder" else "generative"
-        lines = [f"{config.candidate}: {weights} as an MLflow pyfunc {kind} router; trained "
+        kind = get_family(config.family).kind
+        lines = [f"{config.candidate}: {weights} as an MLflow pyfunc router ({kind}); trained "
                  f"on dataset {config.dataset_version} in cycle {config.cycle_id}.", "",
                  "Gate: PASSED - " + "; ".join(config.verdict) + ".",
                  f"Winner rule: {config.gate_rule}." if config.gate_rule else ""]

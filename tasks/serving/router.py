@@ -124,9 +124,16 @@ class Router:
             return self.guard.fallback
         return parse_expert(self.generate(query), self.experts) or self.fallback or NO_EXPERT
 
+    def describe(self) -> dict[str, Any]:
+        """What it is (:class:`tasks.families.Decider`)."""
+        return {"name": self.model.config.name_or_path, "family": "causal_lm",
+                "labels": list(self.experts),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "device": str(self.model.device)}
+
     def route_batch(self, queries: list[str]) -> list[str]:
         """:meth:`route` for each query, one ``generate`` call each, as the agent asks: the
-        same method every router family has (:func:`open_router`)."""
+        same method every family has (:class:`tasks.families.Decider`)."""
         return [self.route(q) for q in queries]
 
     def generate_batch(self, prompts: list[str]) -> list[str]:
@@ -171,7 +178,8 @@ class EncoderRouter:
     """An encoder router (sequence classifier, LoRA merged) with the causal router's ``route``."""
 
     def __init__(self, base_model_path: str, adapter_dir: str | None = None, threads: int = 2,
-                 experts: list[str] | None = None):
+                 experts: list[str] | None = None, fallback: str | None = None,
+                 system: str | None = None):
         import torch
 
         from tasks.evaluation.encoder_router import load_classifier
@@ -188,6 +196,13 @@ class EncoderRouter:
 
         return self.route_batch([query])[0]
 
+    def describe(self) -> dict[str, Any]:
+        """What it is (:class:`tasks.families.Decider`)."""
+        return {"name": self.model.config.name_or_path, "family": "encoder",
+                "labels": list(self.labels),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "device": str(self.model.device)}
+
     def route_batch(self, queries: list[str]) -> list[str]:
         """:meth:`route` for many queries, classified and guarded in batches."""
         from tasks.evaluation.encoder_router import predict
@@ -198,29 +213,19 @@ class EncoderRouter:
         return routed if self.guard is None else self.guard.apply(queries, routed)
 
 
-def open_router(base_model_path: str, adapter_dir: str | None = None, family: str = "causal_lm",
-                threads: int = 2, experts: list[str] | None = None, fallback: str | None = None,
-                system: str | None = None) -> Router | EncoderRouter:
-    """The router of ``family`` over these weights, as it is served: ``route_batch(queries)``
-    whatever the family (the scope guard included, loaded from beside the weights)."""
-    if family == "encoder":
-        return EncoderRouter(base_model_path, adapter_dir, threads=threads, experts=experts)
-    return Router(base_model_path, adapter_dir, threads=threads, experts=experts,
-                  fallback=fallback, system=system)
-
-
 class RouterModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: ``predict(list of queries) -> list of expert names``."""
 
     def load_context(self, context: Any) -> None:
+        from tasks.families import open_decider
+
         config = context.model_config or {}
-        self.router = open_router(context.artifacts[BASE_ARTIFACT],
-                                  context.artifacts.get(ADAPTER_ARTIFACT),
-                                  family=config.get("family", "causal_lm"),
-                                  threads=int(config.get("threads", 2)),
-                                  experts=config.get("experts"),
-                                  fallback=config.get("fallback_expert"),
-                                  system=config.get("system_prompt"))
+        self.router = open_decider(config.get("family"), context.artifacts[BASE_ARTIFACT],
+                                   context.artifacts.get(ADAPTER_ARTIFACT),
+                                   threads=int(config.get("threads", 2)),
+                                   experts=config.get("experts"),
+                                   fallback=config.get("fallback_expert"),
+                                   system=config.get("system_prompt"))
 
     # no type hints here: MLflow would infer a schema from them; the signature is given instead
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201

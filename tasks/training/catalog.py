@@ -5,13 +5,15 @@ its own list of names (picked from the catalog) or whole entries. Every entry is
 read, so a typo or an impossible combination fails the planning task with the entry's name and the
 reason, not a training job an hour later.
 
-Two model families are supported:
+Three model families are supported (each is an entry of :data:`tasks.families.FAMILIES`):
 
 * ``causal_lm`` (the main path): a decoder that completes the routing prompt with an expert's
   name, scored by lm-eval. Methods: ``lora``, ``full`` (full SFT), ``prompt_tuning`` and
   ``p_tuning`` (soft prompts through peft).
 * ``encoder``: a sequence classifier (one label per expert) on a pretrained sentence encoder,
   e.g. all-MiniLM-L6-v2. Methods: ``lora`` (classifier head trained in full) and ``full``.
+* ``linear_probe``: a logistic regression on the frozen embeddings of a sentence encoder
+  (:mod:`tasks.families.linear_probe`). Method: ``linear_probe``; trains in seconds.
 """
 
 from __future__ import annotations
@@ -27,19 +29,21 @@ from tasks.core.errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CATALOG = CONFIG_DIR / "candidates.yaml"
 
-Family = Literal["causal_lm", "encoder"]
-Method = Literal["lora", "full", "prompt_tuning", "p_tuning"]
+Family = Literal["causal_lm", "encoder", "linear_probe"]
+Method = Literal["lora", "full", "prompt_tuning", "p_tuning", "linear_probe"]
 
 #: Which methods each family can train (and evaluate).
 METHODS_BY_FAMILY: dict[str, tuple[str, ...]] = {
     "causal_lm": ("lora", "full", "prompt_tuning", "p_tuning"),
     "encoder": ("lora", "full"),
+    "linear_probe": ("linear_probe",),
 }
 
 #: LoRA targets and fully trained modules when a candidate does not name its own.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "causal_lm": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "encoder": ["query", "key", "value", "dense"],
+    "linear_probe": [],  # the encoder stays frozen
 }
 DEFAULT_MODULES_TO_SAVE: dict[str, list[str]] = {
     # the tiny, briefly pre-trained offline bases only learn routing when their norms and token
@@ -47,6 +51,7 @@ DEFAULT_MODULES_TO_SAVE: dict[str, list[str]] = {
     "causal_lm": ["norm", "embed_tokens"],
     # a sequence classifier's head (and BERT's pooler in front of it) start untrained
     "encoder": ["classifier", "pooler"],
+    "linear_probe": [],
 }
 
 
@@ -89,6 +94,9 @@ class Hyperparameters(BaseModel):
         None, description=(
             "Encoder family: loss weight per label, e.g. {out_of_scope: 2.0} to trade some "
             "in-scope precision for fallback recall; labels not named weigh 1."))
+    probe_c: float = Field(10.0, gt=0, le=1e6, description=(
+        "linear_probe family: inverse L2 strength of the logistic regression (larger: a closer "
+        "fit to the training set)."))
     log_every: int = Field(5, ge=1, le=1_000_000, description=(
         "Rank 0 sends the loss curve to the live MLflow run every N optimizer steps."))
 

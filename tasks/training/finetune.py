@@ -110,7 +110,7 @@ def _single_rank_env() -> dict[str, str]:
 
 def resolve_base(spec: CandidateSpec, home: str | os.PathLike[str] | None) -> str:
     """The base model folder (or hub id) of a candidate, for its family."""
-    if spec.family == "encoder":
+    if spec.family in ("encoder", "linear_probe"):  # a sentence encoder
         from tasks.evaluation.encoder_router import resolve_encoder
 
         return str(resolve_encoder(spec.base_model))

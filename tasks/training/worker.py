@@ -60,8 +60,8 @@ class TrainJob(BaseModel):
     """What the training worker reads: everything resolved to paths."""
 
     candidate: str
-    family: Literal["causal_lm", "encoder"] = "causal_lm"
-    method: Literal["lora", "full", "prompt_tuning", "p_tuning"] = "lora"
+    family: Literal["causal_lm", "encoder", "linear_probe"] = "causal_lm"
+    method: Literal["lora", "full", "prompt_tuning", "p_tuning", "linear_probe"] = "lora"
     base_model: str = Field("", description="The catalog's base model reference.")
     base_model_path: str
     train_path: str
@@ -646,6 +646,10 @@ def train(job_path: Path) -> dict:
     from transformers import PrinterCallback, TrainingArguments
 
     job = TrainJob.model_validate_json(Path(job_path).read_text())
+    if job.family == "linear_probe":  # a frozen encoder and one fitted layer: no optimiser loop
+        from tasks.families.linear_probe import train_probe
+
+        return train_probe(job)
     hp = job.hyperparameters
     out = Path(job.output_dir)
     rank = int(os.environ.get("RANK", "0"))
