@@ -33,9 +33,6 @@ from airflow.sdk import Asset, Param, dag, task
 #: updated when a cycle registers a challenger (tasks.registry.promotion.CHALLENGER_ASSET)
 CHALLENGER = Asset("flywheel_challenger", uri="file:///flywheel/registry/challenger")
 
-#: What a cycle trains when neither the run nor the workload's file names candidates: the
-#: pretrained small routers of the catalog (an encoder classifier and a causal LM).
-DEFAULT_CANDIDATES = ["minilm-router-lora", "smollm2-router-lora"]
 TRAINING_POOL = "flywheel_gpu"  # tasks.training.finetune.TRAINING_POOL
 #: The queues candidates train on (a candidate's `resources.queue`), one mapped training task
 #: each: Airflow fixes a task's queue when the DAG is parsed, never per mapped instance. Jobs of
@@ -95,6 +92,45 @@ def _settings(params: dict) -> dict:
     return cycle_params(params, getattr(run, "conf", None) or {})
 
 
+#: Form names that say more than the stage's own field names (form name -> field).
+JUDGE_PARAMS = {"judge_backend": "backend", "judge_endpoint_url": "endpoint_url",
+                "judge_model": "model"}
+REVIEW_PARAMS = {"sme_review": "mode", "sme_capacity": "sme_capacity",
+                 "traffic_audit_size": "traffic_audit_size"}
+CURATE_PARAMS = ["teacher_labels", "max_teacher_labelled", "near_duplicate_threshold",
+                 "min_judge_agreement"]
+EVALUATE_PARAMS = ["latency_queries", "icl_examples", "general_text_docs",
+                   "price_per_device_hour"]
+
+
+def _params() -> dict[str, Param]:
+    """The trigger form, generated from the pydantic models that declare each setting (its
+    default, bounds and description live there alone: tasks.core.params)."""
+    from tasks.core.params import CycleSettings, param_specs
+    from tasks.core.workload import WorkloadSettings
+    from tasks.curation.curate import CurateConfig
+    from tasks.curation.judge import JudgeConfig
+    from tasks.curation.review import ReviewConfig
+    from tasks.evaluation.gate import GateThresholds
+    from tasks.evaluation.scoring import EvaluateConfig
+
+    specs = {
+        **param_specs(WorkloadSettings, ["workload_id", "workloads_dir"],
+                      defaults={"workload_id": WORKLOAD_ID}),
+        **param_specs(CycleSettings),
+        **param_specs(GateThresholds),
+        # a cycle shows each base in context and checks forgetting; one model's evaluation
+        # from the command line does neither unless asked
+        **param_specs(EvaluateConfig, EVALUATE_PARAMS,
+                      defaults={"icl_examples": 4, "general_text_docs": 200}),
+        **param_specs(JudgeConfig, JUDGE_PARAMS),
+        # experts review in the UI unless the run says otherwise (the demo: simulated)
+        **param_specs(ReviewConfig, REVIEW_PARAMS, defaults={"sme_review": "ui"}),
+        **param_specs(CurateConfig, CURATE_PARAMS),
+    }
+    return {name: Param(**spec) for name, spec in specs.items()}
+
+
 def _window(params: dict) -> dict:
     """The run's window of records as ``start``/``end``, the same for every task of the run and
     every retry (tasks.core.clock.run_window: the data interval's end, else ``run_after``)."""
@@ -124,116 +160,7 @@ def _cycle_id(context) -> str:
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
     tags=["flywheel"],
     doc_md=__doc__,
-    params={
-        "workload_id": Param(WORKLOAD_ID, type="string", minLength=1,
-                             description="Which agent's logs to learn from (its workload file "
-                                         "<workload_id>.yaml)."),
-        "workloads_dir": Param(None, type=["null", "string"],
-                               description="Folder of workload files (<workload_id>.yaml); "
-                                           "empty = $FLYWHEEL_WORKLOADS, then the shipped "
-                                           "ones."),
-        # items typed: the trigger form shows a JSON field, so a whole entry reads as JSON
-        "candidates": Param(DEFAULT_CANDIDATES, type="array", minItems=1,
-                            items={"type": ["string", "object"]},
-                            description="Candidate names from the catalog (or whole entries). "
-                                        "Left as it is, the workload file's candidates are "
-                                        "trained where it names some."),
-        "min_accuracy": Param(0.70, type="number", minimum=0, maximum=1,
-                              description="Gate: minimum test accuracy."),
-        "max_p95_latency_ms": Param(1000.0, type="number", exclusiveMinimum=0,
-                                    description="Gate: maximum p95 latency in milliseconds."),
-        "max_accuracy_drop": Param(0.0, type="number", minimum=0, maximum=1,
-                                   description="Gate: how far below the champion (same test "
-                                               "queries, point estimate) a challenger may be "
-                                               "and still count as equal; it must then be "
-                                               "cheaper. Otherwise only a significantly better "
-                                               "one passes; a significantly worse one never."),
-        "min_saving": Param(0.1, type="number", minimum=0, exclusiveMaximum=1,
-                            description="Gate: how much cheaper (cost per 1,000 requests, else "
-                                        "p95), as a share, a challenger of equal accuracy must "
-                                        "be to replace the champion (latency noise must not "
-                                        "swap it)."),
-        "alpha": Param(0.05, type="number", exclusiveMinimum=0, maximum=0.5,
-                       description="Gate: significance level of the paired tests (McNemar exact "
-                                   "on the queries where challenger and champion disagree); "
-                                   "intervals are at 1 - alpha."),
-        "min_paired_queries": Param(100, type="integer", minimum=1,
-                                    description="Gate: below this many test queries scored by "
-                                                "both, a challenger cannot be shown better than "
-                                                "the champion (not enough evidence)."),
-        "window_days": Param(7, type="integer", minimum=1, maximum=3650,
-                             description="Use records from the last N days of the run's window."),
-        "latency_queries": Param(40, type="integer", minimum=1,
-                                 description="Test queries timed one at a time per model."),
-        "max_train_steps": Param(None, type=["null", "integer"], minimum=1,
-                                 description="Cap optimizer steps (quick runs); empty = no cap."),
-        "max_drop_vs_teacher": Param(0.03, type=["null", "number"], minimum=0, maximum=1,
-                                     description="Gate: allowed drop of the candidate's test "
-                                                 "accuracy below the teacher's on its traffic "
-                                                 "audit (paired on the traffic-audit test "
-                                                 "queries where enough); empty = not checked."),
-        "min_teacher_evidence": Param(30, type="integer", minimum=1,
-                                      description="Gate: traffic-audit records the teacher must "
-                                                  "be graded on; fewer: the teacher check fails "
-                                                  "(not enough evidence)."),
-        "min_speedup": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                             description="Gate: minimum teacher p95 / candidate p95; "
-                                         "empty = not checked."),
-        "general_text_docs": Param(200, type="integer", minimum=0, maximum=100_000,
-                                   description="Forgetting check: general-text documents each "
-                                               "causal candidate and its base score (bits per "
-                                               "byte); 0 = off."),
-        "max_forgetting": Param(None, type=["null", "number"], minimum=0,
-                                description="Gate: maximum rise in bits per byte on general "
-                                            "text over the candidate's base; empty = reported, "
-                                            "not checked."),
-        "tie_margin": Param(0.01, type="number", minimum=0, maximum=1,
-                            description="Gate: accuracies this close tie; the cheapest wins."),
-        "icl_examples": Param(4, type="integer", minimum=0, maximum=32,
-                              description="Baseline: retrieved train examples in each base "
-                                          "model's prompt (0 = no in-context baseline)."),
-        "price_per_device_hour": Param(1.0, type="number", minimum=0,
-                                       description="Price of one device-hour, for cost per "
-                                                   "1,000 requests."),
-        "auto_approve": Param(False, type="boolean",
-                              description="flywheel_promotion promotes this cycle's challenger "
-                                          "without asking a reviewer (demo, tests)."),
-        "judge_backend": Param("knn-vote", enum=["knn-vote", "openai"],
-                               description="Who flags routing errors: labelled neighbours in "
-                                           "Qdrant (offline) or an OpenAI-compatible LLM."),
-        "judge_endpoint_url": Param(None, type=["null", "string"],
-                                    description="openai judge: base URL (key from "
-                                                "$FLYWHEEL_JUDGE_API_KEY)."),
-        "judge_model": Param(None, type=["null", "string"],
-                             description="openai judge: model name."),
-        "sme_review": Param("ui", enum=["ui", "skip", "simulated"],
-                            description="Who reviews the judge's flags: experts in the UI "
-                                        "(waits up to 12 h), nobody, or a simulated SME (the "
-                                        "demo only: it reads the simulator's gold labels)."),
-        "sme_capacity": Param(200, type="integer", minimum=0,
-                              description="Flagged, audit and novel items the simulated SME "
-                                          "answers per cycle."),
-        "traffic_audit_size": Param(40, type="integer", minimum=0, maximum=100_000,
-                                    description="Review: records of the window the teacher "
-                                                "routed, sampled at random whatever their "
-                                                "feedback and queued for experts each cycle "
-                                                "(beside sme_capacity); the teacher is graded "
-                                                "on them alone. 0 = off."),
-        "min_judge_agreement": Param(0.7, type="number", minimum=0, maximum=1,
-                                     description="Judge/SME agreement below which the "
-                                                 "calibration alarm is raised."),
-        "teacher_labels": Param("off", enum=["off", "train"],
-                                description="Curation: 'train' adds the teacher's own routes of "
-                                            "unrated records to the training split (thumbs-down "
-                                            "and expert labels override; the test split stays "
-                                            "expert-graded); 'off': curated labels only."),
-        "max_teacher_labelled": Param(None, type=["null", "integer"], minimum=1,
-                                      description="Curation: at most this many teacher-labelled "
-                                                  "training rows; empty = no cap."),
-        "near_duplicate_threshold": Param(0.95, type="number", exclusiveMinimum=0, maximum=1,
-                                          description="Cosine at or above which queries are "
-                                                      "near-duplicates (de-dup, leakage)."),
-    },
+    params=_params(),
 )
 def flywheel_cycle():
     @task(execution_timeout=QUICK)
@@ -261,16 +188,12 @@ def flywheel_cycle():
 
     @task(execution_timeout=JUDGING)
     def attribute(validated: dict, params: dict | None = None) -> dict:
-
+        from tasks.core.params import config_from
         from tasks.curation.judge import JudgeConfig
         from tasks.curation.judge import attribute as run
 
-        config = JudgeConfig(workload_id=params["workload_id"],
-                             workloads_dir=params.get("workloads_dir"), **_window(params),
-                             backend=params["judge_backend"],
-                             endpoint_url=params.get("judge_endpoint_url"),
-                             model=params.get("judge_model"))
-        return run(config).model_dump(mode="json")
+        return run(config_from(JudgeConfig, params, JUDGE_PARAMS, **_window(params))
+                   ).model_dump(mode="json")
 
     @task.branch(execution_timeout=QUICK)
     def route_review(params: dict | None = None) -> list[str]:
@@ -292,6 +215,7 @@ def flywheel_cycle():
     def review(attributed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
+        from tasks.core.params import config_from
         from tasks.curation.review import ReviewConfig
         from tasks.curation.review import review as run
 
@@ -299,31 +223,23 @@ def flywheel_cycle():
         answer = None
         if params["sme_review"] == "ui":
             answer = context["ti"].xcom_pull(task_ids="sme_review_ui")
-        config = ReviewConfig(workload_id=params["workload_id"], mode=params["sme_review"],
-                              workloads_dir=params.get("workloads_dir"), **_window(params),
-                              sme_capacity=params["sme_capacity"],
-                              traffic_audit_size=params["traffic_audit_size"],
-                              min_agreement=params["min_judge_agreement"],
-                              ui_response=answer,
-                              ui_items=[item["record_id"] for item in attributed["preview"]])
+        config = config_from(ReviewConfig, params, REVIEW_PARAMS, **_window(params),
+                             ui_response=answer,
+                             ui_items=[item["record_id"] for item in attributed["preview"]])
         return run(config).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
     def curate(validated: dict, reviewed: dict, params: dict | None = None) -> dict:
         from airflow.sdk import get_current_context
 
+        from tasks.core.params import config_from
         from tasks.curation.curate import CurateConfig
         from tasks.curation.curate import curate as run
 
         # a retry returns the version the first try built (run_key), over the same window
-        config = CurateConfig(workload_id=params["workload_id"],
-                              workloads_dir=params.get("workloads_dir"), **_window(params),
-                              run_key=_cycle_id(get_current_context()),
-                              near_duplicate_threshold=params["near_duplicate_threshold"],
-                              min_judge_agreement=params["min_judge_agreement"],
-                              teacher_labels=params["teacher_labels"],
-                              max_teacher_labelled=params["max_teacher_labelled"])
-        return run(config).model_dump(mode="json")
+        return run(config_from(CurateConfig, params, **_window(params),
+                               run_key=_cycle_id(get_current_context()))
+                   ).model_dump(mode="json")
 
     @task(execution_timeout=QUICK)
     def plan_candidates(queue: str, params: dict | None = None) -> list[dict]:

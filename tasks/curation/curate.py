@@ -87,6 +87,7 @@ from tasks.core.workload import (
     WorkloadSettings,
     teacher_models,
 )
+from tasks.curation.review import CalibrationSettings, NoveltySettings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,7 +106,7 @@ class NotEnoughData(UserError, RuntimeError):
     """Fewer labelled examples than ``min_examples``; the message shows the funnel."""
 
 
-class CurateConfig(WorkloadSettings):
+class CurateConfig(WorkloadSettings, CalibrationSettings, NoveltySettings):
     """Settings of ``flywheel curate``."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
@@ -129,12 +130,6 @@ class CurateConfig(WorkloadSettings):
     out_of_scope: Literal["label", "drop"] = Field(
         "label", description="Queries labelled with the fallback expert: keep them as a class "
                              "the router learns ('label') or leave them out ('drop')")
-    novelty_threshold: float = Field(0.55, ge=-1.0, le=1.0,
-                                     description="An unlabelled query whose nearest labelled "
-                                                 "query is less similar (cosine) is novel")
-    min_judge_agreement: float = Field(0.7, ge=0.0, le=1.0,
-                                       description="Judge/expert agreement below which the "
-                                                   "funnel raises the calibration alarm")
     qdrant_url: str | None = Field(None, description="Qdrant server (default "
                                                      "$FLYWHEEL_QDRANT_URL; none: local mode)")
     teacher_labels: Literal["off", "train"] = Field(

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tasks.core.clock import now_iso
 from tasks.core.errors import validation_problems
 from tasks.core.workload import WorkloadSettings
-from tasks.curation.review import ReviewStore, confirmed_labels
+from tasks.curation.review import NoveltySettings, ReviewStore, confirmed_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,7 @@ PROMPTS = Path(__file__).resolve().parent / "judge_prompts"
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
-class JudgeConfig(WorkloadSettings):
+class JudgeConfig(WorkloadSettings, NoveltySettings):
     """Settings of ``flywheel attribute``."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
@@ -89,9 +89,6 @@ class JudgeConfig(WorkloadSettings):
     audit_fraction: float = Field(0.1, ge=0.0, le=1.0,
                                   description="Share of the records the judge clears (or "
                                               "abstains on) also sent to experts, to measure it")
-    novelty_threshold: float = Field(0.55, ge=-1.0, le=1.0,
-                                     description="An unlabelled query whose nearest labelled "
-                                                 "query is less similar (cosine) is novel")
     max_novel: int = Field(25, ge=0, le=100_000,
                            description="Novel queries queued for experts per run, most novel "
                                        "first")

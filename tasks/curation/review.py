@@ -279,7 +279,7 @@ def _missing(value: Any) -> bool:
 
 
 def calibration(store: ReviewStore, record_ids: set[str] | None = None,
-                min_agreement: float = 0.7, min_items: int = 10) -> dict[str, Any]:
+                min_agreement: float | None = None, min_items: int = 10) -> dict[str, Any]:
     """How often the judge agrees with the experts on "was the route wrong?".
 
     Counts records with both a judgement (not an abstention or an error) and an expert decision
@@ -293,6 +293,8 @@ def calibration(store: ReviewStore, record_ids: set[str] | None = None,
     """
     from sklearn.metrics import cohen_kappa_score
 
+    if min_agreement is None:
+        min_agreement = CalibrationSettings().min_judge_agreement
     judged, decided, queue = store.judgements(), store.decisions(), store.queue()
     pairs = []
     for rid, verdict in judged.items():
@@ -348,7 +350,23 @@ def announce_calibration(cal: dict[str, Any], judge: str | None = None) -> None:
 # ------------------------------------------------------------------------------------ the stage
 
 
-class ReviewConfig(WorkloadSettings):
+class CalibrationSettings(BaseModel):
+    """How well the judge must agree with the experts (review, its status and curation share
+    it)."""
+
+    min_judge_agreement: float = Field(0.7, ge=0.0, le=1.0, description=(
+        "Judge/expert agreement below which the judge's calibration is reported as an alarm "
+        "(over at least 10 records both decided)"))
+
+
+class NoveltySettings(BaseModel):
+    """When a query counts as novel (the judge queues novel ones; curation counts them)."""
+
+    novelty_threshold: float = Field(0.55, ge=-1.0, le=1.0, description=(
+        "An unlabelled query whose nearest labelled query is less similar (cosine) is novel"))
+
+
+class ReviewConfig(WorkloadSettings, CalibrationSettings):
     """Settings of ``flywheel review`` (the stage)."""
 
     home: str | None = Field(None, description="Flywheel home folder (default $FLYWHEEL_HOME "
@@ -381,9 +399,6 @@ class ReviewConfig(WorkloadSettings):
                                               "wrong (a random other expert)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the traffic audit's sample "
                                                          "and of the simulated SME's mistakes")
-    min_agreement: float = Field(0.7, ge=0.0, le=1.0,
-                                 description="Judge/SME agreement below which the judge's "
-                                             "calibration is reported as an alarm")
     ui_response: dict[str, Any] | None = Field(
         None, description="The Airflow UI review task's answer (chosen_options, params_input), "
                           "for mode 'ui'")
@@ -547,7 +562,7 @@ def review(config: ReviewConfig) -> ReviewResult:
         else:
             decisions = []
         store.append("decisions", decisions)
-        cal = calibration(store, min_agreement=config.min_agreement)
+        cal = calibration(store, min_agreement=config.min_judge_agreement)
         store.append("calibration", [{"at": now_iso(), "mode": config.mode,
                                       "decided": len(decisions), **cal}])
         pending = len(store.pending())
@@ -685,12 +700,11 @@ class ImportConfig(WorkloadSettings):
                                                                     "with every decision)")
 
 
-class StatusConfig(WorkloadSettings):
+class StatusConfig(WorkloadSettings, CalibrationSettings):
     """Settings of ``flywheel review status``: the workload's file is read, so an unknown
     workload is refused rather than reported as an empty queue."""
 
     home: str | None = Field(None, description="Flywheel home folder")
-    min_agreement: float = Field(0.7, ge=0.0, le=1.0, description="Calibration alarm floor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"review {st.workload_id}: {len(queue)} queued {reasons}, "
                   f"{len(store.decisions())} decided, {len(store.pending())} pending; "
                   f"traffic audit sample {len(store.traffic_audit())} record(s)")
-            announce_calibration(calibration(store, min_agreement=st.min_agreement))
+            announce_calibration(calibration(store, min_agreement=st.min_judge_agreement))
         else:
             config = parse_config(ReviewConfig, argv, prog="flywheel review",
                                   description=__doc__.split("\n\n")[0] if __doc__ else None)
