@@ -50,8 +50,10 @@ airflow-ui: setup
 mlflow-ui: setup
 	$(BIN)/flywheel serve mlflow
 
+# ruff over the code, then mypy over the packages [tool.mypy] in pyproject.toml names
 lint: setup
 	$(BIN)/ruff check dags tasks plugins tests
+	$(BIN)/mypy
 
 # The reference pages in docs/ (mkdocs.yml): --strict fails on a broken link or anchor and on a
 # page missing from the navigation. The site goes to site/, which git ignores.

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 #: The tool the router calls to hand a query to an expert (OpenAI function-calling format).
 ROUTE_TOOL = "route_to"
@@ -181,7 +185,8 @@ def worker_hostname() -> str:
     return os.environ.get("FLYWHEEL_WORKER_NAME") or socket.getfqdn()
 
 
-def utc_window(start, end):
+def utc_window(start: datetime | None, end: datetime | None
+               ) -> tuple[datetime | None, datetime | None]:
     """A time window ``(start, end)`` with naive datetimes read as UTC; ``end`` must be after
     ``start`` when both are given (either may be None: an open end).
 

@@ -20,7 +20,7 @@ a fine-tuned adapter's accuracy under lm-eval the accuracy it has in production.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PROMPT_TEMPLATE = "Route this employee question to one expert.\nQuery: {query}\nExpert:"
@@ -71,11 +71,13 @@ def render_prompt(query: str, experts: Sequence[str] | None = None,
         return format_prompt(query)
     messages = [{"role": "system", "content": system_message(experts, system)},
                 {"role": "user", "content": _clean(query)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text
 
 
-def render_icl_prompt(query: str, shots: Sequence[dict], experts: Sequence[str] | None = None,
-                      tokenizer: Any = None, system: str | None = None) -> str:
+def render_icl_prompt(query: str, shots: Sequence[Mapping[str, Any]],
+                      experts: Sequence[str] | None = None, tokenizer: Any = None,
+                      system: str | None = None) -> str:
     """The prompt preceded by solved examples (``{"query", "expert"}``, nearest last), each in
     the very format the model is asked to complete: earlier chat turns for a chat model, plain
     prompt + answer blocks otherwise."""
@@ -88,7 +90,8 @@ def render_icl_prompt(query: str, shots: Sequence[dict], experts: Sequence[str] 
         messages += [{"role": "user", "content": _clean(shot["query"])},
                      {"role": "assistant", "content": format_target(shot["expert"])}]
     messages.append({"role": "user", "content": _clean(query)})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text
 
 
 def end_token_id(tokenizer: Any) -> int:
@@ -98,7 +101,8 @@ def end_token_id(tokenizer: Any) -> int:
             token_id = tokenizer.convert_tokens_to_ids(name)
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
                 return token_id
-    return tokenizer.eos_token_id
+    eos_token_id: int = tokenizer.eos_token_id
+    return eos_token_id
 
 
 def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None,
@@ -108,8 +112,8 @@ def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None,
     The plain rendering starts with the tokenizer's BOS (when it has one); a chat template
     writes its own special tokens.
     """
-    ids = tokenizer(render_prompt(query, experts, tokenizer, system),
-                    add_special_tokens=False)["input_ids"]
+    ids: list[int] = tokenizer(render_prompt(query, experts, tokenizer, system),
+                               add_special_tokens=False)["input_ids"]
     if not uses_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids
     return ids
@@ -117,7 +121,7 @@ def prompt_ids(tokenizer: Any, query: str, experts: Sequence[str] | None = None,
 
 def answer_ids(tokenizer: Any, expert: str) -> list[int]:
     """Token ids of the trained answer: `` <expert>`` then the end token."""
-    ids = tokenizer(format_target(expert), add_special_tokens=False)["input_ids"]
+    ids: list[int] = tokenizer(format_target(expert), add_special_tokens=False)["input_ids"]
     return ids + [end_token_id(tokenizer)]
 
 

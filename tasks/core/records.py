@@ -225,14 +225,14 @@ def route_of(response: Any, decision: Decision | None = None) -> str:
         raise RecordError("response.choices[0].message is missing") from exc
     if not isinstance(message, dict):
         raise RecordError("response.choices[0].message is not an object")
-    calls = [call.get("function") for call in message.get("tool_calls") or []
-             if isinstance(call, dict) and isinstance(call.get("function"), dict)]
+    calls = [function for call in message.get("tool_calls") or []
+             if isinstance(call, dict) and isinstance(function := call.get("function"), dict)]
     content = message.get("content")
     text = content.strip() if isinstance(content, str) and content.strip() else None
     if decision.kind == "function_name":
         for function in calls:
-            if isinstance(function.get("name"), str) and function["name"]:
-                return function["name"]
+            if isinstance(name := function.get("name"), str) and name:
+                return name
         raise RecordError("response has no tool call naming a function (the workload's "
                           "decision is the function's name)")
     if decision.kind == "content":
@@ -249,9 +249,10 @@ def route_of(response: Any, decision: Decision | None = None) -> str:
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
         except json.JSONDecodeError as exc:
             raise RecordError(f"{tool} arguments are not valid JSON: {exc.msg}") from exc
-        if not isinstance(arguments, dict) or not isinstance(arguments.get(argument), str):
+        value = arguments.get(argument) if isinstance(arguments, dict) else None
+        if not isinstance(value, str):
             raise RecordError(f"{tool} call has no string {argument!r} argument")
-        return arguments[argument]
+        return value
     if text is not None:
         return text
     raise RecordError(f"response has neither a {tool} tool call nor text content")

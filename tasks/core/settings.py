@@ -39,7 +39,8 @@ def build_parser(model: type[BaseModel], prog: str, description: str | None = No
         kind = "" if _is_scalar(field.annotation) else " (JSON)"
         default = field.default if field.default is not None else "none"
         # a yes/no setting reads as a switch too: ``--approve`` alone means ``--approve true``
-        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
+        switch: dict[str, Any] = ({"nargs": "?", "const": "true"}
+                                  if field.annotation is bool else {})
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, **switch,
                             help=f"{field.description or ''}{kind} [default: {default}]")
     return parser

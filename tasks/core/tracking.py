@@ -8,6 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from mlflow.entities import Experiment
+    from mlflow.tracking.fluent import ActiveRun
 
 from tasks.core.config import Paths, get_paths, mlflow_artifact_root, mlflow_tracking_uri
 
@@ -24,7 +31,7 @@ def registered_model_name(workload_id: str) -> str:
     return f"flywheel-{workload_id}"
 
 
-def configure(paths: Paths | None = None):
+def configure(paths: Paths | None = None) -> ModuleType:
     """Point MLflow at the configured tracking URI; returns the ``mlflow`` module."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -45,14 +52,15 @@ def ensure_experiment(workload_id: str, paths: Paths | None = None) -> str:
     """The experiment id of a workload, created with a local artifact root when embedded."""
     mlflow = configure(paths)
     name = experiment_name(workload_id)
-    experiment = mlflow.get_experiment_by_name(name)
+    experiment: Experiment | None = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     # an embedded store keeps artifacts under the home; a tracking server decides for itself
     embedded = mlflow.get_tracking_uri().startswith(("sqlite:", "file:", "/"))
     location = mlflow_artifact_root(paths) if embedded else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        created: str = mlflow.create_experiment(name, artifact_location=location)
+        return created
     except Exception:  # created concurrently by another task: use theirs
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
@@ -62,7 +70,7 @@ def ensure_experiment(workload_id: str, paths: Paths | None = None) -> str:
 
 @contextmanager
 def run(workload_id: str, run_name: str | None = None, run_id: str | None = None,
-        tags: dict[str, str] | None = None, paths: Paths | None = None) -> Iterator:
+        tags: dict[str, str] | None = None, paths: Paths | None = None) -> Iterator[ActiveRun]:
     """Start (or resume, given ``run_id``) an MLflow run in the workload's experiment."""
     mlflow = configure(paths)
     experiment_id = ensure_experiment(workload_id, paths)

@@ -243,7 +243,7 @@ class WorkloadSettings(BaseModel):
             return None
 
 
-def manifest_experts(manifest: dict) -> tuple[list[str], str | None]:
+def manifest_experts(manifest: dict[str, Any]) -> tuple[list[str], str | None]:
     """The label space a curated dataset version was made over: (experts, fallback expert).
 
     Versions curated before datasets carried their workload's fallback expert name

@@ -91,9 +91,10 @@ def open_decider(family: str | None, base_model_path: str, adapter_dir: str | No
                  fallback: str | None = None, system: str | None = None) -> Decider:
     """The model of ``family`` over these weights, loaded as it is served (its scope guard,
     where one was saved beside the weights, included)."""
-    return _resolve(get_family(family).decider)(base_model_path, adapter_dir, threads=threads,
-                                                experts=experts, fallback=fallback,
-                                                system=system)
+    decider: Decider = _resolve(get_family(family).decider)(
+        base_model_path, adapter_dir, threads=threads, experts=experts, fallback=fallback,
+        system=system)
+    return decider
 
 
 def evaluate_weights(family: str | None, config: Any, note: str | None = None) -> Any:
@@ -101,12 +102,14 @@ def evaluate_weights(family: str | None, config: Any, note: str | None = None) -
     return _resolve(get_family(family).evaluate)(config, note=note)
 
 
-def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
+def evaluate_candidate(trained: dict[str, Any], dataset_dir: str, workload_id: str, cycle_id: str,
                        latency_queries: int = 40, home: str | None = None,
-                       limit: int | None = None, **settings: Any) -> dict:
+                       limit: int | None = None, **settings: Any) -> dict[str, Any]:
     """A trained candidate (the finetune stage's result) evaluated as its family says, beside
     its base model: ``{"candidate", "base_model", "family", "mlflow_run_id", "dataset_version",
     "finetuned", "base", "base_icl", "forgetting_bpb", "forgetting_applies"}``."""
     run = _resolve(get_family(trained.get("family")).candidate)
-    return run(trained, dataset_dir, workload_id, cycle_id, latency_queries=latency_queries,
-               home=home, limit=limit, **settings)
+    result: dict[str, Any] = run(trained, dataset_dir, workload_id, cycle_id,
+                                 latency_queries=latency_queries, home=home, limit=limit,
+                                 **settings)
+    return result
