@@ -96,7 +96,7 @@ def _settings(params: dict) -> dict:
 JUDGE_PARAMS = {"judge_backend": "backend", "judge_endpoint_url": "endpoint_url",
                 "judge_model": "model"}
 REVIEW_PARAMS = {"sme_review": "mode", "sme_capacity": "sme_capacity",
-                 "traffic_audit_size": "traffic_audit_size"}
+                 "traffic_audit_size": "traffic_audit_size", "gold_labels": "gold_labels"}
 CURATE_PARAMS = ["teacher_labels", "max_teacher_labelled", "near_duplicate_threshold",
                  "min_judge_agreement"]
 EVALUATE_PARAMS = ["latency_queries", "icl_examples", "general_text_docs",
@@ -296,8 +296,8 @@ def flywheel_cycle():
     def evaluate_teacher(dataset: dict, params: dict | None = None) -> dict:
         from tasks.evaluation.evaluate import teacher_baseline
 
-        return teacher_baseline(dataset["dataset_dir"], workload_id=params["workload_id"]
-                                ).model_dump(mode="json")
+        return teacher_baseline(dataset["dataset_dir"], workload_id=params["workload_id"],
+                                gold_labels=params.get("gold_labels")).model_dump(mode="json")
 
     @task(max_active_tis_per_dagrun=1, execution_timeout=EVALUATING)
     def evaluate_champion(dataset: dict, params: dict | None = None) -> dict:

@@ -90,10 +90,20 @@ def flywheel_promotion():
         answer = ti.xcom_pull(task_ids="approve") or ti.xcom_pull(task_ids="auto_approve")
         return promote_challenger(pending, approved_by(answer))
 
+    @task
+    def report(promoted: dict, pending: dict) -> bool:
+        """The challenger's cycle report rendered again with the promotion, its MLflow run
+        tagged with who serves now."""
+        from tasks.reporting.report import record_promotion
+
+        if not (promoted.get("promoted") and pending.get("cycle_id")):
+            return False
+        return record_promotion(pending["cycle_id"], pending["workload_id"])
+
     pending = challenger()
     approved = [approve, auto_approve()]
     approval_route(pending) >> approved
-    approved >> promote(pending)
+    report(approved >> promote(pending), pending)
 
 
 flywheel_promotion()

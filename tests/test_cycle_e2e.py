@@ -31,7 +31,11 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     dag = DagBag(dag_folder="dags").dags["flywheel_cycle"]
     candidate = {"name": "xs-lora", "base_model": TEST_BASE, "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
+    from tasks.core.config import get_paths
+    from tasks.demo.simulate import gold_labels
+
     conf = {"sme_review": "simulated", "candidates": [candidate], "min_accuracy": 0.0,
+            "gold_labels": str(gold_labels(get_paths(str(session_home)))),
             "max_p95_latency_ms": 60000,
             "window_days": 3, "latency_queries": 5, "max_train_steps": 15,
             "icl_examples": 2, "auto_approve": True, "general_text_docs": 20,
@@ -48,8 +52,10 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     client = mlflow.MlflowClient()
     # the cycle ends at registration: nothing is served until the promotion DAG approves
     version = client.get_model_version_by_alias("flywheel-router", "challenger")
-    reports = sorted(session_home.glob("runs/*/report.json"))
-    assert reports, "the cycle wrote no report"
+    from tasks.core.config import run_folder_name
+
+    reports = [session_home / "runs" / run_folder_name(run.run_id) / "report.json"]
+    assert reports[-1].is_file(), "the cycle wrote no report"
     before = json.loads(reports[-1].read_text())
     assert before["promoted"] is None and before["champion"]["version"] is None
     assert "waits for approval in the DAG flywheel_promotion" in reports[-1].with_name(
@@ -70,7 +76,10 @@ def test_flywheel_cycle_registers_a_model(session_home, airflow_db, xs_base_mode
     assert all(version.tags["dataset_version"] in i.dataset.name for i in inputs)
     assert float(version.tags["latency_p95_ms"]) > 0
 
-    report = json.loads(reports[-1].read_text())
+    assert json.loads(reports[-1].read_text()) == before  # written once, by the report task
+    from tasks.reporting.report import load_report
+
+    report = load_report(reports[-1].parent.name, str(session_home))
     assert report["registered"]["version"] == str(version.version)
     # registered as challenger, approved (auto_approve) in flywheel_promotion, promoted; the
     # promotion is written into the cycle's report
@@ -213,13 +222,16 @@ def test_a_second_workload_runs_by_configuration_only(session_home, airflow_db, 
     desk_workload(folder, grown)
     (landing / "desk-agent-2.jsonl").write_text("".join(
         json.dumps(r) + "\n" for r in desk_records(400, grown, seed=4, prefix="desk2")))
-    assert dag.test(run_conf=conf).state == DagRunState.SUCCESS
+    second = dag.test(run_conf=conf)
+    assert second.state == DagRunState.SUCCESS
     dataset = json.loads((session_home / "datasets" / "desk" / "latest.json").read_text())
     manifest = json.loads((Path(dataset["dataset_dir"]) / "manifest.json").read_text())
     assert manifest["experts"] == list(grown)
     assert manifest["label_space_change"] == {"added": ["hr"], "removed": []}
     assert manifest["counts"]["test"].get("hr", 0) > 0
-    newest = sorted(session_home.glob("runs/*/report.json"), key=lambda p: p.stat().st_mtime)[-1]
+    from tasks.core.config import run_folder_name
+
+    newest = session_home / "runs" / run_folder_name(second.run_id) / "report.json"
     report = json.loads(newest.read_text())
     before = report["champion_before"]["evaluation"]
     assert report["champion_before"]["version"] == str(version.version)

@@ -136,7 +136,8 @@ def test_promotion_dag_runs_on_the_challenger_asset_and_waits_for_a_reviewer(dag
     assert [a.name for a in dag.timetable.asset_condition.objects] == [CHALLENGER_ASSET]
     assert dag.max_active_runs > 1  # one challenger waiting never blocks the next
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
-    assert downstream["challenger"] == {"approval_route", "promote"}
+    assert downstream["challenger"] == {"approval_route", "promote", "report"}
+    assert downstream["promote"] == {"report"}  # the cycle's report shows the promotion
     assert downstream["approval_route"] == {"approve", "auto_approve"}
     assert downstream["approve"] == {"promote"} and downstream["auto_approve"] == {"promote"}
     approve = dag.get_task("approve")

@@ -279,7 +279,9 @@ def test_teacher_is_graded_on_the_traffic_audit_only(tmp_path, monkeypatch):
     pd.DataFrame({"id": list(routes), "gold_expert": ["banking"] * len(routes)}).to_parquet(
         truth / "truth-router.parquet")
 
-    result = teacher_baseline(str(dataset), home=str(tmp_path))
+    assert teacher_baseline(str(dataset), home=str(tmp_path)).oracle_accuracy is None  # not given
+    result = teacher_baseline(str(dataset), home=str(tmp_path),
+                              gold_labels=str(truth / "truth-router.parquet"))
     assert result.workload_id == "router" and result.model == "teacher-70b"
     assert result.n_test == 14  # up0-5, ta1-4, flag1-4: the test queries its logs answer
     # ta1-ta8 and flagged-ta: 7 of 9 right (ta2 and flagged-ta wrong)

@@ -180,3 +180,35 @@ def test_the_family_check_sees_a_branch(tmp_path):
         assert family_branches(package, {"encoder"}) == ["tasks/bad.py:2", "tasks/bad.py:4"]
     finally:
         ROOT = saved
+
+
+def simulator_reads(package: Path) -> list[str]:
+    """``file:line`` of every use of the simulator's folder (``paths.simulator``) or its gold
+    files outside the demo: production code gets gold labels only when handed them."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("tasks/demo/") or relative == "tasks/core/config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr == "simulator") or (
+                    isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and "truth-" in node.value):
+                found.append(f"{relative}:{node.lineno}")
+    return found
+
+
+def test_no_production_module_reads_simulator_files():
+    assert simulator_reads(PACKAGE) == []
+
+
+def test_the_simulator_check_sees_a_read(tmp_path):
+    package = tmp_path / "tasks"
+    package.mkdir()
+    (package / "bad.py").write_text('def f(paths):\n    return paths.simulator / "truth-x"\n')
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert simulator_reads(package) == ["tasks/bad.py:2", "tasks/bad.py:2"]
+    finally:
+        ROOT = saved

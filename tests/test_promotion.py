@@ -136,6 +136,7 @@ def test_an_approved_challenger_is_promoted_into_its_cycle_report_and_a_stale_on
 
     from tasks.core.config import get_paths
     from tasks.registry.promotion import challenger_event, promote_challenger
+    from tasks.reporting.report import load_report, record_promotion
 
     first = register_one(home, tmp_path, "a", 0.8, "c1", workload="late")
     second = register_one(home, tmp_path, "b", 0.85, "c2", workload="late")
@@ -149,10 +150,14 @@ def test_an_approved_challenger_is_promoted_into_its_cycle_report_and_a_stale_on
                      "latency_p95_ms": None, "changed": False},
         "history": [{"cycle": "c2", "version": None}]}))
 
+    written = (folder / "report.json").read_text()
     promoted = promote_challenger(challenger_event(second, "late", "c2", False, decision("b")),
                                   "carol", home)
     assert promoted["promoted"] and promoted["version"] == "2"
-    report = json.loads((folder / "report.json").read_text())
+    assert json.loads((folder / "promoted.json").read_text())["version"] == "2"
+    assert record_promotion("c2", "late", home)  # the promotion DAG's last task
+    assert (folder / "report.json").read_text() == written  # written once, by the report task
+    report = load_report("c2", home)
     assert report["champion"]["version"] == "2" and report["champion"]["accuracy"] == 0.85
     assert report["history"][-1]["version"] == "2"
     assert "Approved and promoted: version 2" in (folder / "report.html").read_text()

@@ -118,8 +118,13 @@ def test_flywheel_register_registers_a_finished_cycles_winner_once(tmp_path, cap
     args = ["register", "--cycle-id", "c9", "--home", home, "--decision", str(relaxed)]
     assert cli(args) == 0
     assert "flywheel-cli version 1 registered (alias challenger)" in capsys.readouterr().out
-    recorded = json.loads((folder / "report.json").read_text())["registered"]
+    # recorded in its own file: the report task's report.json is never rewritten
+    assert json.loads((folder / "report.json").read_text()) == report
+    recorded = json.loads((folder / "registered.json").read_text())
     assert recorded["registered"] and recorded["candidate"] == "m"
+    from tasks.reporting.report import load_report
+
+    assert load_report("c9", home)["registered"]["version"] == recorded["version"]
     assert cli(args) == 0  # again: named, not registered twice
     assert "version 1 was registered by the cycle already" in capsys.readouterr().out
 

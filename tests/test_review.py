@@ -168,8 +168,11 @@ def test_simulated_sme_answers_late_items_next_cycle(home: Path) -> None:
                   "gold_expert": ["travel", "banking", "out_of_scope", "out_of_scope"]}
                  ).to_parquet(truth)
     # the other reasons only here (the traffic audit has its own budget, tested below)
+    # the gold labels are handed over (the demo hands over the simulator's); never looked for
+    with pytest.raises(ReviewError, match="gold labels"):
+        review(ReviewConfig(home=str(home), mode="simulated", traffic_audit_size=0))
     first = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2,
-                                traffic_audit_size=0))
+                                traffic_audit_size=0, gold_labels=str(truth)))
     assert first.decided == 2 and first.pending == 2 and first.source == SIMULATED_SOURCE
     store = ReviewStore(str(home), "router")
     decided = store.decisions()
@@ -179,7 +182,7 @@ def test_simulated_sme_answers_late_items_next_cycle(home: Path) -> None:
     assert first.calibration["precision"] == 1.0 and first.calibration["kappa"] is None
 
     second = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=2,
-                                 traffic_audit_size=0))
+                                 traffic_audit_size=0, gold_labels=str(truth)))
     assert second.decided == 2 and second.pending == 0 and second.decided_total == 4
     assert store.decisions()["odd"]["label"] == "out_of_scope"
     skipped = review(ReviewConfig(home=str(home), mode="skip", traffic_audit_size=0))
@@ -316,7 +319,7 @@ def test_traffic_audit_has_its_own_budget_and_shows_its_reason(home: Path) -> No
 
     # sme_capacity 0: the flagged and novel items wait, the traffic audit is answered
     result = review(ReviewConfig(home=str(home), mode="simulated", sme_capacity=0,
-                                 traffic_audit_size=5))
+                                 traffic_audit_size=5, gold_labels=str(truth)))
     queued = {r for r, i in store.queue().items() if i["reason"] == TRAFFIC_AUDIT}
     decided = store.decisions()
     assert result.traffic_audit_queued == len(queued) > 0

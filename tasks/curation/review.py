@@ -394,6 +394,10 @@ class ReviewConfig(WorkloadSettings, CalibrationSettings):
     teacher_model: str | None = Field(
         None, description="The logged model whose records are the teacher's traffic (default: "
                           "every model not named flywheel-..., the flywheel's own routers)")
+    gold_labels: str | None = Field(None, description=(
+        "Known right answers for logged records (Parquet: id, gold_expert), which the "
+        "'simulated' reviewer answers from: a simulation's ground truth (the demo's traffic "
+        "simulator), never a real agent's"))
     sme_error_rate: float = Field(0.0, ge=0.0, le=0.5,
                                   description="Share of the simulated SME's answers that are "
                                               "wrong (a random other expert)")
@@ -429,27 +433,29 @@ class ReviewResult(BaseModel):
     calibration: dict[str, Any]
 
 
-def _truth_path(store: ReviewStore) -> Path:
-    truth_path = store.paths.simulator / f"truth-{store.workload_id}.parquet"
-    if not truth_path.exists():
-        raise ReviewError(f"simulated review needs the simulator's gold labels at {truth_path}; "
-                          "use --mode skip or ui when the logs come from a real agent")
-    return truth_path
+def _truth_path(gold_labels: str | None) -> Path:
+    if not gold_labels or not Path(gold_labels).expanduser().is_file():
+        raise ReviewError(f"simulated review needs a file of gold labels (gold_labels: "
+                          f"{gold_labels or 'not given'}); use --mode skip or ui when the logs "
+                          "come from a real agent")
+    return Path(gold_labels).expanduser()
 
 
 def simulate_sme(store: ReviewStore, capacity: int, error_rate: float, seed: int,
-                 experts: list[str], audit_capacity: int = 0) -> list[dict[str, Any]]:
+                 experts: list[str], audit_capacity: int = 0,
+                 gold_labels: str | None = None) -> list[dict[str, Any]]:
     """Answer pending items from the simulator's gold labels: up to ``capacity`` of the
     judge_flagged, audit and novel ones and up to ``audit_capacity`` traffic-audit ones, each
     oldest first.
 
-    A stand-in for people, for the demo and tests: it reads ``simulator/truth-<workload>.parquet``,
-    which the pipeline itself never reads. Every decision says so (``source="simulated-sme"``).
+    A stand-in for people, for the demo and tests: it reads ``gold_labels`` (Parquet with ``id``
+    and ``gold_expert``: the traffic simulator's), which the pipeline itself never reads. Every
+    decision says so (``source="simulated-sme"``).
     """
     import numpy as np
     import pandas as pd
 
-    gold = pd.read_parquet(_truth_path(store), columns=["id", "gold_expert"]
+    gold = pd.read_parquet(_truth_path(gold_labels), columns=["id", "gold_expert"]
                            ).drop_duplicates("id")
     gold_of = dict(zip(gold["id"], gold["gold_expert"], strict=True))
     rng = np.random.default_rng([seed, len(store.decisions())])
@@ -542,7 +548,7 @@ def review(config: ReviewConfig) -> ReviewResult:
     items: list[dict[str, Any]] = []
     with store.lock():
         if config.mode == "simulated":
-            _truth_path(store)  # fail before anything is written
+            _truth_path(config.gold_labels)  # fail before anything is written
         if config.traffic_audit_size:
             window = load_store(config.home, workload_id=config.workload_id, start=config.start,
                                 end=config.end)
@@ -553,7 +559,8 @@ def review(config: ReviewConfig) -> ReviewResult:
             store.append("queue", items)
         if config.mode == "simulated":
             decisions = simulate_sme(store, config.sme_capacity, config.sme_error_rate,
-                                     config.seed, config.experts, config.traffic_audit_size)
+                                     config.seed, config.experts, config.traffic_audit_size,
+                                     config.gold_labels)
             source = SIMULATED_SOURCE
         elif config.mode == "ui":
             decisions = apply_ui_response(store, config.ui_response, config.ui_items,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from tasks.core.clock import now_iso
 from tasks.core.config import get_paths
 from tasks.core.settings import parse_config
+from tasks.demo.simulate import gold_labels
 from tasks.stack.cycle import prepare_airflow, promote_challenger, run_cycle
 
 
@@ -227,7 +228,7 @@ def demo(config: DemoConfig) -> int:
                                          if config.teacher_labels == "train" else None),
                 "window_days": total_days + 2, "auto_approve": True,
                 # the simulator knows every query's gold expert: the demo's stand-in for people
-                "sme_review": "simulated"}
+                "sme_review": "simulated", "gold_labels": str(gold_labels(paths))}
         report = run_cycle(conf, env, paths, log_path)
         if report is None:
             print(f"Cycle {cycle} failed", file=sys.stderr)

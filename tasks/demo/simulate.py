@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.core.config import get_paths
+from tasks.core.config import Paths, get_paths
 from tasks.core.files import write_bytes_atomic, write_table_atomic
 from tasks.core.records import SCHEMA_VERSION, make_request, make_response
 from tasks.demo.clinc150 import DOMAIN_EXPERTS, EXPERTS, FALLBACK_EXPERT
@@ -180,6 +180,13 @@ class SimulateResult(BaseModel):
     teacher_accuracy_observed: float = Field(description="Teacher accuracy over well-formed "
                                                          "records (simulation oracle)")
     truth_path: str = Field(description="Gold labels; never read by the pipeline")
+
+
+def gold_labels(paths: Paths, workload_id: str = "router") -> Path:
+    """Where the simulator keeps every record's gold expert (Parquet: id, gold_expert, ...): what
+    the demo hands the simulated reviewer and the teacher's oracle figure as ``gold_labels``;
+    the pipeline never looks for it by itself."""
+    return paths.simulator / f"truth-{workload_id}.parquet"
 
 
 def _error_rates(config: SimulateConfig) -> tuple[float, float]:
@@ -456,7 +463,7 @@ def simulate(config: SimulateConfig) -> SimulateResult:
         files.append(str(path))
 
     paths.simulator.mkdir(parents=True, exist_ok=True)
-    truth_path = paths.simulator / f"truth-{config.workload_id}.parquet"
+    truth_path = gold_labels(paths, config.workload_id)
     table = pa.Table.from_pylist(truth, schema=pa.schema([
         ("id", pa.string()), ("date", pa.string()), ("timestamp", pa.string()),
         ("client_id", pa.string()), ("query", pa.string()), ("intent", pa.string()),

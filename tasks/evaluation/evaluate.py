@@ -470,7 +470,8 @@ class TeacherBaseline(BaseModel):
 
 def teacher_baseline(dataset_dir: str, home: str | None = None,
                      teacher_model: str | None = None,
-                     workload_id: str | None = None) -> TeacherBaseline:
+                     workload_id: str | None = None,
+                     gold_labels: str | None = None) -> TeacherBaseline:
     """Accuracy of the teacher's logged routes on the workload's traffic audit, and its logged
     latency on every test query it answered.
 
@@ -482,9 +483,9 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
     workload's to date (the test split is the students'), with their number and a Wilson 95%
     interval. Its per-query results are aligned to ``test.jsonl`` on the traffic-audit records the
     split holds, so the gate can pair it with a candidate there. The other expert decisions give a
-    second figure, labelled biased low, that the gate never reads; where the traffic simulator's
-    gold labels exist, its accuracy against them on every logged test query is given too, marked as
-    a simulation oracle. Records the flywheel's own models served
+    second figure, labelled biased low, that the gate never reads; given gold labels (the traffic
+    simulator's, passed in as ``gold_labels``), its accuracy against them on every logged test
+    query is given too, marked as a simulation oracle. Records the flywheel's own models served
     (:func:`tasks.curation.review.teacher_mask`) are not the teacher's; ``teacher_model`` keeps only
     that model's records.
 
@@ -493,6 +494,9 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
         home: flywheel home.
         teacher_model: the logged model that is the teacher (default: any non-flywheel model).
         workload_id: whose review store grades it (default: the version's manifest's).
+        gold_labels: known right answers for logged records (Parquet: id, gold_expert), where a
+            simulation has them (the demo's simulator): its oracle figure; the gate never reads
+            it.
     """
     from collections import Counter
 
@@ -526,9 +530,8 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
     correct = "".join("-" if d["id"] not in audit else "1" if route[d["id"]] == d["expert"]
                       else "0" for d in docs)
     oracle = None
-    truth_files = sorted(paths.simulator.glob("truth-*.parquet"))
-    if truth_files and len(logged):
-        truth = pd.concat([pd.read_parquet(f, columns=["id", "gold_expert"]) for f in truth_files])
+    if gold_labels and Path(gold_labels).expanduser().is_file() and len(logged):
+        truth = pd.read_parquet(Path(gold_labels).expanduser(), columns=["id", "gold_expert"])
         with_gold = logged.join(truth.drop_duplicates("id").set_index("id"), how="inner")
         if len(with_gold):
             oracle = float((with_gold["route"] == with_gold["gold_expert"]).mean())

@@ -7,17 +7,18 @@ event starts a run of the DAG ``flywheel_promotion``, which asks a reviewer (or,
 yesterday's challenger still waits for its reviewer.
 
 A challenger older than the champion (a newer one was approved first) is not promoted over it:
-the run says so, and ``flywheel_rollback`` is the way back to an older version. A promotion is
-written into its cycle's report (``report.json``, ``report.md``, ``report.html``) and its MLflow
-cycle run, so the report and the champion history show who serves after the approval.
+the run says so, and ``flywheel_rollback`` is the way back to an older version. The outcome is
+its own record, ``runs/<cycle>/promoted.json`` (:mod:`tasks.core.outcomes`); the promotion DAG's
+last task renders the cycle's report pages again from it and tags the MLflow cycle run
+(:func:`tasks.reporting.report.record_promotion`), so the report and the champion history show who
+serves after the approval.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from tasks.core.config import get_paths
+from tasks.core.outcomes import write_outcome
 
 #: the Asset a registration updates and the promotion DAG is scheduled on
 CHALLENGER_ASSET = "flywheel_challenger"
@@ -85,45 +86,8 @@ def promote_challenger(challenger: dict, approved_by: str, home: str | None = No
     move = promote(workload, version, approved_by=approved_by, home=home)
     promoted = {"promoted": True, **move.model_dump(mode="json")}
     if challenger.get("cycle_id"):
-        record_in_cycle(challenger["cycle_id"], workload, promoted, home)
+        write_outcome(challenger["cycle_id"], "promoted", promoted, home)
     return promoted
-
-
-def record_in_cycle(cycle_id: str, workload_id: str, promoted: dict,
-                    home: str | None = None) -> bool:
-    """Write a promotion into its cycle's report pages and MLflow cycle run (False: the cycle
-    left no report, nothing to update)."""
-    from tasks.core import tracking
-    from tasks.reporting.report import champion_after, render_again
-
-    paths = get_paths(home)
-    source = paths.runs / cycle_id / "report.json"
-    if not source.is_file():
-        return False
-    report = json.loads(source.read_text())
-    winner = (report.get("decision") or {}).get("winner")
-    after = champion_after(report.get("champion_before"), promoted,
-                           report.get("evaluations") or [], winner)
-    report.update(promoted=promoted, champion=after)
-    history = report.get("history") or []
-    if history and history[-1].get("cycle") == cycle_id:
-        history[-1] = {"cycle": cycle_id, **after}
-    source.write_text(json.dumps(report, indent=1, default=str))
-    render_again(cycle_id, home)
-    mlflow = tracking.configure(paths)
-    runs = mlflow.search_runs(experiment_names=[tracking.experiment_name(workload_id)],
-                              filter_string=f"tags.`flywheel.cycle_id` = '{cycle_id}' and "
-                                            "tags.`flywheel.stage` = 'cycle'",
-                              output_format="list")
-    client = mlflow.MlflowClient()
-    for run in runs:  # tags, not params: a promotion changes who serves after the cycle
-        client.set_tag(run.info.run_id, "flywheel.champion_version", after["version"] or "")
-        client.set_tag(run.info.run_id, "flywheel.champion_candidate", after["candidate"] or "")
-        for key, value in (("champion_accuracy", after["accuracy"]),
-                           ("champion_latency_p95_ms", after["latency_p95_ms"])):
-            if value is not None:
-                client.log_metric(run.info.run_id, key, value, step=1)
-    return True
 
 
 def approved_by(answer: dict | None) -> str:

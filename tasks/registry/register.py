@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from tasks.core import tracking
 from tasks.core.clock import now_iso
 from tasks.core.config import get_paths
+from tasks.core.outcomes import read_outcome, write_outcome
 from tasks.core.settings import parse_config
 from tasks.families import get_family
 
@@ -394,14 +395,13 @@ def register_cycle(cycle_id: str, decision_file: str | None = None,
     evaluations = report.get("evaluations") or []
     if winner and not any(e.get("candidate") == winner for e in evaluations):
         raise PromotionRefused(f"the decision's winner {winner!r} has no evaluation in {source}")
-    earlier = report.get("registered") or {}
+    earlier = read_outcome(cycle_id, "registered", home) or report.get("registered") or {}
     if earlier.get("registered") and earlier.get("candidate") == winner:
         return {**earlier, "already": True}
     registered = register_winner(decision, evaluations, report.get("workload_id") or "router",
                                  cycle_id, home)
-    if registered.get("registered"):
-        report["registered"] = registered
-        source.write_text(json.dumps(report, indent=1, default=str))
+    if registered.get("registered"):  # its own record: the report task's is never rewritten
+        write_outcome(cycle_id, "registered", registered, home)
     return registered
 
 

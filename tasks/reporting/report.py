@@ -404,6 +404,10 @@ def champion_history(workload_id: str, paths) -> list[dict]:
     return out
 
 
+#: The line the report task prints with its cycle's id (read by tasks.stack.cycle).
+REPORT_MARKER = "flywheel-cycle-report: "
+
+
 def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dict, dataset: dict,
                  teacher: dict, evaluations: list[dict], decision: dict, registered: dict,
                  champion: dict | None = None, promoted: dict | None = None,
@@ -482,6 +486,7 @@ def write_report(cycle_id: str, workload_id: str, ingested: dict, validated: dic
         tracking_uri = mlflow.get_tracking_uri()
         run_id, experiment_id = active.info.run_id, active.info.experiment_id
     run_url = mlflow_run_url(tracking_uri, experiment_id, run_id)
+    print(f"{REPORT_MARKER}{cycle_id}")  # how `flywheel cycle` knows which run was its own
     print(f"report: {html_path}")
     if tracking_uri.startswith(("http://", "https://")):
         print(f"MLflow run: {run_url}")
@@ -501,15 +506,18 @@ class ReportCommand(BaseModel):
     home: str | None = Field(None, description="Flywheel home (default $FLYWHEEL_HOME).")
 
 
-def render_again(cycle_id: str, home: str | None = None) -> tuple[Path, Path]:
-    """``report.md`` and ``report.html`` of a finished cycle, from its ``report.json``.
+def load_report(cycle_id: str, home: str | None = None) -> dict:
+    """A finished cycle's report as it stands now: ``report.json`` (what its report task
+    recorded, never rewritten) with the outcomes decided since in their own files
+    (:mod:`tasks.core.outcomes`: ``registered.json``, ``promoted.json``), and who serves after it.
 
     Raises:
         FileNotFoundError: the cycle has no report.json (its report task has not run).
         ValueError: report.json is not a cycle's report.
     """
-    out = get_paths(home).runs / cycle_id
-    source = out / "report.json"
+    from tasks.core.outcomes import read_outcome
+
+    source = get_paths(home).runs / cycle_id / "report.json"
     if not source.is_file():
         raise FileNotFoundError(f"no {source}: the cycle's report task has not run")
     try:
@@ -518,6 +526,57 @@ def render_again(cycle_id: str, home: str | None = None) -> tuple[Path, Path]:
         raise ValueError(f"{source} is not valid JSON ({exc.msg})") from exc
     if not isinstance(summary, dict) or not isinstance(summary.get("decision"), dict):
         raise ValueError(f"{source} is not a cycle's report (no gate decision in it)")
+    registered = read_outcome(cycle_id, "registered", home)
+    if registered is not None:
+        summary["registered"] = registered
+    promoted = read_outcome(cycle_id, "promoted", home)
+    if promoted is not None:
+        summary["promoted"] = promoted
+        after = champion_after(summary.get("champion_before"), promoted,
+                               summary.get("evaluations") or [], summary["decision"].get("winner"))
+        summary["champion"] = after
+        history = summary.get("history") or []
+        if history and history[-1].get("cycle") == cycle_id:
+            summary["history"] = [*history[:-1], {"cycle": cycle_id, **after}]
+    summary["report_path"] = str(source)
+    return summary
+
+
+def record_promotion(cycle_id: str, workload_id: str, home: str | None = None) -> bool:
+    """After an approval: the cycle's report pages rendered again with its ``promoted.json``,
+    and the MLflow cycle run tagged with who serves now (False: the cycle left no report)."""
+    from tasks.core import tracking
+
+    paths = get_paths(home)
+    if not (paths.runs / cycle_id / "report.json").is_file():
+        return False
+    render_again(cycle_id, home)
+    after = load_report(cycle_id, home)["champion"]
+    mlflow = tracking.configure(paths)
+    runs = mlflow.search_runs(experiment_names=[tracking.experiment_name(workload_id)],
+                              filter_string=f"tags.`flywheel.cycle_id` = '{cycle_id}' and "
+                                            "tags.`flywheel.stage` = 'cycle'",
+                              output_format="list")
+    client = mlflow.MlflowClient()
+    for run in runs:  # tags, not params: a promotion changes who serves after the cycle
+        client.set_tag(run.info.run_id, "flywheel.champion_version", after["version"] or "")
+        client.set_tag(run.info.run_id, "flywheel.champion_candidate", after["candidate"] or "")
+        for key, value in (("champion_accuracy", after["accuracy"]),
+                           ("champion_latency_p95_ms", after["latency_p95_ms"])):
+            if value is not None:
+                client.log_metric(run.info.run_id, key, value, step=1)
+    return True
+
+
+def render_again(cycle_id: str, home: str | None = None) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html`` of a finished cycle, from :func:`load_report`.
+
+    Raises:
+        FileNotFoundError: the cycle has no report.json (its report task has not run).
+        ValueError: report.json is not a cycle's report.
+    """
+    out = get_paths(home).runs / cycle_id
+    summary = load_report(cycle_id, home)
     images = {name: file for name, file in (summary.get("images") or {}).items()
               if (out / file).is_file()}  # charts deleted since are left out, not linked
     data = report_data(cycle_id, summary.get("workload_id") or "?",

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from tasks.core.config import Paths, get_paths, local_environment
 from tasks.core.settings import parse_config
 from tasks.core.workload import Name, load_workload
+from tasks.reporting.report import REPORT_MARKER, load_report
 
 #: lines of the Airflow log worth showing live (the rest goes to the log file)
 TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
@@ -142,7 +143,8 @@ class LiveEcho:
         return [self.held.pop(t) for t in tasks if t in self.held]
 
 
-def run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool) -> int:
+def run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool,
+                cycles: list[str] | None = None) -> int:
     """Run the ``airflow`` CLI of this environment, logging everything; with ``show``, the
     terminal gets each task's progress and end as it happens (:class:`LiveEcho`)."""
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -155,6 +157,8 @@ def run_airflow(args: list[str], env: dict[str, str], log_path: Path, show: bool
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
+            if cycles is not None and line.startswith(REPORT_MARKER):
+                cycles.append(line[len(REPORT_MARKER):].strip())
             if show:
                 for shown in echo(line):
                     print(shown, flush=True)
@@ -177,14 +181,13 @@ def run_cycle(conf: dict[str, Any], env: dict[str, str], paths: Paths, log_path:
               ) -> dict[str, Any] | None:
     """One ``flywheel_cycle`` run with ``conf``; its report, or None when the run failed."""
     print(f"  airflow dags test flywheel_cycle (full log: {log_path})")
-    wall = time.time()
+    cycles: list[str] = []  # the cycle id its report task prints
     code = run_airflow(["dags", "test", "flywheel_cycle", "--conf", json.dumps(conf)], env,
-                       log_path, show=True)
-    reports = [p for p in paths.runs.glob("*/report.json") if p.stat().st_mtime >= wall]
-    if code != 0 or not reports:
+                       log_path, show=True, cycles=cycles)
+    if code != 0 or not cycles:
         print(f"\nthe cycle failed (exit {code}); see {log_path}", file=sys.stderr)
         return None
-    return {**json.loads(reports[0].read_text()), "report_path": str(reports[0])}
+    return load_report(cycles[-1], str(paths.home))
 
 
 def promote_challenger(report: dict[str, Any], workload_id: str, env: dict[str, str],
@@ -198,8 +201,9 @@ def promote_challenger(report: dict[str, Any], workload_id: str, env: dict[str, 
                    log_path, show=True) != 0:
         print(f"\nthe promotion failed; see {log_path}", file=sys.stderr)
         return None
-    path = Path(report["report_path"])
-    return {**json.loads(path.read_text()), "report_path": str(path)}
+    # the promotion DAG's last task rendered the report again with its promoted.json
+    home = Path(report["report_path"]).parent.parent.parent  # <home>/runs/<cycle>/report.json
+    return load_report(report["cycle_id"], str(home))
 
 
 def cycle(config: CycleConfig) -> int:

@@ -183,7 +183,11 @@ def celery_cycle(celery_stack: CeleryStack, celery_home: Path, xs_base_model: Pa
         {"name": "xs-lora-gpu", "base_model": str(xs_base_model), "method": "lora",
          "hyperparameters": hyper, "resources": {"gpus": 0, "queue": "gpu"}},
     ]
+    from tasks.core.config import get_paths
+    from tasks.demo.simulate import gold_labels
+
     conf = {"sme_review": "simulated", "candidates": candidates, "min_accuracy": 0.0,
+            "gold_labels": str(gold_labels(get_paths(str(celery_home)))),
             "max_p95_latency_ms": 60000,
             "max_accuracy_drop": 1.0, "max_drop_vs_teacher": None, "window_days": 3,
             "latency_queries": 5, "max_train_steps": 10}

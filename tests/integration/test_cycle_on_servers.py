@@ -173,7 +173,11 @@ def cycles(airflow_stack: AirflowStack, mlflow_server: MlflowServer, integration
                                   home=str(integration_home)))
     candidate = {"name": "xs-lora", "base_model": str(xs_base_model), "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
+    from tasks.core.config import get_paths
+    from tasks.demo.simulate import gold_labels
+
     conf = {"sme_review": "simulated", "candidates": [candidate], "min_accuracy": 0.0,
+            "gold_labels": str(gold_labels(get_paths(str(integration_home)))),
             "max_p95_latency_ms": 60000,
             "max_accuracy_drop": 1.0, "max_drop_vs_teacher": None, "window_days": 3,
             "latency_queries": 5, "max_train_steps": 10}

@@ -49,20 +49,24 @@ UI_TIMEOUT_S = 90
 ALIAS_CHAMPION = ".//span[normalize-space(translate(., '\u00a0', ' '))='@ champion']"
 
 
-def _smallest_conf(stack: AirflowStack, base_model: Path) -> dict:
+def _smallest_conf(stack: AirflowStack, base_model: Path, home: Path) -> dict:
     """Every param of the DAG at its default, except the sizes that keep the run short.
 
     The form's ``candidates`` field takes catalog names only (one string a line); a whole entry
     (here: the test-only base model's folder) can only go through the dialog's Configuration
     JSON, which needs every param the form should still show.
     """
+    from tasks.core.config import Paths
+    from tasks.demo.simulate import gold_labels
+
     params = stack.api("GET", f"dags/{DAG_ID}/details")["params"]
     conf = {name: spec.get("value") for name, spec in params.items()}
     candidate = {"name": "xs-lora", "base_model": str(base_model), "method": "lora",
                  "hyperparameters": {"learning_rate": 0.02, "batch_size": 16, "epochs": 1}}
     conf.update(candidates=[candidate], max_accuracy_drop=1.0, max_drop_vs_teacher=None,
                 window_days=3, latency_queries=5, max_train_steps=10, icl_examples=0,
-                auto_approve=False, sme_review="simulated")
+                auto_approve=False, sme_review="simulated",
+                gold_labels=str(gold_labels(Paths(home))))
     return conf
 
 
@@ -285,7 +289,8 @@ def ui_cycle(browser: Browser, airflow_stack: AirflowStack, integration_home: Pa
                                 home=str(integration_home)))
     seconds = {}
     started = time.monotonic()
-    trigger_from_form(browser, airflow_stack, _smallest_conf(airflow_stack, xs_base_model))
+    trigger_from_form(browser, airflow_stack, _smallest_conf(airflow_stack, xs_base_model,
+                                                             integration_home))
     seconds["trigger"] = time.monotonic() - started
     # the cycle ends without anyone approving anything
     run = wait_for_run_end(airflow_stack, RUN_ID, TO_APPROVAL_S)
