@@ -6,13 +6,14 @@ Run it::
         [--concurrency 8] [--max-seconds 60]
 
 It starts the intake (:func:`tasks.ingest.intake.create_app`) with uvicorn on 127.0.0.1 at a free
-port in a subprocess, its token in ``$FLYWHEEL_INTAKE_TOKEN`` and a temporary ``$FLYWHEEL_HOME``, as
-``tests/test_intake.py`` does; then ``--concurrency`` threads, each with its own ``httpx.Client``,
-POST ``--requests`` requests of ``--batch`` contract records each to ``/v1/records`` (no new request
-is started after ``--max-seconds``). It prints requests/s, records/s and the p50/p95/max request
-latency, stops the server by its PID (terminate, wait), runs :func:`tasks.ingest.landing.ingest` and
-:func:`tasks.ingest.validate.validate` on that home, and checks that every accepted record was
-stored (the counts, and the ids read back with ``load_store``).
+port in a subprocess, its token in ``$FLYWHEEL_INTAKE_TOKEN`` and a temporary
+``$FLYWHEEL_HOME``, as ``tests/ingest/test_intake.py`` does; then ``--concurrency`` threads, each
+with its own ``httpx.Client``, POST ``--requests`` requests of ``--batch`` contract records each
+to ``/v1/records`` (no new request is started after ``--max-seconds``). It prints requests/s,
+records/s and the p50/p95/max request latency, stops the server by its PID (terminate, wait),
+runs :func:`tasks.ingest.landing.ingest` and :func:`tasks.ingest.validate.validate` on that home,
+and checks that every accepted record was stored (the counts, and the ids read back with
+``load_store``).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def champion(tmp_path_factory) -> dict:
     from tasks.core.tracking import registered_model_name
     from tasks.evaluation.encoder_router import resolve_encoder
     from tasks.registry.register import promote, register_winner
-    from tests.test_register import decision, evaluation, training_run
-    from tests.test_serving import write_label_space
+    from tests.registry.test_register import decision, evaluation, training_run
+    from tests.serving.test_serving import write_label_space
 
     root = tmp_path_factory.mktemp("served")
     home = str(root / "home")

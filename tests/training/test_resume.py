@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_finetune import write_dataset
+from tests.training.test_finetune import write_dataset
 
 PLANNED = 40
 

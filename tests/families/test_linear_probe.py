@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_finetune import write_dataset
+from tests.training.test_finetune import write_dataset
 
 
 def test_the_catalog_offers_it_and_checks_its_method():

@@ -21,7 +21,7 @@ from tasks.core.records import SCHEMA_VERSION, make_request, make_response
 from tasks.ingest.client import FlywheelClient, IntakeError
 from tasks.ingest.landing import IngestConfig, ingest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -22,7 +22,7 @@ from tasks.evaluation.evaluate import (
     write_icl_split,
     write_task_config,
 )
-from tests.test_finetune import write_dataset
+from tests.training.test_finetune import write_dataset
 
 
 def test_classification_report_counts_per_expert():

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.demo.clinc150 import FALLBACK_EXPERT
 from tasks.training.scope_guard import ScopeGuard
-from tests.test_finetune import write_dataset
+from tests.training.test_finetune import write_dataset
 
 
 def test_shipped_encoder_resolves_offline():

@@ -13,7 +13,13 @@ from tasks.registry.register import (
     promote_registered,
     register_winner,
 )
-from tests.test_register import decision, evaluation, fake_model, register_one, training_run
+from tests.registry.test_register import (
+    decision,
+    evaluation,
+    fake_model,
+    register_one,
+    training_run,
+)
 
 
 @pytest.fixture(scope="module")

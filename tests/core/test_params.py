@@ -48,7 +48,7 @@ def test_the_cycle_dag_params_are_the_models_fields():
     from tasks.curation.curate import CurateConfig
     from tasks.evaluation.gate import GateThresholds
 
-    dags = Path(__file__).resolve().parent.parent / "dags"
+    dags = Path(__file__).resolve().parents[2] / "dags"
     dag = DagBag(dag_folder=str(dags / "flywheel_cycle.py")).dags["flywheel_cycle"]
     params = dag.params
     for name, field in GateThresholds.model_fields.items():

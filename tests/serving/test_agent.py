@@ -8,7 +8,7 @@ import pytest
 
 from tasks.demo.clinc150 import EXPERTS
 from tasks.serving.agent import main, route_and_log
-from tests.test_serving import xs_adapter  # noqa: F401  (fixture)
+from tests.serving.test_serving import xs_adapter  # noqa: F401  (fixture)
 
 
 def test_agent_without_a_champion_says_so(tmp_path):
@@ -25,7 +25,7 @@ def test_agent_routes_with_the_champion_and_logs_the_contract(tmp_path, xs_base_
     from tasks.core.records import query_of, route_of
     from tasks.ingest.landing import IngestConfig, ingest
     from tasks.registry.register import promote, register_winner
-    from tests.test_register import decision, evaluation, training_run
+    from tests.registry.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
     ev = evaluation("xs", training_run(home, tmp_path, "xs"), 0.5, str(xs_base_model),

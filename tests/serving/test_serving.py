@@ -52,7 +52,7 @@ def test_champion_loads_through_pyfunc_and_routes_like_the_router(tmp_path, xs_b
     import mlflow
     from tasks.registry.register import promote, register_winner
     from tasks.serving.router import Router, load_champion
-    from tests.test_register import decision, evaluation, training_run
+    from tests.registry.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
     ev = evaluation("xs", training_run(home, tmp_path, "xs", "serve"), 0.5,
@@ -81,7 +81,7 @@ def test_an_encoder_winner_is_served_as_a_classifier(tmp_path):
     from tasks.evaluation.encoder_router import resolve_encoder
     from tasks.registry.register import promote, register_winner
     from tasks.serving.router import EncoderRouter, load_champion
-    from tests.test_register import decision, evaluation, training_run
+    from tests.registry.test_register import decision, evaluation, training_run
 
     home = str(tmp_path)
     encoder = shutil.copytree(resolve_encoder("all-MiniLM-L6-v2"), tmp_path / "minilm")
@@ -142,7 +142,7 @@ def test_the_scope_guard_travels_with_the_weights_into_the_served_model(tmp_path
     from tasks.registry.register import download_version, promote, register_winner
     from tasks.serving.router import Router, load_champion
     from tasks.training.scope_guard import GUARD_FILE, ScopeGuard
-    from tests.test_register import decision, evaluation, training_run
+    from tests.registry.test_register import decision, evaluation, training_run
 
     adapter = shutil.copytree(xs_adapter, tmp_path / "guarded")
     train = [e for e in examples() if e.split == "train" and e.expert != FALLBACK_EXPERT][:200]

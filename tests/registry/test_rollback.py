@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.registry.register import PromotionRefused, aliases, promote, rollback
-from tests.test_register import register_one
+from tests.registry.test_register import register_one
 
 
 def three_versions(home, tmp_path, workload: str) -> None:

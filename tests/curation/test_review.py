@@ -33,8 +33,8 @@ from tasks.curation.review import (
     review,
 )
 from tasks.ingest.store import load_store
-from tests.test_curate import clinc_query, load, record
-from tests.test_judge import seed_store
+from tests.curation.test_curate import clinc_query, load, record
+from tests.curation.test_judge import seed_store
 
 
 @pytest.fixture(scope="module")

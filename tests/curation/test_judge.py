@@ -17,7 +17,7 @@ import pytest
 
 from tasks.curation.judge import JudgeConfig, OpenAIJudge, attribute, parse_answer
 from tasks.curation.review import ReviewStore
-from tests.test_curate import clinc_query, load, positives, record
+from tests.curation.test_curate import clinc_query, load, positives, record
 
 EXPERTS5 = ("banking", "travel", "home", "utility", "work")
 ODD = "purple elephants dance on quantum saxophones"

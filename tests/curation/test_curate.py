@@ -461,7 +461,7 @@ def test_the_cycle_dag_takes_its_window_from_the_run_alone() -> None:
     """No task of the cycle reads the clock for its window: every store reader calls _window."""
     import ast
 
-    source = (Path(__file__).resolve().parent.parent / "dags" / "flywheel_cycle.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "dags" / "flywheel_cycle.py").read_text()
     tree = ast.parse(source)
     calls = {node.func.attr for node in ast.walk(tree)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
