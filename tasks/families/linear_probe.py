@@ -84,6 +84,15 @@ class LinearProbeRouter:
     def route(self, query: str) -> str:
         return self.route_batch([query])[0]
 
+    def probabilities(self, queries: list[str]) -> Any:
+        """Each query's probability per label (rows: queries, columns: :attr:`labels`), before
+        the scope guard: for thresholds chosen on a validation split."""
+        import numpy as np
+
+        scores = _embed(self.encoder, list(queries)) @ self.coef.T + self.intercept
+        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return scores / scores.sum(axis=1, keepdims=True)
+
     def describe(self) -> dict[str, Any]:
         encoder = sum(p.numel() for p in self.encoder.parameters())
         return {"name": "linear probe", "family": "linear_probe", "labels": self.labels,

@@ -4,7 +4,8 @@ one run (not a test).
 Run it (tens of minutes on two CPU cores; ``make bench-quality``)::
 
     .venv/bin/python tests/benchmarks/bench_quality.py \
-        [--candidates minilm-router-lora smollm2-router-lora smollm2-lora] [--teacher-labelled 5000]
+        [--candidates minilm-router-lora minilm-linear-probe smollm2-router-lora smollm2-lora] \
+        [--teacher-labelled 5000]
 
 Every model is trained on the same 700 points of CLINC150's train split, stratified over the ten
 domains and ``out_of_scope`` with seed 0 (``quality_encoder_router.stratified``), and scored on
@@ -102,19 +103,24 @@ def train_candidate(name: str, dataset: Path, home: Path, threads: int,
 
 def classifier_rows(name: str, label: str, trained: Any, train_s: float, threads: int
                     ) -> list[dict[str, Any]]:
-    """A fine-tuned classifier on the whole test split: argmax, and the val-calibrated
-    out-of-scope threshold."""
+    """A fine-tuned classifier (an encoder or a linear probe) on the whole test split: argmax,
+    and the val-calibrated out-of-scope threshold; timed as served, by the one latency protocol
+    (tasks.evaluation.latency.measure), without and with its scope guard."""
     import torch
 
-    from tasks.evaluation.encoder_router import load_classifier, measure_latency
+    from tasks.families import open_decider
 
     torch.set_num_threads(threads)
     full = trained.method == "full"
-    model, tokenizer, labels = load_classifier(
-        trained.adapter_dir if full else trained.base_model_path,
-        None if full else trained.adapter_dir)
+    router = open_decider(trained.family, trained.adapter_dir if full else
+                          trained.base_model_path, None if full else trained.adapter_dir,
+                          threads=threads)
+    labels = router.describe()["labels"]
 
     def proba(queries: list[str]):
+        if trained.family == "linear_probe":
+            return router.probabilities(queries)
+        model, tokenizer = router.model, router.tokenizer
         out = []
         with torch.inference_mode():
             for i in range(0, len(queries), 128):
@@ -132,7 +138,13 @@ def classifier_rows(name: str, label: str, trained: Any, train_s: float, threads
               "weights MB": size_mb(trained.adapter_dir)}
 
     def timed(guard: ScopeGuard | None = None) -> dict[str, float]:
-        latency = measure_latency(model, tokenizer, queries[:100], 10, threads, guard)
+        from tasks.evaluation.latency import measure
+
+        saved, router.guard = router.guard, guard
+        try:
+            latency = measure(router, queries[:100], warmup=10, batch_size=16)
+        finally:
+            router.guard = saved
         return {"p50 ms": latency["latency_p50_ms"], "p95 ms": latency["latency_p95_ms"]}
 
     plain = timed()
@@ -220,12 +232,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidates", nargs="*",
-                        default=["minilm-router-lora", "smollm2-router-lora", "smollm2-lora"])
+                        default=["minilm-router-lora", "minilm-linear-probe",
+                                 "smollm2-router-lora", "smollm2-lora"])
     parser.add_argument("--train-size", type=int, default=700)
     parser.add_argument("--teacher-labelled", type=int, default=0,
                         help="also train the --teacher-candidates on 700 + N teacher-labelled "
                              "points")
-    parser.add_argument("--teacher-candidates", nargs="*", default=["minilm-router-lora"])
+    parser.add_argument("--teacher-candidates", nargs="*",
+                        default=["minilm-router-lora", "minilm-linear-probe"])
     parser.add_argument("--teacher-epochs", type=float, default=2.0,
                         help="passes over the larger teacher-labelled set (the catalog's epochs "
                              "are sized for ~700 points)")
@@ -269,11 +283,13 @@ def main() -> int:
                   flush=True)
             trained, seconds = train_candidate(name, dataset, home, args.threads, epochs)
             print(f"   trained {trained.steps} steps in {seconds:.0f} s", flush=True)
-            if spec.family == "encoder":
-                rows += classifier_rows(name, label, trained, seconds, args.threads)
-            else:
+            if spec.family == "causal_lm":
                 rows.append(causal_row(name, label, trained, seconds, args.threads))
-            print_table(rows[-3:] if spec.family == "encoder" else rows[-1:])
+                print_table(rows[-1:])
+            else:  # a classifier: an encoder or a linear probe
+                added = classifier_rows(name, label, trained, seconds, args.threads)
+                rows += added
+                print_table(added)
         if spec.family == "causal_lm" and args.base_test_size:
             sample = stratified(split("test"), args.base_test_size, 0)
             small = write_dataset(home / f"data-base-{name}", curated,
