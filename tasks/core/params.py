@@ -13,7 +13,8 @@ from __future__ import annotations
 import typing
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic.fields import FieldInfo
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,3 +107,52 @@ class CycleSettings(BaseModel):
     auto_approve: bool = Field(False, description=(
         "flywheel_promotion promotes this cycle's challenger without asking a reviewer (demo, "
         "tests)."))
+
+
+class GateThresholds(BaseModel):
+    """What a candidate must reach to be registered (and then, after approval, served)."""
+
+    min_accuracy: float = Field(0.70, ge=0, le=1, description="Minimum test accuracy.")
+    max_p95_latency_ms: float = Field(1000.0, gt=0, description="Maximum p95 latency (ms).")
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1, description=(
+        "How far below the champion (re-evaluated on the same test queries) a challenger's "
+        "accuracy may be, by the point estimate, and still count as equal; it then passes only "
+        "if cheaper. 0: no loss is ever accepted for a lower cost."))
+    max_drop_vs_teacher: float | None = Field(0.03, ge=0, le=1, description=(
+        "How far below the teacher's accuracy on the traffic audit (experts' labels on a random "
+        "sample of its traffic) the candidate's test accuracy may fall, paired on the "
+        "traffic-audit test queries where enough; none: not checked."))
+    min_saving: float = Field(0.1, ge=0, lt=1, description=(
+        "How much cheaper (cost per 1,000 requests, else p95) a challenger of equal accuracy "
+        "must be than the champion to replace it, as a share: a p95 measured twice on a shared "
+        "machine differs by a few percent, and noise must not swap the champion."))
+    min_speedup: float | None = Field(None, gt=0, description=(
+        "Minimum teacher p95 / candidate p95 (teacher from its logs); none: not checked."))
+    max_forgetting: float | None = Field(None, ge=0, description=(
+        "Maximum increase of bits per byte on general text over the candidate's base model "
+        "(the forgetting check); none: not checked."))
+    tie_margin: float = Field(0.01, ge=0, le=1, description=(
+        "Accuracies this close to the best count as equal; the cheapest of them wins."))
+    alpha: float = Field(0.05, gt=0, le=0.5, description=(
+        "Significance level of the paired tests (McNemar exact); intervals are at 1 - alpha."))
+    min_paired_queries: int = Field(100, ge=1, description=(
+        "Paired test queries below which a challenger cannot be shown better than the champion "
+        "(the verdict says: not enough evidence)."))
+    min_teacher_evidence: int = Field(30, ge=1, description=(
+        "Traffic-audit records the teacher must be graded on for max_drop_vs_teacher (fewer: "
+        "that check fails, not enough evidence), and traffic-audit test queries needed to pair "
+        "(fewer: compared unpaired)."))
+
+    @field_validator("max_drop_vs_teacher", "min_speedup", "max_forgetting", mode="before")
+    @classmethod
+    def _none_turns_off(cls, value: Any) -> Any:
+        """``none`` (or an empty value) on the command line or in YAML turns a check off."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
+
+def optional_field(model: type[BaseModel], name: str) -> Any:
+    """``model``'s field ``name`` with its bounds and description but a default of None, for a
+    layer that may leave it to the next (a workload file's gate defaults: none = the run's)."""
+    return FieldInfo.merge_field_infos(model.model_fields[name], default=None)

@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from tasks.core.errors import UserError, validation_problems
+from tasks.core.params import GateThresholds, optional_field
 
 #: The folder of the workload files that ship with the package (the demo's router).
 SHIPPED = Path(__file__).resolve().parent.parent / "workloads"
@@ -92,12 +93,13 @@ class Decision(_Strict):
 
 
 class GateDefaults(_Strict):
-    """This workload's gate thresholds (none: the DAG's defaults)."""
+    """This workload's gate thresholds (none: the run's); each field's bounds and meaning are
+    the gate's own (:class:`tasks.core.params.GateThresholds`, declared there alone)."""
 
-    min_accuracy: float | None = Field(None, ge=0, le=1)
-    max_p95_latency_ms: float | None = Field(None, gt=0)
-    max_drop_vs_teacher: float | None = Field(None, ge=0, le=1)
-    min_speedup: float | None = Field(None, gt=0)
+    min_accuracy: float | None = optional_field(GateThresholds, "min_accuracy")
+    max_p95_latency_ms: float | None = optional_field(GateThresholds, "max_p95_latency_ms")
+    max_drop_vs_teacher: float | None = optional_field(GateThresholds, "max_drop_vs_teacher")
+    min_speedup: float | None = optional_field(GateThresholds, "min_speedup")
 
 
 class Workload(_Strict):

@@ -27,7 +27,7 @@ from pathlib import Path
 from tasks.core.settings import parse_config
 from tasks.core.workload import manifest_experts, trained_label_space
 from tasks.evaluation.deciders import evaluate_decider, read_test_split
-from tasks.evaluation.scoring import EvaluateConfig, EvaluateResult
+from tasks.evaluation.scoring import LATENCY_QUERIES, EvaluateConfig, EvaluateResult
 from tasks.families import open_decider
 
 #: Names under which the package-shipped all-MiniLM-L6-v2 can be referenced offline.
@@ -136,7 +136,7 @@ def evaluate_encoder(config: EvaluateConfig, note: str | None = None) -> Evaluat
 
 
 def evaluate_encoder_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
-                               latency_queries: int = 40, home: str | None = None,
+                               latency_queries: int = LATENCY_QUERIES, home: str | None = None,
                                limit: int | None = None, price_per_device_hour: float = 1.0,
                                **_: object) -> dict:
     """:func:`tasks.evaluation.evaluate.evaluate_candidate` for the encoder family (same return

@@ -38,6 +38,7 @@ from tasks.core.prompts import NO_EXPERT
 from tasks.core.settings import parse_config
 from tasks.core.workload import manifest_experts, recorded_label_space
 from tasks.evaluation.scoring import (  # noqa: F401  (the evaluation's settings and result live there)
+    LATENCY_QUERIES,
     EvaluateConfig,
     EvaluateResult,
     ExpertScores,
@@ -563,7 +564,7 @@ def teacher_baseline(dataset_dir: str, home: str | None = None,
 
 
 def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
-                       latency_queries: int = 40, home: str | None = None,
+                       latency_queries: int = LATENCY_QUERIES, home: str | None = None,
                        limit: int | None = None, **settings: Any) -> dict:
     """A trained candidate evaluated as its family says (:func:`tasks.families.evaluate_candidate`:
     the same result shape whatever the family), beside its base model."""
@@ -574,7 +575,7 @@ def evaluate_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_
 
 
 def evaluate_causal_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
-                              latency_queries: int = 40, home: str | None = None,
+                              latency_queries: int = LATENCY_QUERIES, home: str | None = None,
                               limit: int | None = None, icl_examples: int = 0,
                               price_per_device_hour: float = 1.0, general_text_docs: int = 0,
                               general_text_file: str | None = None) -> dict:
@@ -615,7 +616,7 @@ def evaluate_causal_candidate(trained: dict, dataset_dir: str, workload_id: str,
 
 
 def evaluate_champion(dataset_dir: str, workload_id: str, cycle_id: str,
-                      latency_queries: int = 40, home: str | None = None,
+                      latency_queries: int = LATENCY_QUERIES, home: str | None = None,
                       limit: int | None = None, price_per_device_hour: float = 1.0) -> dict:
     """The current champion (its registered version: base + adapter from the registry),
     re-evaluated on this cycle's test set under the same protocol as the candidates.

@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.evaluation.scoring import LATENCY_QUERIES
+
 #: seed of the bootstrap resampling: the same timings give the same interval
 BOOTSTRAP_SEED = 0
 
@@ -153,7 +155,7 @@ def measure(decider: Any, queries: Sequence[str], warmup: int = 5, batch_size: i
 
 
 def head_to_head(evaluations: list[dict], champion: dict | None, dataset_dir: str,
-                 workload_id: str, queries: int = 40, home: str | None = None,
+                 workload_id: str, queries: int = LATENCY_QUERIES, home: str | None = None,
                  threads: int = 2) -> HeadToHead | None:
     """The cycle's candidates and its champion (as ``evaluate_champion`` re-evaluated it: the
     weights it downloaded from the registry), loaded as served and timed together on the first

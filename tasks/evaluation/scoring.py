@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field
 
 from tasks.core.config import get_paths
 
+#: Test queries each model is timed on, one at a time (the one default every stage uses).
+LATENCY_QUERIES = 40
+
 
 class EvaluateConfig(BaseModel):
     """Settings of one evaluation."""
@@ -37,7 +40,8 @@ class EvaluateConfig(BaseModel):
     general_text_file: str | None = Field(None, description=(
         "JSONL of {\"text\"} (or plain text, one document per line) for the forgetting check; "
         "default: a fixed sample of CLINC150's Wikipedia sentences, the offline bases' corpus."))
-    latency_queries: int = Field(40, ge=1, le=100000, description="Queries timed one at a time.")
+    latency_queries: int = Field(LATENCY_QUERIES, ge=1, le=100000,
+                                 description="Queries timed one at a time.")
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed queries before timing.")
     throughput_batch_size: int = Field(16, ge=1, le=4096, description=(
         "Batch size of the throughput figure (queries/s)."))

@@ -103,13 +103,14 @@ def evaluate_weights(family: str | None, config: Any, note: str | None = None) -
 
 
 def evaluate_candidate(trained: dict[str, Any], dataset_dir: str, workload_id: str, cycle_id: str,
-                       latency_queries: int = 40, home: str | None = None,
+                       latency_queries: int | None = None, home: str | None = None,
                        limit: int | None = None, **settings: Any) -> dict[str, Any]:
     """A trained candidate (the finetune stage's result) evaluated as its family says, beside
     its base model: ``{"candidate", "base_model", "family", "mlflow_run_id", "dataset_version",
     "finetuned", "base", "base_icl", "forgetting_bpb", "forgetting_applies"}``."""
     run = _resolve(get_family(trained.get("family")).candidate)
-    result: dict[str, Any] = run(trained, dataset_dir, workload_id, cycle_id,
-                                 latency_queries=latency_queries, home=home, limit=limit,
-                                 **settings)
+    if latency_queries is not None:  # else the family's default (EvaluateConfig's)
+        settings["latency_queries"] = latency_queries
+    result: dict[str, Any] = run(trained, dataset_dir, workload_id, cycle_id, home=home,
+                                 limit=limit, **settings)
     return result

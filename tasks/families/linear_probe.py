@@ -25,7 +25,7 @@ from typing import Any
 
 from tasks.core.workload import trained_label_space
 from tasks.evaluation.deciders import evaluate_decider, read_test_split
-from tasks.evaluation.scoring import EvaluateConfig, EvaluateResult
+from tasks.evaluation.scoring import LATENCY_QUERIES, EvaluateConfig, EvaluateResult
 from tasks.training.scope_guard import ScopeGuard
 
 #: The probe's weights, beside the label space and the scope guard.
@@ -171,7 +171,7 @@ def evaluate_probe(config: EvaluateConfig, note: str | None = None) -> EvaluateR
 
 
 def evaluate_probe_candidate(trained: dict, dataset_dir: str, workload_id: str, cycle_id: str,
-                             latency_queries: int = 40, home: str | None = None,
+                             latency_queries: int = LATENCY_QUERIES, home: str | None = None,
                              limit: int | None = None, price_per_device_hour: float = 1.0,
                              **_: Any) -> dict:
     """The candidate's evaluation in the shape every family returns. A probe's base (the frozen

@@ -63,3 +63,16 @@ def test_the_cycle_dag_params_are_the_models_fields():
     # and a conf value reaches the stage's config by the same names
     config = config_from(CurateConfig, {**params.dump(), "near_duplicate_threshold": 0.9})
     assert config.near_duplicate_threshold == 0.9 and config.teacher_labels == "off"
+
+
+def test_a_workload_files_gate_defaults_are_the_gates_own_fields():
+    """Declared once: the workload file's gate defaults carry the gate's bounds and meaning."""
+    from tasks.core.params import GateThresholds
+    from tasks.core.workload import GateDefaults
+
+    for name, field in GateDefaults.model_fields.items():
+        gate = GateThresholds.model_fields[name]
+        assert field.default is None
+        assert (field.description, field.metadata) == (gate.description, gate.metadata), name
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        GateDefaults(min_accuracy=2)
