@@ -12,10 +12,10 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,12 +113,13 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def sha256_of(path: Path) -> str:
-    """The file's sha256 as hex, read in 1 MiB chunks."""
+def sha256_of(path: Path, opener: Callable[[Path], BinaryIO] | None = None) -> str:
+    """The file's sha256 as hex, read in 1 MiB chunks (through ``opener``, default a plain
+    binary open: ingestion passes one that refuses links)."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with (opener or (lambda p: open(p, "rb")))(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -101,10 +101,10 @@ def loads_strict(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_refuse_constant)
 
 
-def non_finite_error(value: Any, limit: int = MAX_NESTING) -> str | None:
-    """Why ``value`` (already parsed, e.g. a Parquet row) holds a number JSON cannot write
-    (NaN or an infinity), or None; the same rule as :func:`loads_strict` for input that did not
-    come as JSON text."""
+def non_finite_error(value: Any) -> str | None:
+    """Why ``value`` (already parsed, e.g. a Parquet row; its nesting checked first by
+    :func:`nesting_error`) holds a number JSON cannot write (NaN or an infinity), or None; the
+    same rule as :func:`loads_strict` for input that did not come as JSON text."""
     stack = [(value, "")]
     while stack:
         item, where = stack.pop()
@@ -112,7 +112,7 @@ def non_finite_error(value: Any, limit: int = MAX_NESTING) -> str | None:
             return f"non-standard JSON constant {item!r} at {where.lstrip('.') or 'top level'}"
         if isinstance(item, dict):
             stack.extend((child, f"{where}.{key}") for key, child in item.items())
-        elif isinstance(item, list) and where.count(".") + where.count("[") <= limit:
+        elif isinstance(item, list):
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
     return None
 

@@ -38,9 +38,6 @@ BASE_NOTE = ("pretrained encoder with an untrained, randomly initialised classif
              "(seed 0): chance level by construction, not a zero-shot router")
 
 
-#: The encoder family's results have the one shape (the note included) every family's have.
-EncoderEvaluateResult = EvaluateResult
-
 
 def resolve_encoder(ref: str, home: str | None = None) -> Path | str:
     """A local folder for a classifier's backbone: the shipped MiniLM by name, a packaged real

@@ -76,6 +76,7 @@ from tasks.core.config import Paths, get_paths
 from tasks.core.files import (
     file_lock,
     publish,
+    sha256_of,
     temporary_beside,
     write_arrow_atomic,
     write_bytes_atomic,
@@ -827,13 +828,7 @@ def ingest(config: IngestConfig) -> IngestResult:
 
 def _sha256_regular(path: Path) -> str:
     """:func:`tasks.core.files.sha256_of` through :func:`open_landing_file` (never a link)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open_landing_file(path) as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(path, open_landing_file)
 
 
 #: The files an ingest writes through a hidden temporary file (``.<name>.<pid>.<thread>.tmp``);

@@ -126,10 +126,7 @@ class Router:
 
     def describe(self) -> dict[str, Any]:
         """What it is (:class:`tasks.families.Decider`)."""
-        return {"name": self.model.config.name_or_path, "family": "causal_lm",
-                "labels": list(self.experts),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "device": str(self.model.device)}
+        return _described(self.model, "causal_lm", self.experts)
 
     def route_batch(self, queries: list[str]) -> list[str]:
         """:meth:`route` for each query, one ``generate`` call each, as the agent asks: the
@@ -149,6 +146,13 @@ class Router:
                                       do_sample=False, pad_token_id=self.pad_token_id)
         width = inputs["input_ids"].shape[1]
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
+def _described(model: Any, family: str, labels: Any) -> dict[str, Any]:
+    """A loaded transformers router as :meth:`tasks.families.Decider.describe` says it."""
+    return {"name": model.config.name_or_path, "family": family, "labels": list(labels),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(model.device)}
 
 
 def _has_tokenizer(folder: str) -> bool:
@@ -198,10 +202,7 @@ class EncoderRouter:
 
     def describe(self) -> dict[str, Any]:
         """What it is (:class:`tasks.families.Decider`)."""
-        return {"name": self.model.config.name_or_path, "family": "encoder",
-                "labels": list(self.labels),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "device": str(self.model.device)}
+        return _described(self.model, "encoder", self.labels)
 
     def route_batch(self, queries: list[str]) -> list[str]:
         """:meth:`route` for many queries, classified and guarded in batches."""
